@@ -1,0 +1,49 @@
+"""nst-jax: neural style transfer (Gatys, Ecker & Bethge) in JAX.
+
+Public API (all pure functions take ONE image or feature map; batch with ``jax.vmap``):
+
+* network and weights: :class:`VGG19`, :class:`VGGWeights`, :func:`resolve_weights`,
+  :func:`load_weights`, :func:`random_weights`;
+* features and losses: :func:`extract_features`, :func:`gram_matrix`, :func:`content_loss`,
+  :func:`style_loss`, :func:`total_variation_loss`, :func:`style_transfer_loss`,
+  :func:`compute_targets`;
+* stylization: :class:`StyleConfig`, :func:`get_preset`, :func:`stylize`,
+  :func:`stylize_batch`.
+"""
+
+from nst_jax.config import PRESETS as PRESETS
+from nst_jax.config import StyleConfig as StyleConfig
+from nst_jax.config import get_preset as get_preset
+from nst_jax.errors import NstError as NstError
+from nst_jax.features import extract_features as extract_features
+from nst_jax.losses import CONVENTIONS as CONVENTIONS
+from nst_jax.losses import LossConvention as LossConvention
+from nst_jax.losses import content_loss as content_loss
+from nst_jax.losses import gram_matrix as gram_matrix
+from nst_jax.losses import style_layer_loss as style_layer_loss
+from nst_jax.losses import style_loss as style_loss
+from nst_jax.losses import total_variation_loss as total_variation_loss
+from nst_jax.objective import LossSpec as LossSpec
+from nst_jax.objective import compute_targets as compute_targets
+from nst_jax.objective import style_transfer_loss as style_transfer_loss
+from nst_jax.preprocessing import Preprocessing as Preprocessing
+from nst_jax.stylize import StylizeResult as StylizeResult
+from nst_jax.stylize import stylize as stylize
+from nst_jax.vgg import VGG19 as VGG19
+from nst_jax.weights import VGGWeights as VGGWeights
+from nst_jax.weights import random_weights as random_weights
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Imported lazily: these pull in modules still optional for a bare library import.
+    if name in ("resolve_weights", "load_weights"):
+        from nst_jax import weights
+
+        return getattr(weights, name)
+    if name == "stylize_batch":
+        from nst_jax.batch import stylize_batch
+
+        return stylize_batch
+    raise AttributeError(f"module 'nst_jax' has no attribute {name!r}")

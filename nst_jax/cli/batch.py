@@ -1,0 +1,5 @@
+"""`nst-jax batch` (placeholder until its issue lands)."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,73 @@
+"""``nst-jax stylize CONTENT STYLE [STYLE ...] -o OUT``: flags → config → :func:`nst_jax.stylize`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nst_jax.cli import common
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "stylize",
+        help="paint one content image in the style of one or more style images",
+        description="Paint CONTENT in the style of STYLE (several styles are blended). "
+        "Flags override the chosen preset; names follow jcjohnson/neural-style.",
+    )
+    p.add_argument("content", metavar="CONTENT", help="content image")
+    p.add_argument("styles", metavar="STYLE", nargs="+", help="style image(s)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output image; format from the extension (.png, .jpg, ...)")
+    common.add_config_flags(p)
+    common.add_weights_flag(p)
+    p.add_argument("--loss-log", metavar="JSON", help="also write the loss history as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nst_jax import image_io
+    from nst_jax.stylize import stylize
+
+    config = common.config_from_args(args)
+    image_io.check_output_path(args.output)
+    if args.loss_log:
+        image_io.check_writable(args.loss_log, "loss log")
+    content = image_io.load_image(args.content)
+    styles = [image_io.load_image(s) for s in args.styles]
+    blend = common.check_blend(args, len(styles))
+    init_image = image_io.load_image(config.init) if common.init_is_path(config) else None
+    weights = common.load_weights_for_cli(args)
+
+    out = Path(args.output)
+
+    def save_intermediate(step: int, image, loss: float) -> None:
+        path = out.with_name(f"{out.stem}_{step:05d}{out.suffix}")
+        image_io.save_image(path, image)
+
+    result = stylize(
+        content,
+        styles,
+        config,
+        weights,
+        init_image=init_image,
+        style_blend=blend,
+        callback=save_intermediate if config.save_every else None,
+        progress=not args.quiet,
+    )
+    image_io.save_image(out, result.image)
+    if args.loss_log:
+        log = {k: [None if v != v else float(v) for v in h] for k, h in result.history.items()}
+        log["final_terms"] = result.terms
+        image_io.atomic_write_bytes(args.loss_log, json.dumps(log).encode(), what="loss log")
+    common.print_summary(result, out)
+    if result.diverged:
+        print(f"nst-jax: warning: {result.diverged}", file=sys.stderr)
+        return common.EXIT_DIVERGED
+    if result.interrupted:
+        return common.EXIT_INTERRUPTED
+    return 0
+

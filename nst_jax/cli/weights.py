@@ -1,0 +1,141 @@
+"""`nst-jax weights {download,convert,info,path}`: get, convert and inspect VGG-19 weights."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from nst_jax import convert
+from nst_jax import download
+from nst_jax import weights as weights_lib
+from nst_jax.vgg import CONV_LAYERS
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "weights",
+        help="download, convert and inspect the pretrained VGG-19 weights",
+        description="Download, convert and inspect the pretrained VGG-19 weights that style "
+        "transfer needs. Converted files are found automatically in $NST_JAX_WEIGHTS, the "
+        "repository's weights/ directory, ./weights and the per-user cache.",
+    )
+    actions = parser.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+
+    p = actions.add_parser(
+        "download",
+        help="fetch, verify and convert published weights",
+        description="Fetch published VGG-19 weights, verify their checksum, convert them and save "
+        "vgg19-SOURCE.nst.h5. Does nothing if a valid converted file is already there.",
+    )
+    p.add_argument(
+        "--source",
+        choices=tuple(download.SOURCES),
+        default="keras",
+        help="which published weights: keras (default, about 80 MB), torchvision or caffe "
+        "(about 550 MB each; reading them needs pip install 'nst-jax[torch]')",
+    )
+    p.add_argument(
+        "--dest",
+        type=Path,
+        metavar="DIR",
+        help="directory to save into (default: the per-user cache, $NST_JAX_CACHE, else "
+        "$XDG_CACHE_HOME/nst-jax, else ~/.cache/nst-jax)",
+    )
+    p.add_argument("--url", help="download from this mirror instead of the official URL")
+    digest = p.add_mutually_exclusive_group()
+    digest.add_argument("--sha256", metavar="HEX", help="expected SHA-256 (or a prefix of it)")
+    digest.add_argument("--md5", metavar="HEX", help="expected MD5 (or a prefix of it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    p.set_defaults(func=_download)
+
+    p = actions.add_parser(
+        "convert",
+        help="convert a published .h5/.pth file to the nst-jax format",
+        description="Convert a published VGG-19 weight file (Keras .h5, torchvision or Caffe "
+        ".pth) to an nst-jax weight file.",
+    )
+    p.add_argument("src", type=Path, metavar="SRC", help="the published weight file")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DST", help="output file")
+    p.add_argument(
+        "--layout",
+        choices=convert.LAYOUTS,
+        help="layout of SRC (default: keras for .h5, torchvision for .pth; Caffe .pth files have "
+        "torchvision's keys, so --layout caffe must be given explicitly)",
+    )
+    p.set_defaults(func=_convert)
+
+    p = actions.add_parser(
+        "info",
+        help="show the layers, preprocessing and checksums of an nst-jax weight file",
+    )
+    p.add_argument("path", type=Path, metavar="PATH")
+    p.set_defaults(func=_info)
+
+    p = actions.add_parser(
+        "path",
+        help="print which weights stylization would use (exit 1 if there are none)",
+    )
+    p.set_defaults(func=_path)
+
+
+def _download(args: argparse.Namespace) -> int:
+    expected = None
+    if args.sha256:
+        expected = f"sha256:{args.sha256}"
+    elif args.md5:
+        expected = f"md5:{args.md5}"
+    path = download.download_weights(
+        args.source, args.dest, url=args.url, expected_hash=expected, progress=not args.quiet
+    )
+    print(path)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    path = convert.convert_weights(args.src, args.output, layout=args.layout)
+    info = weights_lib.read_info(path)
+    print(f"wrote {path}: {info.label}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    weights = weights_lib.load_weights(args.path)
+    info = weights_lib.read_info(args.path)
+    p = info.preprocessing
+    print(f"file:          {args.path}")
+    print(f"sha256:        {weights_lib.file_digest(args.path)}")
+    print(f"weights:       {weights.label}")
+    print(f"format:        {weights_lib.FORMAT} version {info.format_version}")
+    print(f"layout:        {info.layout}")
+    print(f"source file:   {info.source_file}")
+    print(f"source sha256: {info.source_sha256}")
+    print(
+        f"preprocessing: {p.channel_order}, x{p.scale:g}, mean {tuple(round(m, 6) for m in p.mean)}, "
+        f"std {tuple(round(s, 6) for s in p.std)}"
+    )
+    print("layers:")
+    total = 0
+    for layer in CONV_LAYERS:
+        leaves = weights.params[layer]
+        shapes = "  ".join(f"{leaf} {tuple(leaves[leaf].shape)}" for leaf in ("kernel", "bias"))
+        total += sum(a.size for a in leaves.values())
+        print(f"  {layer:<8} {shapes}")
+    print(f"parameters:    {total:,}")
+    return 0
+
+
+def _path(args: argparse.Namespace) -> int:
+    if os.environ.get(weights_lib.ENV_WEIGHTS) == "random":
+        print("random")
+        print(f"{weights_lib.ENV_WEIGHTS}=random: RANDOM VGG-19 weights, not pretrained", file=sys.stderr)
+        return 0
+    found = weights_lib.find_weights()
+    if found is None:
+        print(f"nst-jax: {weights_lib.not_found_message()}", file=sys.stderr)
+        return 1
+    weights = weights_lib.load_weights(found)
+    print(found)
+    print(weights.label, file=sys.stderr)
+    return 0

@@ -1,0 +1,158 @@
+"""Stylization settings: one frozen dataclass and named presets.
+
+``get_preset("gatys").replace(steps=500, style_weight=1e3)`` gives a validated copy; the CLI builds
+its config exactly this way, flag by flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from nst_jax.errors import NstError
+from nst_jax.objective import LossSpec
+
+OPTIMIZERS = ("adam", "lbfgs")
+KERAS_STYLE = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
+CAFFE_STYLE = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleConfig:
+    """Everything that decides a stylization, except the images and weights.
+
+    Loss (see :class:`nst_jax.objective.LossSpec`): ``content_layers``, ``style_layers``,
+    ``style_layer_weights``, ``content_weight``, ``style_weight``, ``tv_weight``, ``convention``,
+    ``pooling``, ``dtype``, ``remat``.
+
+    Optimisation: ``optimizer`` (``"adam"`` or ``"lbfgs"``), ``steps`` (Adam steps or L-BFGS
+    iterations), ``learning_rate``, ``adam_b1``, ``adam_b2``, ``adam_eps``, ``lbfgs_memory``
+    (history size), ``chunk_size`` (steps per compiled call between progress updates).
+
+    Images: ``size`` (longest side of the output; ``None`` keeps the content size),
+    ``style_scale`` (style image's longest side relative to ``size``), ``init`` (``"content"``,
+    ``"noise"``, ``"style"`` or an image path), ``seed`` (noise init), ``save_every``
+    (intermediate images every N steps, 0 = off).
+    """
+
+    content_layers: tuple[str, ...] = ("block5_conv2",)
+    style_layers: tuple[str, ...] = KERAS_STYLE
+    style_layer_weights: tuple[float, ...] | None = None
+    content_weight: float = 1e4
+    style_weight: float = 1e-2
+    tv_weight: float = 30.0
+    convention: str = "tf"
+    pooling: str = "max"
+    dtype: str = "float32"
+    remat: bool = False
+    optimizer: str = "adam"
+    steps: int = 1000
+    learning_rate: float = 0.02
+    adam_b1: float = 0.99
+    adam_b2: float = 0.999
+    adam_eps: float = 0.1
+    lbfgs_memory: int = 20
+    chunk_size: int = 20
+    size: int | None = 512
+    style_scale: float = 1.0
+    init: str = "content"
+    seed: int = 0
+    save_every: int = 0
+
+    def __post_init__(self):
+        self.loss_spec()  # validates the loss fields
+        if self.optimizer not in OPTIMIZERS:
+            raise NstError(f"optimizer must be 'adam' or 'lbfgs', got {self.optimizer!r}")
+        _check_int(self.steps, "steps", minimum=1)
+        _check_int(self.chunk_size, "chunk size", minimum=1)
+        _check_int(self.lbfgs_memory, "L-BFGS memory", minimum=1)
+        _check_int(self.save_every, "save-every", minimum=0)
+        _check_int(self.seed, "seed", minimum=0)
+        if self.size is not None:
+            _check_int(self.size, "size", minimum=8)
+        for name in ("learning_rate", "style_scale", "adam_eps"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+                raise NstError(f"{name.replace('_', ' ')} must be a positive number, got {v}")
+        for name in ("adam_b1", "adam_b2"):
+            v = getattr(self, name)
+            if not 0 <= v < 1:
+                raise NstError(f"{name.replace('_', ' ')} must be in [0, 1), got {v}")
+        if self.init not in ("content", "noise", "style") and not os.path.exists(self.init):
+            raise NstError(
+                f"init must be 'content', 'noise', 'style' or an existing image path, got {self.init!r}"
+            )
+
+    def loss_spec(self) -> LossSpec:
+        """The static description of the objective."""
+        return LossSpec(
+            content_layers=self.content_layers,
+            style_layers=self.style_layers,
+            content_weight=self.content_weight,
+            style_weight=self.style_weight,
+            tv_weight=self.tv_weight,
+            style_layer_weights=self.style_layer_weights,
+            convention=self.convention,
+            pooling=self.pooling,
+            dtype=self.dtype,
+            remat=self.remat,
+        )
+
+    def replace(self, **changes: Any) -> "StyleConfig":
+        """A validated copy with ``changes`` applied; ``None`` values are ignored."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise NstError(f"unknown config fields: {', '.join(sorted(unknown))}")
+        for k in ("content_layers", "style_layers", "style_layer_weights"):
+            if k in changes and isinstance(changes[k], list):
+                changes[k] = tuple(changes[k])
+        return dataclasses.replace(self, **changes)
+
+
+def _check_int(v, name: str, *, minimum: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise NstError(f"{name} must be an integer >= {minimum}, got {v!r}")
+
+
+PRESETS: dict[str, StyleConfig] = {
+    # The TensorFlow "Neural style transfer" tutorial, the project's seed recipe.
+    "tf-tutorial": StyleConfig(),
+    # Gatys et al. as run by jcjohnson/neural-style: relu4_2 content, relu*_1 style, L-BFGS,
+    # content 5, style 100, TV 1e-3 with its normalisations (Caffe-scale TV), white-noise start.
+    "gatys": StyleConfig(
+        content_layers=("relu4_2",),
+        style_layers=CAFFE_STYLE,
+        content_weight=5.0,
+        style_weight=100.0,
+        tv_weight=1e-3,
+        convention="jcjohnson",
+        optimizer="lbfgs",
+        learning_rate=1.0,
+        steps=1000,
+        chunk_size=10,
+        init="noise",
+    ),
+    # Small and fast, for tests and smoke runs (random or real weights).
+    "tiny": StyleConfig(
+        content_layers=("relu3_1",),
+        style_layers=("relu1_1", "relu2_1", "relu3_1"),
+        content_weight=10.0,
+        style_weight=1e-2,
+        tv_weight=1.0,
+        learning_rate=0.05,
+        adam_b1=0.9,
+        steps=30,
+        chunk_size=10,
+        size=48,
+    ),
+}
+
+
+def get_preset(name: str) -> StyleConfig:
+    """The named preset (see :data:`PRESETS`)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise NstError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,253 @@
+"""Fetching the published VGG-19 weights, verifying them, and converting them on arrival.
+
+:func:`download_weights` streams one of :data:`SOURCES` with ``urllib`` to a temporary file in the
+destination directory, checks its size against ``Content-Length`` and its hash against the
+published one, converts it with :mod:`nst_jax.convert` and writes ``vgg19-<source>.nst.h5``
+atomically. The raw download is always deleted; on any failure nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import http.client
+import os
+import posixpath
+import re
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO
+
+from tqdm import tqdm
+
+from nst_jax import convert
+from nst_jax import weights as weights_lib
+from nst_jax.errors import NstError
+
+_CHUNK = 1 << 20
+HASH_ALGORITHMS = ("md5", "sha256")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One official download: where it lives, how to verify it and which layout it has.
+
+    ``hash`` is the hex digest under ``hash_algorithm``, or a prefix of it (then only the prefix
+    is compared). ``size`` is the published size in bytes, when known.
+    """
+
+    name: str
+    url: str
+    hash_algorithm: str
+    hash: str
+    layout: str
+    size: int | None = None
+    description: str = ""
+
+    @property
+    def filename(self) -> str:
+        return posixpath.basename(urllib.parse.urlparse(self.url).path)
+
+
+SOURCES: dict[str, Source] = {
+    "keras": Source(
+        name="keras",
+        url="https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
+        "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        # The md5 Keras itself checks (``file_hash`` in keras.applications.vgg19).
+        hash_algorithm="md5",
+        hash="253f8cb515780f3b799900260a226db6",
+        layout="keras",
+        description="Keras applications VGG-19 without the classifier (about 80 MB)",
+    ),
+    "torchvision": Source(
+        name="torchvision",
+        url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+        hash_algorithm="sha256",
+        hash="dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44",
+        layout="torchvision",
+        size=574_673_361,
+        description="torchvision VGG-19 with the classifier (about 550 MB)",
+    ),
+    "caffe": Source(
+        name="caffe",
+        url="https://web.eecs.umich.edu/~justincj/models/vgg19-d01eb7cb.pth",
+        # Only a prefix is published: like torchvision's ``check_hash``, the file name carries
+        # the first 8 hex digits of the file's SHA-256, and that prefix is what is checked.
+        hash_algorithm="sha256",
+        hash="d01eb7cb",
+        layout="caffe",
+        description="Caffe VGG-19 ported to PyTorch by jcjohnson (about 550 MB)",
+    ),
+}
+
+
+def parse_hash(expected_hash: str | None, source: Source) -> tuple[str, str]:
+    """``(algorithm, hex)`` from ``"sha256:HEX"``, ``"md5:HEX"``, a bare ``HEX`` (the source's
+    algorithm) or None (the source's published hash). A hex shorter than the digest is a prefix."""
+    if expected_hash is None:
+        return source.hash_algorithm, source.hash
+    algorithm, sep, digest = expected_hash.partition(":")
+    if not sep:
+        algorithm, digest = source.hash_algorithm, expected_hash
+    algorithm, digest = algorithm.lower(), digest.strip().lower()
+    if algorithm not in HASH_ALGORITHMS:
+        raise NstError(f"hash algorithm must be md5 or sha256, got {algorithm!r}")
+    full = hashlib.new(algorithm).digest_size * 2
+    if not re.fullmatch(r"[0-9a-f]+", digest) or not 8 <= len(digest) <= full:
+        raise NstError(
+            f"expected {algorithm} must be 8 to {full} hexadecimal digits, got {digest!r}"
+        )
+    return algorithm, digest
+
+
+def _say(message: str, enabled: bool) -> None:
+    if enabled:
+        print(message, file=sys.stderr)
+
+
+def _fetch(
+    url: str, out: BinaryIO, *, expected_size: int | None, progress: bool, timeout: float
+) -> dict[str, str]:
+    """Streams ``url`` into ``out``; returns ``{"md5": hex, "sha256": hex}`` of the bytes."""
+    request = urllib.request.Request(url, headers={"User-Agent": "nst-jax"})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        raise NstError(f"downloading {url} failed: HTTP {err.code} {err.reason}") from None
+    except urllib.error.URLError as err:
+        raise NstError(f"cannot reach {url}: {err.reason}") from None
+    except (OSError, http.client.HTTPException) as err:
+        raise NstError(f"cannot reach {url}: {err or type(err).__name__}") from None
+    except ValueError as err:
+        raise NstError(f"invalid URL {url!r}: {err}") from None
+    digests = {name: hashlib.new(name, usedforsecurity=False) for name in HASH_ALGORITHMS}
+    received = 0
+    with response:
+        header = response.headers.get("Content-Length")
+        total = int(header) if header and header.isdigit() else None
+        if expected_size is not None and total is not None and total != expected_size:
+            raise NstError(
+                f"{url} is {total} bytes, but the published file is {expected_size} bytes; "
+                "wrong file or mirror"
+            )
+        bar = tqdm(
+            total=total or expected_size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=posixpath.basename(urllib.parse.urlparse(url).path) or url,
+            file=sys.stderr,
+            disable=not progress,
+        )
+        with bar:
+            while True:
+                try:
+                    chunk = response.read(_CHUNK)
+                except http.client.IncompleteRead as err:
+                    received += len(err.partial)
+                    break  # reported below as a truncated transfer
+                except (OSError, http.client.HTTPException) as err:
+                    raise NstError(
+                        f"download of {url} failed after {received} bytes: {err or type(err).__name__}"
+                    ) from None
+                if not chunk:
+                    break
+                try:
+                    out.write(chunk)
+                except OSError as err:
+                    raise NstError(f"cannot write the download: {err.strerror or err}") from None
+                for d in digests.values():
+                    d.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if total is not None and received != total:
+        raise NstError(
+            f"download of {url} was cut off: received {received} of {total} bytes; try again"
+        )
+    return {name: d.hexdigest() for name, d in digests.items()}
+
+
+def download_weights(
+    source: str = "keras",
+    dest_dir: str | os.PathLike | None = None,
+    *,
+    url: str | None = None,
+    expected_hash: str | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Downloads, verifies and converts one of :data:`SOURCES`; returns the converted file.
+
+    Args:
+      source: ``"keras"``, ``"torchvision"`` or ``"caffe"``.
+      dest_dir: where ``vgg19-<source>.nst.h5`` goes (default :func:`nst_jax.weights.cache_dir`).
+      url: a mirror to fetch from instead of the official URL.
+      expected_hash: overrides the published hash, see :func:`parse_hash`.
+      progress: show a progress bar and status lines on stderr.
+      timeout: seconds a connection may stay silent before the download fails.
+
+    If a valid converted file already exists nothing is fetched. The raw file is streamed to a
+    temporary file next to the destination and deleted afterwards; on any failure (HTTP error,
+    unreachable host, truncated transfer, hash mismatch, bad contents) ``NstError`` is raised and
+    no file is left in ``dest_dir``.
+    """
+    if source not in SOURCES:
+        raise NstError(f"unknown weights source {source!r}; choose one of {', '.join(SOURCES)}")
+    src = SOURCES[source]
+    algorithm, want = parse_hash(expected_hash, src)
+    url = url or src.url
+    dest = Path(dest_dir) if dest_dir is not None else weights_lib.cache_dir()
+    if dest.exists() and not dest.is_dir():
+        raise NstError(f"destination {dest} exists and is not a directory")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NstError(f"cannot create {dest}: {err.strerror or err}") from None
+    target = dest / weights_lib.converted_filename(source)
+    if target.is_file():
+        try:
+            weights_lib.load_weights(target)
+        except NstError as err:
+            _say(f"{target} is unusable ({err}); downloading it again", progress)
+        else:
+            _say(f"{target} is already present and valid; nothing to download", progress)
+            return target
+
+    raw_name = posixpath.basename(urllib.parse.urlparse(url).path) or src.filename
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{raw_name}.", suffix=".part", dir=dest)
+    except OSError as err:
+        raise NstError(f"cannot write to {dest}: {err.strerror or err}") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            # The published size is only known for the official file (or a faithful mirror).
+            size = src.size if expected_hash is None else None
+            _say(f"downloading {src.description or source} from {url}", progress)
+            digests = _fetch(url, out, expected_size=size, progress=progress, timeout=timeout)
+        got = digests[algorithm]
+        if not got.startswith(want):
+            kind = "prefix " if len(want) < len(got) else ""
+            raise NstError(
+                f"checksum mismatch for {url}: expected {algorithm} {kind}{want}, got {got}; "
+                "the download was deleted"
+            )
+        params = convert.read_published(tmp, src.layout, name=f"the file downloaded from {url}")
+        weights_lib.save_weights(
+            target,
+            params,
+            convert.PREPROCESSING[src.layout],
+            source_file=raw_name,
+            source_sha256=digests["sha256"],
+            layout=src.layout,
+        )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _say(f"saved {src.layout} VGG-19 weights to {target}", progress)
+    return target

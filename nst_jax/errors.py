@@ -1,0 +1,9 @@
+"""The one exception type for user mistakes (bad files, bad flags, missing weights).
+
+The CLI prints its message as one sentence and exits non-zero, without a traceback; library
+callers can catch it. Programming errors stay ordinary Python exceptions.
+"""
+
+
+class NstError(Exception):
+    """A problem with the user's input, files or settings; ``str(err)`` is one clear sentence."""

@@ -1,0 +1,345 @@
+"""Image files in and out: the only module that reads or writes pictures.
+
+Images in memory are float32 NumPy arrays of shape ``(H, W, 3)`` with RGB values in ``[0, 1]``.
+Every user-facing failure (missing, unreadable, corrupt or oversized files; unwritable
+destinations) is raised as :class:`~nst_jax.errors.NstError` with one sentence naming the file.
+Writes are atomic: the bytes go to a temporary file in the destination's directory, are fsynced
+and then renamed over the destination, so a crash never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import math
+import os
+import stat
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+from nst_jax.errors import NstError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# Largest image (width * height) that load_image will decode: the same number as Pillow's own
+# hard decompression-bomb limit (2 * Image.MAX_IMAGE_PIXELS), about 179 megapixels, i.e. ~2 GB as
+# float32 RGB. A module constant so callers (and tests) can lower it.
+MAX_PIXELS = 178_956_970
+
+# Output format by file extension; JPEG and WebP are written at quality 95.
+_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".ppm": "PPM",
+}
+SUPPORTED_EXTENSIONS = tuple(sorted(_FORMATS))
+_SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+
+_SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+_SAMPLE_FILES = {
+    "chelsea": "chelsea.jpg",
+    "strokes": "strokes.jpg",
+    "hubble": "hubble.jpg",
+}
+# Names accepted by sample_path(); see nst_jax/samples/SOURCES.md for origins and licences.
+SAMPLES = tuple(_SAMPLE_FILES)
+SAMPLE_CONTENT = "chelsea"
+SAMPLE_STYLES = ("strokes", "hubble")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def load_image(path: PathLike, *, max_size: int | None = None) -> np.ndarray:
+    """Reads an image file as float32 RGB of shape ``(H, W, 3)`` with values in ``[0, 1]``.
+
+    The EXIF orientation tag is applied. Grayscale, palette, CMYK and other modes become RGB;
+    transparency (RGBA, LA, palette or tRNS) is composited over white; 16-bit grayscale is scaled
+    by 1/65535 so its full range is kept. With ``max_size``, the image is resized (Lanczos) so its
+    longest side equals ``max_size`` exactly, up or down, keeping the aspect ratio (the
+    ``-image_size`` rule of jcjohnson/neural-style).
+
+    Raises:
+      NstError: the file is missing, a directory, unreadable, not an image, truncated or corrupt,
+        has zero size, or has more than ``MAX_PIXELS`` pixels.
+    """
+    if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
+        raise NstError(f"the image size must be a positive number of pixels, got {max_size!r}")
+    p = Path(path)
+
+    def fail(problem: str) -> NstError:
+        return NstError(f"cannot read image {str(p)!r}: {problem}")
+
+    if p.is_dir():
+        raise fail("it is a directory, not an image file")
+    if not p.exists():
+        raise fail("no such file")
+    try:
+        if p.stat().st_size == 0:
+            raise fail("the file is empty (0 bytes)")
+        with warnings.catch_warnings():
+            # Pillow warns above its soft limit; the limit enforced here is MAX_PIXELS below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                width, height = im.size
+                if width == 0 or height == 0:
+                    raise fail(f"the image has zero size ({width}x{height} pixels)")
+                if width * height > MAX_PIXELS:
+                    raise fail(
+                        f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS:,} pixels "
+                        "(possible decompression bomb)"
+                    )
+                im.load()  # full decode now, so truncation is detected here
+                im = _exif_transpose(im)
+                rgb = _to_float_rgb(im)
+    except NstError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise fail(f"it exceeds Pillow's decompression-bomb limit ({e})") from e
+    except PermissionError as e:
+        raise fail("permission denied") from e
+    except UnidentifiedImageError as e:
+        raise fail("not a recognised image file") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise fail(f"the file is truncated or corrupt ({e})") from e
+    if max_size is not None:
+        rgb = np.clip(resize_image(rgb, fit_longest_side(rgb.shape[:2], max_size)), 0.0, 1.0)
+    return rgb
+
+
+def _exif_transpose(im: Image.Image) -> Image.Image:
+    try:
+        out = ImageOps.exif_transpose(im)
+    except (ValueError, TypeError, KeyError, SyntaxError, OSError):
+        return im  # a malformed EXIF block should not stop the image from loading
+    return im if out is None else out
+
+
+def _to_float_rgb(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        gray = np.asarray(im).astype(np.float64)
+        gray = np.nan_to_num(gray, nan=0.0, posinf=0.0, neginf=0.0)
+        peak = float(gray.max()) if gray.size else 0.0
+        if mode.startswith("I;16"):
+            scale = 65535.0
+        elif mode == "F":
+            # Float data is taken as [0, 1]; larger values mean an 8- or 16-bit scale was used.
+            scale = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else 65535.0 if peak <= 65535.0 else peak
+        else:
+            # Pillow keeps 16-bit data in 32-bit "I" images; genuine 32-bit data uses the int range.
+            scale = 65535.0 if peak <= 65535.0 else float(2**31 - 1)
+        gray = np.clip(gray / scale, 0.0, 1.0).astype(np.float32)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if has_alpha:
+        if mode == "P":
+            im = im.convert("RGBA")  # a palette's transparency index becomes alpha
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+        rgb, alpha = rgba[..., :3], rgba[..., 3:]
+        return (rgb * alpha + (1.0 - alpha)).astype(np.float32)
+    if mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.float32) / np.float32(255.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Resizing
+
+
+def fit_longest_side(shape_hw: tuple[int, int], max_size: int) -> tuple[int, int]:
+    """Returns ``(h, w)`` with the longest side equal to ``max_size`` and the aspect ratio kept.
+
+    Works both ways (enlarges small images too); the shorter side is rounded to the nearest
+    pixel and is at least 1.
+    """
+    h, w = int(shape_hw[0]), int(shape_hw[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"shape must be positive, got {shape_hw}")
+    if max_size < 1:
+        raise ValueError(f"max_size must be positive, got {max_size}")
+    if h >= w:
+        return max_size, max(1, math.floor(w * max_size / h + 0.5))
+    return max(1, math.floor(h * max_size / w + 0.5)), max_size
+
+
+def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resizes a float image ``(H, W)`` or ``(H, W, C)`` to ``size = (h, w)`` with Lanczos.
+
+    Each channel is resampled in 32-bit float (Pillow mode ``F``), so no 8-bit quantisation
+    happens; when shrinking, the filter widens with the scale factor (antialiasing). Lanczos
+    can overshoot slightly near sharp edges; values are not clipped.
+    """
+    arr = np.asarray(img, dtype=np.float32)
+    h, w = int(size[0]), int(size[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"target size must be positive, got {size}")
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {arr.shape}")
+    if arr.shape[:2] == (h, w):
+        return arr.copy()
+    planes = arr[..., None] if arr.ndim == 2 else arr
+    out = np.stack(
+        [
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(planes[..., c])).resize(
+                    (w, h), Image.Resampling.LANCZOS
+                )
+            )
+            for c in range(planes.shape[-1])
+        ],
+        axis=-1,
+    )
+    return out[..., 0] if arr.ndim == 2 else out
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def check_output_path(path: PathLike) -> str:
+    """Checks up-front that an image can be written to ``path``; creates nothing.
+
+    Returns the Pillow format name chosen from the extension (e.g. ``"PNG"``).
+
+    Raises:
+      NstError: unknown extension, the path is an existing directory, its directory is missing,
+        or that directory is not writable.
+    """
+    p = Path(path)
+    fmt = _FORMATS.get(p.suffix.lower())
+    if fmt is None:
+        got = f"extension {p.suffix!r}" if p.suffix else "no extension"
+        raise NstError(
+            f"cannot write image {str(p)!r}: {got} is not a supported image format "
+            f"(use one of {', '.join(SUPPORTED_EXTENSIONS)})"
+        )
+    if fmt == "WEBP" and not features.check("webp"):
+        raise NstError(f"cannot write image {str(p)!r}: this Pillow build has no WebP support")
+    _check_destination(p, "image")
+    return fmt
+
+
+def check_writable(path: PathLike, what: str = "file") -> None:
+    """Checks up-front that a file of any kind can be written to ``path``; creates nothing."""
+    _check_destination(Path(path), what)
+
+
+def _check_destination(p: Path, what: str) -> None:
+    def fail(problem: str) -> NstError:
+        return NstError(f"cannot write {what} {str(p)!r}: {problem}")
+
+    if p.is_dir():
+        raise fail("it is an existing directory")
+    parent = p.parent
+    if not parent.exists():
+        raise fail(f"the directory {str(parent)!r} does not exist")
+    if not parent.is_dir():
+        raise fail(f"{str(parent)!r} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise fail(f"no permission to write in the directory {str(parent)!r}")
+
+
+def save_image(path: PathLike, img: np.ndarray) -> None:
+    """Writes a float image in ``[0, 1]`` of shape ``(H, W, 3)`` (or ``(H, W)`` gray) atomically.
+
+    Values are clipped to ``[0, 1]`` (NaN becomes 0) and rounded to 8 bits. The format follows
+    the extension (see ``SUPPORTED_EXTENSIONS``); JPEG and WebP use quality 95.
+
+    Raises:
+      NstError: as :func:`check_output_path`, or when the write itself fails; the destination is
+        then left as it was and no temporary file remains.
+    """
+    fmt = check_output_path(path)
+    arr = np.asarray(img, dtype=np.float32)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)) or 0 in arr.shape:
+        raise ValueError(f"expected a non-empty (H, W, 3) or (H, W) image, got shape {arr.shape}")
+    u8 = np.round(np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    buf = io.BytesIO()
+    try:
+        Image.fromarray(u8).save(buf, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
+    except (OSError, ValueError) as e:
+        raise NstError(f"cannot write image {str(path)!r}: encoding as {fmt} failed ({e})") from e
+    atomic_write_bytes(path, buf.getvalue(), what="image")
+
+
+def atomic_write_bytes(path: PathLike, data: bytes, *, what: str = "file") -> None:
+    """Writes ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename.
+
+    Readers see either the old file or the complete new one. A symlink at ``path`` is followed.
+    An existing file keeps its permission bits; a new one gets the usual umask-based mode.
+
+    Raises:
+      NstError: the destination is a directory, its directory is missing or not writable, or the
+        write fails (disk full, I/O error); no temporary file is left behind.
+    """
+    p = Path(path)
+    if p.is_symlink():
+        p = Path(os.path.realpath(p))
+    _check_destination(p, what)
+    try:
+        mode = stat.S_IMODE(os.stat(p).st_mode) if p.exists() else _new_file_mode()
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    except OSError as e:
+        raise NstError(f"cannot write {what} {str(p)!r}: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, p)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise NstError(f"cannot write {what} {str(p)!r}: {e.strerror or e}") from e
+        raise
+    _fsync_dir(p.parent)
+
+
+@functools.cache
+def _new_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform/filesystem, so best effort.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# Bundled samples
+
+
+def sample_path(name: str) -> Path:
+    """Path of a bundled sample image by name (one of ``SAMPLES``, extension optional)."""
+    key = Path(name).stem if Path(name).suffix else name
+    if key not in _SAMPLE_FILES:
+        raise NstError(f"unknown sample image {name!r}; available samples: {', '.join(SAMPLES)}")
+    return _SAMPLES_DIR / _SAMPLE_FILES[key]

@@ -1,0 +1,204 @@
+"""The combined style-transfer objective and its targets.
+
+``L(x) = α Σ_l c_l L_content^l(x) + β Σ_l w_l E_l(x) + γ TV(x)`` for one image ``x`` (Gatys et al.
+eq. 7 plus a total-variation prior), with ``α, β, γ`` the content, style and TV weights and the
+per-layer terms of :mod:`nst_jax.losses` under a named convention.
+
+Targets are computed once by :func:`compute_targets` and passed in as a pytree
+``{"content": {layer: (H_l, W_l, C_l)}, "style": {layer: (C_l, C_l)}}`` — nothing is cached in an
+object, so the loss stays a pure function that ``jit``, ``grad`` and ``vmap`` see through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from nst_jax import losses
+from nst_jax.errors import NstError
+from nst_jax.features import extract_features
+from nst_jax.vgg import POOLINGS, canonical_layer
+from nst_jax.weights import VGGWeights
+
+Targets = dict[str, dict[str, jax.Array]]
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """Static (hashable) description of the objective.
+
+    Attributes:
+      content_layers, style_layers: VGG-19 layer names (Keras aliases allowed).
+      content_weight, style_weight, tv_weight: ``α``, ``β``, ``γ`` (non-negative).
+      style_layer_weights: ``w_l`` per style layer; ``None`` = the convention's default.
+      convention: a name in :data:`nst_jax.losses.CONVENTIONS`.
+      pooling: ``"max"`` or ``"avg"``.
+      dtype: activation dtype, ``"float32"`` or ``"bfloat16"`` (Grams and losses stay float32).
+      remat: recompute VGG blocks in the backward pass to save memory.
+    """
+
+    content_layers: tuple[str, ...]
+    style_layers: tuple[str, ...]
+    content_weight: float
+    style_weight: float
+    tv_weight: float
+    style_layer_weights: tuple[float, ...] | None = None
+    convention: str = "tf"
+    pooling: str = "max"
+    dtype: str = "float32"
+    remat: bool = False
+
+    def __post_init__(self):
+        for field in ("content_layers", "style_layers"):
+            names = getattr(self, field)
+            if isinstance(names, str):
+                names = (names,)
+            object.__setattr__(self, field, tuple(names))
+            for n in names:
+                canonical_layer(n)
+        if not self.style_layers and not self.content_layers:
+            raise NstError("at least one content or style layer is needed")
+        for field in ("content_weight", "style_weight", "tv_weight"):
+            v = getattr(self, field)
+            if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
+                raise NstError(f"{field.replace('_', ' ')} must be a finite number >= 0, got {v}")
+            object.__setattr__(self, field, float(v))
+        if self.style_layer_weights is not None:
+            w = tuple(float(v) for v in self.style_layer_weights)
+            if len(w) != len(self.style_layers):
+                raise NstError(
+                    f"{len(w)} style layer weights given for {len(self.style_layers)} style layers"
+                )
+            if any(not (v >= 0) for v in w):
+                raise NstError(f"style layer weights must be >= 0, got {list(w)}")
+            object.__setattr__(self, "style_layer_weights", w)
+        losses.get_convention(self.convention)
+        if self.pooling not in POOLINGS:
+            raise NstError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
+        if self.dtype not in DTYPES:
+            raise NstError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def layer_weights(self) -> dict[str, float]:
+        """``{style_layer: w_l}``."""
+        w = self.style_layer_weights or losses.default_layer_weights(
+            self.style_layers, self.convention
+        )
+        return dict(zip(self.style_layers, w))
+
+    @property
+    def content_layer_weights(self) -> dict[str, float]:
+        return dict(
+            zip(
+                self.content_layers,
+                losses.default_layer_weights(self.content_layers, self.convention),
+            )
+        )
+
+    @property
+    def all_layers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.content_layers + self.style_layers))
+
+    @property
+    def jnp_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+
+def features_for(weights: VGGWeights, image: jax.Array, layers: Sequence[str], spec: LossSpec):
+    """:func:`extract_features` with the spec's pooling, dtype and remat."""
+    return extract_features(
+        weights,
+        image.astype(spec.jnp_dtype),
+        layers,
+        pooling=spec.pooling,
+        remat=spec.remat,
+    )
+
+
+def style_grams(weights: VGGWeights, style: jax.Array, spec: LossSpec) -> dict[str, jax.Array]:
+    """``{layer: (C_l, C_l)}`` float32 Gram matrices of one ``(H, W, 3)`` style image."""
+    norm = losses.get_convention(spec.convention).gram_norm
+    feats = features_for(weights, style, spec.style_layers, spec)
+    return {k: losses.gram_matrix(v, normalization=norm) for k, v in feats.items()}
+
+
+def blend_grams(
+    grams: Sequence[Mapping[str, jax.Array]], blend: Sequence[float]
+) -> dict[str, jax.Array]:
+    """Weighted target ``A_l = Σ_s b_s A_l^s / Σ_s b_s`` of several styles' Grams."""
+    total = float(sum(blend))
+    if len(grams) != len(blend):
+        raise NstError(f"{len(blend)} blend weights given for {len(grams)} style images")
+    if any(not (b >= 0) for b in blend) or total <= 0:
+        raise NstError(f"style blend weights must be >= 0 and not all zero, got {list(blend)}")
+    return {
+        k: sum((b / total) * g[k] for b, g in zip(blend, grams)) for k in grams[0]
+    }
+
+
+def compute_targets(
+    weights: VGGWeights,
+    content: jax.Array,
+    styles: jax.Array | Sequence[jax.Array],
+    spec: LossSpec,
+    *,
+    style_blend: Sequence[float] | None = None,
+) -> Targets:
+    """Content features of ``content`` and (blended) style Grams of ``styles``.
+
+    Args:
+      content: ``(H, W, 3)`` RGB ``[0, 1]``, at the size that will be optimised.
+      styles: one ``(H_s, W_s, 3)`` image or a list of them (each at its own size).
+      style_blend: one weight per style image (normalised to sum to 1); default equal.
+    """
+    if not isinstance(styles, (list, tuple)):
+        styles = [styles]
+    if style_blend is None:
+        style_blend = [1.0] * len(styles)
+    grams = [style_grams(weights, s, spec) for s in styles]
+    content_feats = features_for(weights, content, spec.content_layers, spec)
+    return {
+        "content": {k: jax.lax.stop_gradient(v) for k, v in content_feats.items()},
+        "style": blend_grams(grams, style_blend),
+    }
+
+
+def style_transfer_loss(
+    image: jax.Array, targets: Targets, weights: VGGWeights, spec: LossSpec
+) -> tuple[jax.Array, dict[str, Any]]:
+    """Total loss of one ``(H, W, 3)`` image and its terms.
+
+    Returns:
+      ``(total, aux)``: float32 scalar and ``{"content": Σ, "style": Σ, "tv": γ TV,
+      "content_layers": {layer: α c_l L^l}, "style_layers": {layer: β w_l E_l}}``.
+    """
+    conv = losses.get_convention(spec.convention)
+    feats = features_for(weights, image, spec.all_layers, spec)
+    cw = spec.content_layer_weights
+    content_terms = {
+        k: spec.content_weight * cw[k] * losses.content_loss(feats[k], targets["content"][k], convention=conv)
+        for k in spec.content_layers
+    }
+    lw = spec.layer_weights
+    style_terms = {
+        k: spec.style_weight
+        * lw[k]
+        * losses.style_layer_loss(feats[k], targets["style"][k], convention=conv)
+        for k in spec.style_layers
+    }
+    tv = spec.tv_weight * losses.total_variation_loss(image, kind=conv.tv, scale=conv.tv_scale)
+    content_total = losses._sum(content_terms)
+    style_total = losses._sum(style_terms)
+    total = content_total + style_total + tv
+    aux = {
+        "content": content_total,
+        "style": style_total,
+        "tv": tv,
+        "content_layers": content_terms,
+        "style_layers": style_terms,
+    }
+    return total, aux

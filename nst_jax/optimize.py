@@ -1,0 +1,193 @@
+"""Optimising one image: optax Adam or L-BFGS, run in compiled chunks of steps.
+
+The single-image functions here are pure and unbatched; :mod:`nst_jax.batch` ``vmap``s the same
+:func:`run_chunk` over many images. One call of :func:`run_chunk` runs up to ``chunk`` steps in a
+``lax.while_loop`` (no host round-trip per step), with the number of steps a traced argument so
+that every chunk length reuses one compiled program per image shape.
+
+Per step, with ``f`` the objective of :mod:`nst_jax.objective`:
+
+* Adam: ``x ← clip(x + adam(∇f(x)), 0, 1)`` — pixels stay in range (the TF tutorial's clip).
+* L-BFGS (optax, zoom line search): minimises ``f(clip(x, 0, 1))`` over an unconstrained ``x``,
+  so the line search and curvature pairs see one smooth-where-it-matters, consistent function;
+  the image reported is always ``clip(x, 0, 1)``. The value and gradient at the current point come
+  from the line search's state, so an iteration costs one evaluation when the first trial step is
+  accepted.
+
+The state keeps the best image seen (lowest total loss, as the seed does) and stops on the first
+non-finite loss or gradient, keeping the best image and the iterate that diverged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+import optax.tree_utils as otu
+
+LossFn = Callable[[jax.Array], tuple[jax.Array, dict[str, Any]]]
+HISTORY_KEYS = ("total", "content", "style", "tv")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+    """Static optimiser settings (hashable; part of the compiled program's identity).
+
+    ``ema_decay`` > 0 keeps an exponential moving average of the iterate,
+    ``x̄ ← d x̄ + (1 - d) x``, reported instead of the best iterate (iterate averaging).
+    """
+
+    optimizer: str = "adam"
+    learning_rate: float = 0.02
+    b1: float = 0.99
+    b2: float = 0.999
+    eps: float = 0.1
+    lbfgs_memory: int = 20
+    ema_decay: float = 0.0
+
+
+def make_optimizer(spec: OptimSpec) -> optax.GradientTransformationExtraArgs:
+    """optax Adam with the spec's hyper-parameters, or L-BFGS with a zoom line search."""
+    if spec.optimizer == "adam":
+        return optax.adam(spec.learning_rate, b1=spec.b1, b2=spec.b2, eps=spec.eps)
+    if spec.optimizer == "lbfgs":
+        lr = None if spec.learning_rate == 1.0 else spec.learning_rate
+        return optax.lbfgs(
+            learning_rate=lr,
+            memory_size=spec.lbfgs_memory,
+            linesearch=optax.scale_by_zoom_linesearch(
+                max_linesearch_steps=20, initial_guess_strategy="one"
+            ),
+        )
+    raise ValueError(f"unknown optimizer {spec.optimizer!r}")
+
+
+class RunState(NamedTuple):
+    """Optimisation state of one image (a pytree; every leaf gains a batch axis under vmap)."""
+
+    image: jax.Array  # (H, W, 3) float32, the iterate x
+    opt_state: Any
+    best_image: jax.Array  # (H, W, 3), clip(x) with the lowest total loss so far
+    best_loss: jax.Array  # () float32
+    ema_image: jax.Array  # (H, W, 3), averaged iterate (equals image when ema_decay == 0)
+    step: jax.Array  # () int32, steps taken
+    diverged: jax.Array  # () bool
+    diverged_image: jax.Array  # (H, W, 3), the iterate whose loss or gradient was not finite
+
+
+def objective_for(loss_fn: LossFn, spec: OptimSpec) -> LossFn:
+    """The function the optimiser minimises (L-BFGS sees the image through ``clip``)."""
+    if spec.optimizer == "lbfgs":
+        return lambda x: loss_fn(jnp.clip(x, 0.0, 1.0))
+    return loss_fn
+
+
+def init_state(image: jax.Array, loss_fn: LossFn, spec: OptimSpec) -> RunState:
+    """Fresh state at ``image`` (``(H, W, 3)`` in ``[0, 1]``)."""
+    image = image.astype(jnp.float32)
+    opt = make_optimizer(spec)
+    opt_state = opt.init(image)
+    if spec.optimizer == "lbfgs":
+        f = objective_for(loss_fn, spec)
+        value, grad = jax.value_and_grad(lambda x: f(x)[0])(image)
+        opt_state = otu.tree_set(opt_state, value=value, grad=grad)
+    # Strong types throughout, so the state a chunk returns has exactly the input's types and
+    # the chunk program compiles once.
+    opt_state = jax.tree.map(lambda a: jnp.asarray(a, dtype=jnp.asarray(a).dtype), opt_state)
+    return RunState(
+        image=image,
+        opt_state=opt_state,
+        best_image=image,
+        best_loss=jnp.asarray(jnp.inf, jnp.float32),
+        ema_image=image,
+        step=jnp.zeros((), jnp.int32),
+        diverged=jnp.zeros((), bool),
+        diverged_image=jnp.zeros_like(image),
+    )
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _step(state: RunState, loss_fn: LossFn, spec: OptimSpec):
+    """One optimiser step; returns ``(new_state, loss, terms)`` (terms NaN for L-BFGS)."""
+    opt = make_optimizer(spec)
+    f = objective_for(loss_fn, spec)
+    x = state.image
+    nan = jnp.asarray(jnp.nan, jnp.float32)
+    if spec.optimizer == "lbfgs":
+        loss = otu.tree_get(state.opt_state, "value")
+        grad = otu.tree_get(state.opt_state, "grad")
+        terms = {"content": nan, "style": nan, "tv": nan}
+        updates, new_opt = opt.update(
+            grad, state.opt_state, x, value=loss, grad=grad, value_fn=lambda y: f(y)[0]
+        )
+        new_x = x + updates
+    else:
+        (loss, aux), grad = jax.value_and_grad(f, has_aux=True)(x)
+        terms = {k: aux[k] for k in ("content", "style", "tv")}
+        updates, new_opt = opt.update(grad, state.opt_state, x)
+        new_x = jnp.clip(x + updates, 0.0, 1.0)
+    ok = jnp.isfinite(loss) & _all_finite(grad)
+    if spec.optimizer == "lbfgs":
+        # The next point's value/grad (computed by the line search) must be finite too.
+        ok = ok & _all_finite(new_x) & jnp.isfinite(otu.tree_get(new_opt, "value"))
+    better = ok & (loss < state.best_loss)
+    shown = jnp.clip(x, 0.0, 1.0)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+    new_x = keep(new_x, x)
+    d = spec.ema_decay
+    ema = d * state.ema_image + (1.0 - d) * jnp.clip(new_x, 0.0, 1.0) if d > 0 else new_x
+    new_state = RunState(
+        image=new_x,
+        opt_state=keep(new_opt, state.opt_state),
+        best_image=jnp.where(better, shown, state.best_image),
+        best_loss=jnp.where(better, loss, state.best_loss),
+        ema_image=keep(ema, state.ema_image),
+        step=state.step + ok.astype(jnp.int32),
+        diverged=~ok,
+        diverged_image=jnp.where(ok, state.diverged_image, x),
+    )
+    return new_state, loss, terms
+
+
+def run_chunk(
+    state: RunState, n: jax.Array, loss_fn: LossFn, spec: OptimSpec, chunk: int
+) -> tuple[RunState, dict[str, jax.Array]]:
+    """Runs ``min(n, chunk)`` steps, stopping early on divergence.
+
+    Returns the new state and ``{"total", "content", "style", "tv"}`` histories of shape
+    ``(chunk,)``, NaN where no step ran (and for the terms under L-BFGS, whose line search
+    returns no breakdown; the caller evaluates the terms at the end).
+    """
+    hist0 = {k: jnp.full((chunk,), jnp.nan, jnp.float32) for k in HISTORY_KEYS}
+    n = jnp.minimum(n, chunk)
+
+    def cond(carry):
+        i, s, _ = carry
+        return (i < n) & ~s.diverged
+
+    def body(carry):
+        i, s, hist = carry
+        s, loss, terms = _step(s, loss_fn, spec)
+        hist = dict(hist, total=hist["total"].at[i].set(loss))
+        for k, v in terms.items():
+            hist[k] = hist[k].at[i].set(v)
+        return i + 1, s, hist
+
+    _, state, hist = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state, hist0))
+    return state, hist
+
+
+def result_image(state: RunState, spec: OptimSpec) -> jax.Array:
+    """The image to report: the averaged iterate if enabled, else the best one seen.
+
+    Before any step has run (``best_loss`` is inf) this is the current iterate.
+    """
+    if spec.ema_decay > 0:
+        return jnp.clip(state.ema_image, 0.0, 1.0)
+    return jnp.where(jnp.isfinite(state.best_loss), state.best_image, jnp.clip(state.image, 0, 1))

@@ -1,0 +1,71 @@
+"""Input preprocessing that a VGG-19 weight file expects, bound to the weights.
+
+Every public image in nst-jax is RGB, float, in ``[0, 1]``, shape ``(H, W, 3)``. Each published
+weight file was trained on a different encoding of that image:
+
+* Keras applications and Caffe (jcjohnson/neural-style): BGR, ``0..255``, minus the ImageNet
+  mean ``(103.939, 116.779, 123.68)`` (B, G, R), no division;
+* torchvision: RGB in ``[0, 1]``, minus mean ``(0.485, 0.456, 0.406)``, divided by std
+  ``(0.229, 0.224, 0.225)``.
+
+``preprocess(image, p)`` computes ``(image[..., order] * p.scale - p.mean) / p.std`` with ``mean`` and
+``std`` given in the *model's* channel order. A :class:`Preprocessing` is stored inside every
+converted weight file and carried by :class:`nst_jax.weights.VGGWeights`, so features are never
+computed with the wrong encoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from nst_jax.errors import NstError
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB ``[0, 1]`` image becomes the network's input.
+
+    Attributes:
+      channel_order: ``"RGB"`` or ``"BGR"``, the order the network expects.
+      scale: multiplier applied first (``255.0`` for Caffe/Keras, ``1.0`` for torchvision).
+      mean: per-channel mean, in the network's channel order and scaled units.
+      std: per-channel divisor, in the network's channel order and scaled units.
+    """
+
+    channel_order: str
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self):
+        if self.channel_order not in ("RGB", "BGR"):
+            raise NstError(f"channel order must be 'RGB' or 'BGR', got {self.channel_order!r}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise NstError("preprocessing mean and std must have 3 values each")
+        if not self.scale > 0 or any(not s > 0 for s in self.std):
+            raise NstError("preprocessing scale and std must be positive")
+        object.__setattr__(self, "scale", float(self.scale))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+
+CAFFE = Preprocessing("BGR", 255.0, (103.939, 116.779, 123.68))
+KERAS = CAFFE
+TORCHVISION = Preprocessing("RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def preprocess(image: jax.Array, p: Preprocessing) -> jax.Array:
+    """RGB ``[0, 1]`` ``(H, W, 3)`` image → network input ``(H, W, 3)`` in ``image.dtype``."""
+    x = image[..., ::-1] if p.channel_order == "BGR" else image
+    mean = jnp.asarray(p.mean, jnp.float32)
+    inv_std = 1.0 / jnp.asarray(p.std, jnp.float32)
+    return ((x.astype(jnp.float32) * p.scale - mean) * inv_std).astype(image.dtype)
+
+
+def deprocess(x: jax.Array, p: Preprocessing) -> jax.Array:
+    """Inverse of :func:`preprocess`: network input → RGB ``[0, 1]`` image (not clipped)."""
+    y = (x.astype(jnp.float32) * jnp.asarray(p.std) + jnp.asarray(p.mean)) / p.scale
+    return y[..., ::-1] if p.channel_order == "BGR" else y

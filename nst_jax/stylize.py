@@ -1,0 +1,307 @@
+"""``stylize``: the product's main job for one content image, from arrays to a result.
+
+Host-side driver around the compiled chunks of :mod:`nst_jax.optimize`: resizes the inputs,
+computes the targets once, runs chunks until the step budget, a divergence or Ctrl-C, and
+reports the best image with its loss history. Image files are not touched here (see
+:mod:`nst_jax.image_io`); the CLI loads and saves around this function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nst_jax import imageops
+from nst_jax.config import StyleConfig
+from nst_jax.errors import NstError
+from nst_jax.objective import LossSpec, Targets, compute_targets, style_transfer_loss
+from nst_jax.optimize import HISTORY_KEYS, OptimSpec, RunState, init_state, result_image, run_chunk
+from nst_jax.weights import VGGWeights
+
+#: ``callback(step, image, loss)`` is called at every ``save_every`` boundary.
+Callback = Callable[[int, np.ndarray, float], None]
+
+
+@dataclasses.dataclass
+class StylizeResult:
+    """Outcome of a stylization.
+
+    Attributes:
+      image: ``(H, W, 3)`` float32 RGB in ``[0, 1]``: the best iterate (or the averaged one).
+      history: ``{"total", "content", "style", "tv"}`` per step, float32 arrays (NaN where a term
+        was not evaluated, e.g. the per-term values under L-BFGS).
+      terms: the loss terms of ``image`` (``aux`` of the objective, as floats).
+      loss: total loss of ``image``.
+      steps: optimiser steps taken.
+      diverged: ``None``, or a sentence saying which loss term stopped being finite and when.
+      interrupted: stopped early by Ctrl-C.
+      seconds: wall time of the optimisation, including compilation.
+      weights_label: which weights were used (says RANDOM for random weights).
+    """
+
+    image: np.ndarray
+    history: dict[str, np.ndarray]
+    terms: dict[str, Any]
+    loss: float
+    steps: int
+    diverged: str | None
+    interrupted: bool
+    seconds: float
+    weights_label: str
+
+
+def optim_spec(config: StyleConfig, ema_decay: float = 0.0) -> OptimSpec:
+    """The optimiser part of a config."""
+    return OptimSpec(
+        optimizer=config.optimizer,
+        learning_rate=config.learning_rate,
+        b1=config.adam_b1,
+        b2=config.adam_b2,
+        eps=config.adam_eps,
+        lbfgs_memory=config.lbfgs_memory,
+        ema_decay=ema_decay,
+    )
+
+
+def _loss_fn(targets, weights, spec):
+    return lambda x: style_transfer_loss(x, targets, weights, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "optim"))
+def _init_jit(image, targets, weights, *, spec: LossSpec, optim: OptimSpec) -> RunState:
+    return init_state(image, _loss_fn(targets, weights, spec), optim)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "optim", "chunk"), donate_argnums=(0,))
+def _chunk_jit(state, n, targets, weights, *, spec: LossSpec, optim: OptimSpec, chunk: int):
+    return run_chunk(state, n, _loss_fn(targets, weights, spec), optim, chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _loss_jit(image, targets, weights, *, spec: LossSpec):
+    return style_transfer_loss(image, targets, weights, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "blend"))
+def _targets_jit(weights, content, styles, *, spec: LossSpec, blend):
+    return compute_targets(weights, content, list(styles), spec, style_blend=blend)
+
+
+def compile_count() -> int:
+    """Number of distinct compiled chunk programs so far (for compile-once checks)."""
+    return _chunk_jit._cache_size()
+
+
+def prepare_inputs(
+    content, styles: Sequence, config: StyleConfig
+) -> tuple[jax.Array, list[jax.Array]]:
+    """Content resized to ``config.size``; each style to ``config.style_scale`` of that size."""
+    content = imageops.resize_longest(imageops.as_rgb01(content, "content image"), config.size)
+    side = max(content.shape[:2])
+    out = []
+    for i, s in enumerate(styles):
+        s = imageops.as_rgb01(s, f"style image {i + 1}")
+        out.append(imageops.resize_longest(s, max(8, round(side * config.style_scale))))
+    return content, out
+
+
+def initial_image(content: jax.Array, style: jax.Array, config: StyleConfig, init_image=None):
+    """The starting image: the content, noise, the style (resized) or ``init_image`` (resized)."""
+    hw = content.shape[:2]
+    if init_image is not None:
+        return imageops.resize(imageops.as_rgb01(init_image, "init image"), hw)
+    if config.init == "content":
+        return content
+    if config.init == "style":
+        return imageops.resize(style, hw)
+    if config.init == "noise":
+        noise = jax.random.uniform(jax.random.key(config.seed), (*hw, 3), jnp.float32)
+        # Mostly noise around mid-grey: white noise as in Gatys et al., kept inside the range.
+        return 0.5 + 0.25 * (noise - 0.5) * 2
+    raise NstError(f"init {config.init!r} needs the image passed as init_image")
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """First Ctrl-C asks the loop to stop after the running chunk; a second one aborts.
+
+    Yields a zero-argument function telling whether a stop was requested. Outside the main
+    thread (where signals cannot be caught) it never requests a stop.
+    """
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+
+    def handler(signum, frame):
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        print(
+            "\nnst-jax: stopping after the current chunk and keeping the best image "
+            "(Ctrl-C again to abort)",
+            file=sys.stderr,
+        )
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _floats(tree) -> Any:
+    return jax.tree.map(lambda a: float(a), jax.device_get(tree))
+
+
+def _diverged_message(aux, step: int) -> str:
+    bad = [k for k in ("content", "style", "tv") if not np.isfinite(aux[k])]
+    layers = [
+        f"{kind} {layer}"
+        for kind in ("content_layers", "style_layers")
+        for layer, v in aux[kind].items()
+        if not np.isfinite(v)
+    ]
+    what = ", ".join(layers or bad) or "the gradient"
+    return f"the loss diverged at step {step} (not finite: {what}); kept the best image before it"
+
+
+def optimize_image(
+    init: jax.Array,
+    targets: Targets,
+    weights: VGGWeights,
+    spec: LossSpec,
+    optim: OptimSpec,
+    *,
+    steps: int,
+    chunk_size: int,
+    save_every: int = 0,
+    callback: Callback | None = None,
+    progress: bool = False,
+    step_offset: int = 0,
+    desc: str = "stylize",
+) -> tuple[RunState, dict[str, np.ndarray], bool]:
+    """Runs up to ``steps`` steps from ``init``; returns ``(state, history, interrupted)``."""
+    state = _init_jit(init, targets, weights, spec=spec, optim=optim)
+    hist: dict[str, list[np.ndarray]] = {k: [] for k in HISTORY_KEYS}
+    bar = _progress_bar(steps, desc) if progress else None
+    done = 0
+    interrupted = False
+    try:
+        with deferred_interrupt() as stop_requested:
+            while done < steps:
+                n = min(chunk_size, steps - done)
+                if save_every:
+                    n = min(n, save_every - (step_offset + done) % save_every)
+                state, h = _chunk_jit(
+                    state, jnp.int32(n), targets, weights, spec=spec, optim=optim, chunk=chunk_size
+                )
+                h = jax.device_get(h)
+                ran = int(np.sum(~np.isnan(h["total"])))
+                for k in HISTORY_KEYS:
+                    hist[k].append(h[k][:ran])
+                done += ran
+                if bar is not None:
+                    bar.update(ran)
+                    if ran:
+                        bar.set_postfix(loss=f"{h['total'][ran - 1]:.4g}")
+                if bool(state.diverged) or ran < n:
+                    break
+                if callback and save_every and (step_offset + done) % save_every == 0:
+                    callback(step_offset + done, np.asarray(result_image(state, optim)), float(h["total"][ran - 1]))
+                if stop_requested():
+                    interrupted = True
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+    history = {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in hist.items()}
+    return state, history, interrupted
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+
+def stylize(
+    content,
+    style,
+    config: StyleConfig,
+    weights: VGGWeights,
+    *,
+    init_image=None,
+    style_blend: Sequence[float] | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+) -> StylizeResult:
+    """Paints ``content`` in the style of ``style``.
+
+    Args:
+      content: ``(H, W, 3)`` RGB array in ``[0, 1]`` (or uint8).
+      style: one such array, or a list of them (their Gram targets are blended).
+      config: a :class:`StyleConfig` (e.g. ``get_preset("gatys")``).
+      weights: :class:`VGGWeights` from :func:`nst_jax.weights.resolve_weights`.
+      init_image: starting image when ``config.init`` is a path (already loaded).
+      style_blend: weight per style image (default equal).
+      callback: called as ``callback(step, image, loss)`` every ``config.save_every`` steps.
+      progress: show a progress bar on stderr.
+
+    Returns:
+      A :class:`StylizeResult`; Ctrl-C stops after the current chunk with the best image so far.
+    """
+    styles = list(style) if isinstance(style, (list, tuple)) else [style]
+    if not styles:
+        raise NstError("at least one style image is needed")
+    start = time.perf_counter()
+    spec = config.loss_spec()
+    optim = optim_spec(config)
+    content_x, styles_x = prepare_inputs(content, styles, config)
+    blend = tuple(float(b) for b in style_blend) if style_blend is not None else None
+    targets = _targets_jit(weights, content_x, tuple(styles_x), spec=spec, blend=blend)
+    init = initial_image(content_x, styles_x[0], config, init_image)
+    state, history, interrupted = optimize_image(
+        init,
+        targets,
+        weights,
+        spec,
+        optim,
+        steps=config.steps,
+        chunk_size=config.chunk_size,
+        save_every=config.save_every,
+        callback=callback,
+        progress=progress,
+    )
+    return finish(state, history, interrupted, targets, weights, spec, optim, start)
+
+
+def finish(state, history, interrupted, targets, weights, spec, optim, start) -> StylizeResult:
+    """Evaluates the reported image and assembles the :class:`StylizeResult`."""
+    image = result_image(state, optim)
+    total, aux = _loss_jit(image, targets, weights, spec=spec)
+    diverged = None
+    if bool(state.diverged):
+        _, bad_aux = _loss_jit(jnp.clip(state.diverged_image, 0, 1), targets, weights, spec=spec)
+        diverged = _diverged_message(_floats(bad_aux), int(state.step))
+    return StylizeResult(
+        image=np.asarray(jax.device_get(image), np.float32),
+        history=history,
+        terms=_floats(aux),
+        loss=float(total),
+        steps=int(state.step),
+        diverged=diverged,
+        interrupted=interrupted,
+        seconds=time.perf_counter() - start,
+        weights_label=weights.label,
+    )
