@@ -14,6 +14,7 @@ from nst_jax.errors import NstError
 from nst_jax.objective import LossSpec
 
 OPTIMIZERS = ("adam", "lbfgs")
+COLOR_MODES = ("none", "luminance", "match")
 KERAS_STYLE = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
 CAFFE_STYLE = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
@@ -31,9 +32,15 @@ class StyleConfig:
     (history size), ``chunk_size`` (steps per compiled call between progress updates).
 
     Images: ``size`` (longest side of the output; ``None`` keeps the content size),
-    ``style_scale`` (style image's longest side relative to ``size``), ``init`` (``"content"``,
-    ``"noise"``, ``"style"`` or an image path), ``seed`` (noise init), ``save_every``
-    (intermediate images every N steps, 0 = off).
+    ``style_scale`` (style image's longest side relative to ``size``; one number, or one per
+    style image), ``init`` (``"content"``, ``"noise"``, ``"style"`` or an image path), ``seed``
+    (noise init), ``save_every`` (intermediate images every N steps, 0 = off).
+
+    Artist controls: ``scales`` (coarse-to-fine passes; sizes grow geometrically from
+    ``min_size``, default ``size / 2^(scales-1)``, to ``size``), ``scale_steps`` (steps per scale,
+    default ``steps`` at each), ``preserve_colors`` (``"none"``, ``"luminance"``: stylize the
+    luminance and keep the content's chroma, or ``"match"``: colour-match the style image to the
+    content first), ``ema_decay`` (report an exponential moving average of the iterates, 0 = off).
     """
 
     content_layers: tuple[str, ...] = ("block5_conv2",)
@@ -55,10 +62,15 @@ class StyleConfig:
     lbfgs_memory: int = 20
     chunk_size: int = 20
     size: int | None = 512
-    style_scale: float = 1.0
+    style_scale: float | tuple[float, ...] = 1.0
     init: str = "content"
     seed: int = 0
     save_every: int = 0
+    scales: int = 1
+    min_size: int | None = None
+    scale_steps: tuple[int, ...] | None = None
+    preserve_colors: str = "none"
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         self.loss_spec()  # validates the loss fields
@@ -71,7 +83,31 @@ class StyleConfig:
         _check_int(self.seed, "seed", minimum=0)
         if self.size is not None:
             _check_int(self.size, "size", minimum=8)
-        for name in ("learning_rate", "style_scale", "adam_eps"):
+        _check_int(self.scales, "scales", minimum=1)
+        if self.min_size is not None:
+            _check_int(self.min_size, "min size", minimum=8)
+            if self.size is not None and self.min_size > self.size:
+                raise NstError(f"min size {self.min_size} is larger than size {self.size}")
+        if self.scale_steps is not None:
+            if len(self.scale_steps) != self.scales:
+                raise NstError(
+                    f"{len(self.scale_steps)} scale step counts given for {self.scales} scales"
+                )
+            for n in self.scale_steps:
+                _check_int(n, "steps per scale", minimum=1)
+        if self.scales > 1 and self.size is None:
+            raise NstError("multi-scale stylization needs a target size (--size)")
+        if self.preserve_colors not in COLOR_MODES:
+            raise NstError(
+                f"preserve-colors must be one of {', '.join(COLOR_MODES)}, got {self.preserve_colors!r}"
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise NstError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
+        scales = self.style_scale if isinstance(self.style_scale, tuple) else (self.style_scale,)
+        for v in scales:
+            if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+                raise NstError(f"style scale must be a positive number, got {v}")
+        for name in ("learning_rate", "adam_eps"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
                 raise NstError(f"{name.replace('_', ' ')} must be a positive number, got {v}")
@@ -84,9 +120,10 @@ class StyleConfig:
                 f"init must be 'content', 'noise', 'style' or an existing image path, got {self.init!r}"
             )
 
-    def loss_spec(self) -> LossSpec:
-        """The static description of the objective."""
+    def loss_spec(self, regions: int = 0) -> LossSpec:
+        """The static description of the objective (``regions`` masked style regions)."""
         return LossSpec(
+            regions=regions,
             content_layers=self.content_layers,
             style_layers=self.style_layers,
             content_weight=self.content_weight,
@@ -99,13 +136,37 @@ class StyleConfig:
             remat=self.remat,
         )
 
+    def scale_sizes(self, content_hw: tuple[int, int]) -> list[int]:
+        """Longest side at each scale, coarse to fine (the last is ``size``)."""
+        size = self.size or max(content_hw)
+        if self.scales == 1:
+            return [size]
+        smallest = self.min_size or max(8, round(size / 2 ** (self.scales - 1)))
+        ratio = (size / smallest) ** (1 / (self.scales - 1))
+        return [round(smallest * ratio**i) for i in range(self.scales - 1)] + [size]
+
+    def steps_at(self, scale: int) -> int:
+        return self.scale_steps[scale] if self.scale_steps else self.steps
+
+    def style_scale_for(self, index: int, n_styles: int) -> float:
+        """The style-scale factor of style image ``index`` (of ``n_styles``)."""
+        if not isinstance(self.style_scale, tuple):
+            return float(self.style_scale)
+        if len(self.style_scale) == 1:
+            return float(self.style_scale[0])
+        if len(self.style_scale) != n_styles:
+            raise NstError(
+                f"{len(self.style_scale)} style scales given for {n_styles} style images"
+            )
+        return float(self.style_scale[index])
+
     def replace(self, **changes: Any) -> "StyleConfig":
         """A validated copy with ``changes`` applied; ``None`` values are ignored."""
         changes = {k: v for k, v in changes.items() if v is not None}
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise NstError(f"unknown config fields: {', '.join(sorted(unknown))}")
-        for k in ("content_layers", "style_layers", "style_layer_weights"):
+        for k in ("content_layers", "style_layers", "style_layer_weights", "scale_steps", "style_scale"):
             if k in changes and isinstance(changes[k], list):
                 changes[k] = tuple(changes[k])
         return dataclasses.replace(self, **changes)

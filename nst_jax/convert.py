@@ -33,8 +33,9 @@ import pickle
 import re
 import warnings
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import h5py
 import numpy as np
@@ -75,8 +76,9 @@ _VGG16_MISSING = {"conv3_4", "conv4_4", "conv5_4"}
 
 def _keras_name(layer: str) -> str:
     """``conv{b}_{i}`` → Keras' ``block{b}_conv{i}``."""
-    b, i = layer[len("conv"):].split("_")
+    b, i = layer[len("conv") :].split("_")
     return f"block{b}_conv{i}"
+
 
 Params = dict[str, dict[str, np.ndarray]]
 
@@ -110,7 +112,9 @@ def _as_float32(value: Any) -> np.ndarray:
 
 
 def _names(values: Any) -> list[str]:
-    return [v.decode("utf-8") if isinstance(v, (bytes, np.bytes_)) else str(v) for v in np.ravel(values)]
+    return [
+        v.decode("utf-8") if isinstance(v, (bytes, np.bytes_)) else str(v) for v in np.ravel(values)
+    ]
 
 
 def read_keras_h5(path: str | os.PathLike, *, name: str | None = None) -> Params:
@@ -122,8 +126,13 @@ def read_keras_h5(path: str | os.PathLike, *, name: str | None = None) -> Params
     name = name or str(path)
     with weights_lib.open_hdf5(path, what="Keras weight file") as f:
         try:
-            if f.attrs.get("format") is not None and "layer_names" not in f.attrs:
-                raise NstError(f"{name} is already an nst-jax weight file; there is nothing to convert")
+            fmt = f.attrs.get("format")
+            if isinstance(fmt, bytes):
+                fmt = fmt.decode("utf-8", "replace")
+            if fmt == weights_lib.FORMAT:
+                raise NstError(
+                    f"{name} is already an nst-jax weight file; there is nothing to convert"
+                )
             root: h5py.Group = f
             if "layer_names" not in f.attrs and isinstance(f.get("model_weights"), h5py.Group):
                 root = f["model_weights"]
@@ -147,14 +156,18 @@ def read_keras_h5(path: str | os.PathLike, *, name: str | None = None) -> Params
                 weight_names = _names(group.attrs.get("weight_names", []))
                 if len(weight_names) != 2:
                     problems.append(
-                        f"layer {layer_name} lists {len(weight_names)} weights, expected 2 (kernel, bias)"
+                        f"layer {layer_name} lists {len(weight_names)} weights, "
+                        "expected 2 (kernel, bias)"
                     )
                     continue
                 leaves = {}
-                for leaf, weight_name in zip(("kernel", "bias"), weight_names):
+                for leaf, weight_name in zip(("kernel", "bias"), weight_names, strict=True):
                     dataset = group.get(weight_name)
                     if not isinstance(dataset, h5py.Dataset):
-                        problems.append(f"layer {layer_name} lists weight {weight_name!r}, which is not in the file")
+                        problems.append(
+                            f"layer {layer_name} lists weight {weight_name!r}, "
+                            "which is not in the file"
+                        )
                         continue
                     leaves[leaf] = _as_float32(dataset[()])
                 params[layer] = leaves
@@ -164,7 +177,9 @@ def read_keras_h5(path: str | os.PathLike, *, name: str | None = None) -> Params
     if problems and set(params) == set(CONV_LAYERS) - _VGG16_MISSING:
         problems.append("this looks like VGG-16, but nst-jax needs VGG-19")
     if problems:
-        raise NstError(f"{name} (keras layout) does not hold VGG-19 weights: " + "; ".join(problems))
+        raise NstError(
+            f"{name} (keras layout) does not hold VGG-19 weights: " + "; ".join(problems)
+        )
     return params
 
 
@@ -204,8 +219,18 @@ def read_torch_state_dict(path: str | os.PathLike, *, name: str | None = None) -
             f"{name} is not a readable PyTorch file, it may be truncated or damaged "
             "(the restricted unpickler rejected its contents)"
         ) from None
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError, TypeError, AttributeError,
-            IndexError, zipfile.BadZipFile, pickle.PickleError) as err:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        KeyError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        zipfile.BadZipFile,
+        pickle.PickleError,
+    ) as err:
         raise NstError(
             f"{name} is not a readable PyTorch file, it may be truncated or damaged "
             f"({_first_line(err)})"
@@ -216,7 +241,7 @@ def read_torch_state_dict(path: str | os.PathLike, *, name: str | None = None) -
     if not isinstance(state, Mapping):
         raise NstError(f"{name} holds a {type(state).__name__}, not a state_dict of tensors")
     state = {
-        (k[len("module."):] if k.startswith("module.") else k): v
+        (k[len("module.") :] if k.startswith("module.") else k): v
         for k, v in state.items()
         if isinstance(k, str)
     }
@@ -243,7 +268,11 @@ def read_torch_state_dict(path: str | os.PathLike, *, name: str | None = None) -
     problems = []
     unexpected = sorted(k for k in state if k.startswith("features.") and k not in used)
     if unexpected:
-        hint = " (batch-norm VGG-19 is not supported)" if any("running_" in k for k in unexpected) else ""
+        hint = (
+            " (batch-norm VGG-19 is not supported)"
+            if any("running_" in k for k in unexpected)
+            else ""
+        )
         problems.append(f"unexpected keys {', '.join(unexpected)}{hint}")
     source_names = {layer: f"features.{index}" for layer, index in TORCH_FEATURE_INDEX.items()}
     problems += weights_lib.param_problems(params, source_names=source_names)

@@ -88,13 +88,18 @@ SOURCES: dict[str, Source] = {
 
 
 def parse_hash(expected_hash: str | None, source: Source) -> tuple[str, str]:
-    """``(algorithm, hex)`` from ``"sha256:HEX"``, ``"md5:HEX"``, a bare ``HEX`` (the source's
-    algorithm) or None (the source's published hash). A hex shorter than the digest is a prefix."""
+    """``(algorithm, hex)`` for ``expected_hash``.
+
+    Accepts ``"sha256:HEX"``, ``"md5:HEX"``, a bare ``HEX`` (64 digits: SHA-256, 32: MD5, other
+    lengths: the source's algorithm) or None (the source's published hash). A hex shorter than
+    the full digest is checked as a prefix.
+    """
     if expected_hash is None:
         return source.hash_algorithm, source.hash
     algorithm, sep, digest = expected_hash.partition(":")
     if not sep:
-        algorithm, digest = source.hash_algorithm, expected_hash
+        digest = expected_hash.strip()
+        algorithm = {64: "sha256", 32: "md5"}.get(len(digest), source.hash_algorithm)
     algorithm, digest = algorithm.lower(), digest.strip().lower()
     if algorithm not in HASH_ALGORITHMS:
         raise NstError(f"hash algorithm must be md5 or sha256, got {algorithm!r}")
@@ -154,7 +159,8 @@ def _fetch(
                     break  # reported below as a truncated transfer
                 except (OSError, http.client.HTTPException) as err:
                     raise NstError(
-                        f"download of {url} failed after {received} bytes: {err or type(err).__name__}"
+                        f"download of {url} failed after {received} bytes: "
+                        f"{err or type(err).__name__}"
                     ) from None
                 if not chunk:
                     break
@@ -202,6 +208,8 @@ def download_weights(
     src = SOURCES[source]
     algorithm, want = parse_hash(expected_hash, src)
     url = url or src.url
+    if urllib.parse.urlparse(url).scheme not in ("http", "https", "file"):
+        raise NstError(f"invalid URL {url!r}: it must start with https://, http:// or file://")
     dest = Path(dest_dir) if dest_dir is not None else weights_lib.cache_dir()
     if dest.exists() and not dest.is_dir():
         raise NstError(f"destination {dest} exists and is not a directory")
@@ -219,7 +227,8 @@ def download_weights(
             _say(f"{target} is already present and valid; nothing to download", progress)
             return target
 
-    raw_name = posixpath.basename(urllib.parse.urlparse(url).path) or src.filename
+    raw_name = urllib.parse.unquote(posixpath.basename(urllib.parse.urlparse(url).path))
+    raw_name = raw_name or src.filename
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{raw_name}.", suffix=".part", dir=dest)
     except OSError as err:

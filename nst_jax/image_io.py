@@ -159,6 +159,12 @@ def _to_float_rgb(im: Image.Image) -> np.ndarray:
 # Resizing
 
 
+def load_mask(path: PathLike) -> np.ndarray:
+    """A region mask: the image's luminance as float32 ``(H, W)`` in ``[0, 1]`` (white = in)."""
+    rgb = load_image(path)
+    return (rgb @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.float32)
+
+
 def fit_longest_side(shape_hw: tuple[int, int], max_size: int) -> tuple[int, int]:
     """Returns ``(h, w)`` with the longest side equal to ``max_size`` and the aspect ratio kept.
 

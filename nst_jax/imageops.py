@@ -44,3 +44,87 @@ def as_rgb01(image, name: str = "image") -> np.ndarray:
     if a.dtype == np.uint8:
         a = a.astype(np.float32) / 255.0
     return np.clip(a.astype(np.float32), 0.0, 1.0)
+
+
+# --- colour -----------------------------------------------------------------------------------
+
+#: RGB → YIQ (NTSC): Y is luminance, I and Q carry the chroma.
+_RGB_TO_YIQ = np.array(
+    [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
+    np.float32,
+)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ.astype(np.float64)).astype(np.float32)
+
+
+def rgb_to_yiq(image) -> jax.Array:
+    """``(H, W, 3)`` RGB → YIQ (``Y`` in ``[0, 1]``, ``I``/``Q`` signed chroma)."""
+    return jnp.asarray(image, jnp.float32) @ jnp.asarray(_RGB_TO_YIQ).T
+
+
+def yiq_to_rgb(image) -> jax.Array:
+    """Inverse of :func:`rgb_to_yiq` (not clipped)."""
+    return jnp.asarray(image, jnp.float32) @ jnp.asarray(_YIQ_TO_RGB).T
+
+
+def luminance(image) -> jax.Array:
+    """The luminance ``Y`` of an RGB image as a grey ``(H, W, 3)`` image (Y in every channel)."""
+    y = rgb_to_yiq(image)[..., :1]
+    return jnp.broadcast_to(y, (*y.shape[:2], 3))
+
+
+def match_luminance(style_y, content_y) -> jax.Array:
+    """Shifts and scales the style's luminance to the content's mean and standard deviation.
+
+    Gatys et al. 2016, "Preserving Color in Neural Artistic Style Transfer", section 2 (luminance
+    transfer): ``L_s' = σ_c / σ_s (L_s − μ_s) + μ_c``.
+    """
+    s, c = jnp.asarray(style_y, jnp.float32), jnp.asarray(content_y, jnp.float32)
+    return (c.std() / jnp.maximum(s.std(), 1e-6)) * (s - s.mean()) + c.mean()
+
+
+def recombine_chroma(stylized, content) -> jax.Array:
+    """RGB image with the luminance of ``stylized`` and the chroma (I, Q) of ``content``.
+
+    Both are ``(H, W, 3)`` RGB of the same size; the result is clipped to ``[0, 1]`` (pixels that
+    are not clipped keep exactly the content's chroma).
+    """
+    y = rgb_to_yiq(stylized)[..., :1]
+    iq = rgb_to_yiq(content)[..., 1:]
+    return jnp.clip(yiq_to_rgb(jnp.concatenate([y, iq], -1)), 0.0, 1.0)
+
+
+def _sqrtm_psd(m: np.ndarray, inverse: bool = False) -> np.ndarray:
+    vals, vecs = np.linalg.eigh(m)
+    vals = np.maximum(vals, 1e-8)
+    p = -0.5 if inverse else 0.5
+    return (vecs * vals**p) @ vecs.T
+
+
+def match_color(style, content) -> np.ndarray:
+    """Colour-transfers ``style`` to the colour statistics of ``content`` (linear, 3×3).
+
+    Gatys et al. 2016, "Preserving Color in Neural Artistic Style Transfer", section 1: each style
+    pixel becomes ``x' = A (x − μ_s) + μ_c`` with ``A = Σ_c^{1/2} Σ_s^{-1/2}`` (symmetric matrix
+    square roots, the "image analogies" choice), so the result has the content's mean ``μ_c``
+    and covariance ``Σ_c``. Returns float32 ``(H_s, W_s, 3)`` clipped to ``[0, 1]``.
+    """
+    s = np.asarray(style, np.float64).reshape(-1, 3)
+    c = np.asarray(content, np.float64).reshape(-1, 3)
+    mu_s, mu_c = s.mean(0), c.mean(0)
+    cov_s = np.cov(s, rowvar=False) + 1e-6 * np.eye(3)
+    cov_c = np.cov(c, rowvar=False) + 1e-6 * np.eye(3)
+    a = _sqrtm_psd(cov_c) @ _sqrtm_psd(cov_s, inverse=True)
+    out = (s - mu_s) @ a.T + mu_c
+    return np.clip(out, 0.0, 1.0).astype(np.float32).reshape(np.shape(style))
+
+
+# --- masks ------------------------------------------------------------------------------------
+
+
+def resize_mask(mask, shape_hw: tuple[int, int]) -> jax.Array:
+    """Area-averaged resize of an ``(H, W)`` mask in ``[0, 1]`` to ``shape_hw``."""
+    mask = jnp.asarray(mask, jnp.float32)
+    if tuple(mask.shape) == tuple(shape_hw):
+        return mask
+    out = jax.image.resize(mask, tuple(shape_hw), "linear", antialias=True)
+    return jnp.clip(out, 0.0, 1.0)

@@ -76,19 +76,30 @@ def get_convention(name: str | LossConvention) -> LossConvention:
         ) from None
 
 
-def gram_matrix(features: jax.Array, *, normalization: str = "positions") -> jax.Array:
+def gram_matrix(
+    features: jax.Array, *, normalization: str = "positions", mask: jax.Array | None = None
+) -> jax.Array:
     """Gram matrix ``G = FᵀF`` of one ``(H, W, C)`` feature map, float32 ``(C, C)``.
 
-    ``G[c, d] = Σ_{h,w} F[h, w, c] F[h, w, d]``, divided by ``H·W`` (``"positions"``, the TF
-    tutorial), by ``C·H·W`` (``"elements"``, jcjohnson/neural-style) or not (``"none"``, Gatys).
+    ``G[c, d] = Σ_{h,w} F[h, w, c] F[h, w, d]``, divided by ``M = H·W`` (``"positions"``, the TF
+    tutorial), by ``C·M`` (``"elements"``, jcjohnson/neural-style) or not (``"none"``, Gatys).
+
+    With a ``(H, W)`` ``mask`` ``m`` (Gatys et al. 2017, guided Gram matrices) the features are
+    weighted first, ``G = (m·F)ᵀ(m·F)``, and ``M`` becomes the mask's effective size ``Σ m²``; an
+    all-ones mask gives the plain Gram matrix.
     """
     h, w, c = features.shape
     f = features.reshape(h * w, c)
+    positions = h * w
+    if mask is not None:
+        m = mask.reshape(h * w, 1).astype(f.dtype)
+        f = f * m
+        positions = jnp.maximum(jnp.sum(jnp.square(mask.astype(jnp.float32))), 1e-8)
     g = jnp.einsum("mc,md->cd", f, f, preferred_element_type=_acc(features))
     if normalization == "positions":
-        return g / (h * w)
+        return g / positions
     if normalization == "elements":
-        return g / (h * w * c)
+        return g / (positions * c)
     if normalization == "none":
         return g
     raise NstError(f"unknown Gram normalization {normalization!r}")
@@ -109,19 +120,26 @@ def content_loss(
 
 
 def style_layer_loss(
-    features: jax.Array, target_gram: jax.Array, *, convention: str | LossConvention = "tf"
+    features: jax.Array,
+    target_gram: jax.Array,
+    *,
+    convention: str | LossConvention = "tf",
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """Style loss of one layer: compares ``gram_matrix(features)`` with ``target_gram``.
 
     ``mean((G - A)²)`` or, for ``gatys``, ``E_l = Σ (G - A)² / (4 N² M²)`` with unnormalised Grams.
-    ``features`` is ``(H, W, C)``, ``target_gram`` is ``(C, C)``; returns a float32 scalar.
+    ``features`` is ``(H, W, C)``, ``target_gram`` is ``(C, C)``; returns a float32 scalar. With a
+    ``(H, W)`` ``mask`` the Gram matrix is the region's guided Gram (see :func:`gram_matrix`)
+    and ``M = Σ m²``, so the loss and its gradient vanish outside the region.
     """
     conv = get_convention(convention)
     h, w, c = features.shape
-    g = gram_matrix(features, normalization=conv.gram_norm)
+    g = gram_matrix(features, normalization=conv.gram_norm, mask=mask)
     d = g - target_gram.astype(g.dtype)
     if conv.style == "gatys":
-        return jnp.sum(d * d) / (4.0 * c**2 * (h * w) ** 2)
+        m = h * w if mask is None else jnp.sum(jnp.square(mask.astype(jnp.float32)))
+        return jnp.sum(d * d) / (4.0 * c**2 * jnp.square(m))
     return jnp.mean(d * d)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from nst_jax import losses
+from nst_jax import imageops, losses
 from nst_jax.errors import NstError
 from nst_jax.features import extract_features
 from nst_jax.vgg import POOLINGS, canonical_layer
@@ -39,6 +39,7 @@ class LossSpec:
       pooling: ``"max"`` or ``"avg"``.
       dtype: activation dtype, ``"float32"`` or ``"bfloat16"`` (Grams and losses stay float32).
       remat: recompute VGG blocks in the backward pass to save memory.
+      regions: number of masked style regions (0 = no masks; see :func:`compute_targets`).
     """
 
     content_layers: tuple[str, ...]
@@ -51,6 +52,7 @@ class LossSpec:
     pooling: str = "max"
     dtype: str = "float32"
     remat: bool = False
+    regions: int = 0
 
     def __post_init__(self):
         for field in ("content_layers", "style_layers"):
@@ -147,24 +149,63 @@ def compute_targets(
     spec: LossSpec,
     *,
     style_blend: Sequence[float] | None = None,
+    masks: jax.Array | None = None,
 ) -> Targets:
-    """Content features of ``content`` and (blended) style Grams of ``styles``.
+    """Content features of ``content`` and (blended or per-region) style Grams of ``styles``.
 
     Args:
       content: ``(H, W, 3)`` RGB ``[0, 1]``, at the size that will be optimised.
       styles: one ``(H_s, W_s, 3)`` image or a list of them (each at its own size).
       style_blend: one weight per style image (normalised to sum to 1); default equal.
+      masks: ``(R, H, W)`` region masks in ``[0, 1]`` at the content's size, one per style
+        (Gatys et al. 2017): region ``r`` takes the style of ``styles[r]``. Needs
+        ``spec.regions == R``; masks are area-resized to each style layer's resolution.
+
+    Returns:
+      ``{"content": {layer: (H_l, W_l, C_l)}, "style": {layer: (C_l, C_l)}}``; with masks the
+      style Grams are stacked ``(R, C_l, C_l)`` and ``"masks": {layer: (R, H_l, W_l)}`` is added.
     """
     if not isinstance(styles, (list, tuple)):
         styles = [styles]
-    if style_blend is None:
-        style_blend = [1.0] * len(styles)
     grams = [style_grams(weights, s, spec) for s in styles]
-    content_feats = features_for(weights, content, spec.content_layers, spec)
-    return {
-        "content": {k: jax.lax.stop_gradient(v) for k, v in content_feats.items()},
-        "style": blend_grams(grams, style_blend),
+    content_feats = features_for(weights, content, spec.all_layers, spec)
+    targets: Targets = {
+        "content": {
+            k: jax.lax.stop_gradient(content_feats[k]) for k in spec.content_layers
+        }
     }
+    if masks is None:
+        if spec.regions:
+            raise NstError(f"the loss expects {spec.regions} region masks but none were given")
+        targets["style"] = blend_grams(grams, style_blend or [1.0] * len(styles))
+        return targets
+    if style_blend is not None:
+        raise NstError("style blend weights and region masks cannot be combined")
+    if masks.ndim != 3 or masks.shape[0] != len(styles) or masks.shape[0] != spec.regions:
+        raise NstError(
+            f"{masks.shape[0] if masks.ndim == 3 else 'malformed'} masks given for "
+            f"{len(styles)} style images (one mask per style is needed)"
+        )
+    if tuple(masks.shape[1:]) != tuple(content.shape[:2]):
+        raise NstError(
+            f"mask size {masks.shape[2]}x{masks.shape[1]} does not match the content image "
+            f"size {content.shape[1]}x{content.shape[0]}"
+        )
+    targets["style"] = {k: jnp.stack([g[k] for g in grams]) for k in spec.style_layers}
+    targets["masks"] = {
+        k: jnp.stack([imageops.resize_mask(m, content_feats[k].shape[:2]) for m in masks])
+        for k in spec.style_layers
+    }
+    return targets
+
+
+def _style_term(f: jax.Array, targets: Targets, layer: str, conv) -> jax.Array:
+    if "masks" not in targets:
+        return losses.style_layer_loss(f, targets["style"][layer], convention=conv)
+    per_region = jax.vmap(
+        lambda a, m: losses.style_layer_loss(f, a, convention=conv, mask=m)
+    )(targets["style"][layer], targets["masks"][layer])
+    return jnp.sum(per_region)
 
 
 def style_transfer_loss(
@@ -185,9 +226,7 @@ def style_transfer_loss(
     }
     lw = spec.layer_weights
     style_terms = {
-        k: spec.style_weight
-        * lw[k]
-        * losses.style_layer_loss(feats[k], targets["style"][k], convention=conv)
+        k: spec.style_weight * lw[k] * _style_term(feats[k], targets, k, conv)
         for k in spec.style_layers
     }
     tv = spec.tv_weight * losses.total_variation_loss(image, kind=conv.tv, scale=conv.tv_scale)

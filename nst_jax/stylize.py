@@ -93,8 +93,8 @@ def _loss_jit(image, targets, weights, *, spec: LossSpec):
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "blend"))
-def _targets_jit(weights, content, styles, *, spec: LossSpec, blend):
-    return compute_targets(weights, content, list(styles), spec, style_blend=blend)
+def _targets_jit(weights, content, styles, masks, *, spec: LossSpec, blend):
+    return compute_targets(weights, content, list(styles), spec, style_blend=blend, masks=masks)
 
 
 def compile_count() -> int:
@@ -103,15 +103,18 @@ def compile_count() -> int:
 
 
 def prepare_inputs(
-    content, styles: Sequence, config: StyleConfig
+    content, styles: Sequence, config: StyleConfig, *, size: int | None = None
 ) -> tuple[jax.Array, list[jax.Array]]:
-    """Content resized to ``config.size``; each style to ``config.style_scale`` of that size."""
-    content = imageops.resize_longest(imageops.as_rgb01(content, "content image"), config.size)
+    """Content resized to ``size`` (default ``config.size``); each style image to its
+    ``style_scale`` times the content's longest side."""
+    size = size if size is not None else config.size
+    content = imageops.resize_longest(imageops.as_rgb01(content, "content image"), size)
     side = max(content.shape[:2])
     out = []
     for i, s in enumerate(styles):
         s = imageops.as_rgb01(s, f"style image {i + 1}")
-        out.append(imageops.resize_longest(s, max(8, round(side * config.style_scale))))
+        scale = config.style_scale_for(i, len(styles))
+        out.append(imageops.resize_longest(s, max(8, round(side * scale))))
     return content, out
 
 
@@ -190,9 +193,16 @@ def optimize_image(
     progress: bool = False,
     step_offset: int = 0,
     desc: str = "stylize",
+    opt_state: Any = None,
 ) -> tuple[RunState, dict[str, np.ndarray], bool]:
-    """Runs up to ``steps`` steps from ``init``; returns ``(state, history, interrupted)``."""
+    """Runs up to ``steps`` steps from ``init``; returns ``(state, history, interrupted)``.
+
+    ``opt_state`` (optional) replaces the fresh optimiser state, e.g. Adam moments carried over
+    from a coarser scale.
+    """
     state = _init_jit(init, targets, weights, spec=spec, optim=optim)
+    if opt_state is not None:
+        state = state._replace(opt_state=opt_state)
     hist: dict[str, list[np.ndarray]] = {k: [] for k in HISTORY_KEYS}
     bar = _progress_bar(steps, desc) if progress else None
     done = 0
@@ -235,6 +245,41 @@ def _progress_bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
 
 
+def rescale_opt_state(opt_state, shape_hw: tuple[int, int], old_hw: tuple[int, int]):
+    """Carries Adam's moment estimates to a new image size (bilinear, so ``ν`` stays >= 0).
+
+    Leaves shaped like the image (``(H, W, 3)``) are resized; scalars (the step count) are kept,
+    as crowsonkb/style-transfer-pytorch does between scales.
+    """
+
+    def f(a):
+        if a.ndim == 3 and tuple(a.shape[:2]) == tuple(old_hw):
+            return jax.image.resize(a, (*shape_hw, a.shape[-1]), "linear")
+        return a
+
+    return jax.tree.map(f, opt_state)
+
+
+def _check_masks(masks, content_hw, n_styles: int) -> np.ndarray | None:
+    if masks is None:
+        return None
+    m = np.asarray(masks, np.float32)
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3:
+        raise NstError(f"masks must be (R, H, W) arrays, got shape {m.shape}")
+    if m.shape[0] != n_styles:
+        raise NstError(f"{m.shape[0]} masks given for {n_styles} style images (one per style)")
+    if tuple(m.shape[1:]) != tuple(content_hw):
+        raise NstError(
+            f"mask size {m.shape[2]}x{m.shape[1]} does not match the content image size "
+            f"{content_hw[1]}x{content_hw[0]}"
+        )
+    if not np.all((m >= 0) & (m <= 1)):
+        raise NstError("mask values must lie in [0, 1]")
+    return m
+
+
 def stylize(
     content,
     style,
@@ -243,6 +288,7 @@ def stylize(
     *,
     init_image=None,
     style_blend: Sequence[float] | None = None,
+    masks=None,
     callback: Callback | None = None,
     progress: bool = False,
 ) -> StylizeResult:
@@ -250,11 +296,15 @@ def stylize(
 
     Args:
       content: ``(H, W, 3)`` RGB array in ``[0, 1]`` (or uint8).
-      style: one such array, or a list of them (their Gram targets are blended).
-      config: a :class:`StyleConfig` (e.g. ``get_preset("gatys")``).
+      style: one such array, or a list of them (their Gram targets are blended, or assigned to
+        the regions of ``masks``).
+      config: a :class:`StyleConfig` (e.g. ``get_preset("gatys")``), including the artist
+        controls: ``scales`` (coarse to fine), ``preserve_colors``, ``ema_decay``.
       weights: :class:`VGGWeights` from :func:`nst_jax.weights.resolve_weights`.
       init_image: starting image when ``config.init`` is a path (already loaded).
       style_blend: weight per style image (default equal).
+      masks: ``(R, H, W)`` region masks in ``[0, 1]`` at the content's size, one per style
+        image: region ``r`` is painted in ``style[r]`` (Gatys et al. 2017).
       callback: called as ``callback(step, image, loss)`` every ``config.save_every`` steps.
       progress: show a progress bar on stderr.
 
@@ -265,25 +315,83 @@ def stylize(
     if not styles:
         raise NstError("at least one style image is needed")
     start = time.perf_counter()
-    spec = config.loss_spec()
-    optim = optim_spec(config)
-    content_x, styles_x = prepare_inputs(content, styles, config)
+    content0 = imageops.as_rgb01(content, "content image")
+    styles0 = [imageops.as_rgb01(s, f"style image {i + 1}") for i, s in enumerate(styles)]
+    masks0 = _check_masks(masks, content0.shape[:2], len(styles0))
+    if style_blend is not None and masks0 is not None:
+        raise NstError("style blend weights and region masks cannot be combined")
+    work_content = content0
+    if config.preserve_colors == "match":
+        styles0 = [imageops.match_color(s, content0) for s in styles0]
+    elif config.preserve_colors == "luminance":
+        content_y = imageops.rgb_to_yiq(content0)[..., 0]
+        work_content = np.asarray(imageops.luminance(content0))
+        styles0 = [
+            np.asarray(jnp.clip(
+                jnp.broadcast_to(
+                    imageops.match_luminance(imageops.rgb_to_yiq(s)[..., :1], content_y),
+                    (*s.shape[:2], 3),
+                ),
+                0.0,
+                1.0,
+            ))
+            for s in styles0
+        ]
+    spec = config.loss_spec(regions=0 if masks0 is None else len(styles0))
+    optim = optim_spec(config, config.ema_decay)
     blend = tuple(float(b) for b in style_blend) if style_blend is not None else None
-    targets = _targets_jit(weights, content_x, tuple(styles_x), spec=spec, blend=blend)
-    init = initial_image(content_x, styles_x[0], config, init_image)
-    state, history, interrupted = optimize_image(
-        init,
-        targets,
-        weights,
-        spec,
-        optim,
-        steps=config.steps,
-        chunk_size=config.chunk_size,
-        save_every=config.save_every,
-        callback=callback,
-        progress=progress,
-    )
-    return finish(state, history, interrupted, targets, weights, spec, optim, start)
+
+    state: RunState | None = None
+    histories: list[dict[str, np.ndarray]] = []
+    done = 0
+    interrupted = False
+    sizes = config.scale_sizes(content0.shape[:2])
+    for i, size in enumerate(sizes):
+        content_x, styles_x = prepare_inputs(work_content, styles0, config, size=size)
+        hw = content_x.shape[:2]
+        masks_x = (
+            None if masks0 is None else jnp.stack([imageops.resize_mask(m, hw) for m in masks0])
+        )
+        targets = _targets_jit(
+            weights, content_x, tuple(styles_x), masks_x, spec=spec, blend=blend
+        )
+        carried = None
+        if state is None:
+            init = initial_image(content_x, styles_x[0], config, init_image)
+            if config.preserve_colors == "luminance":
+                init = imageops.luminance(init)
+        else:
+            old_hw = state.image.shape[:2]
+            init = imageops.resize(result_image(state, optim), hw)
+            if config.optimizer == "adam":
+                carried = rescale_opt_state(state.opt_state, hw, old_hw)
+        desc = "stylize" if len(sizes) == 1 else f"scale {i + 1}/{len(sizes)} ({hw[1]}x{hw[0]})"
+        state, history, interrupted = optimize_image(
+            init,
+            targets,
+            weights,
+            spec,
+            optim,
+            steps=config.steps_at(i),
+            chunk_size=config.chunk_size,
+            save_every=config.save_every,
+            callback=callback,
+            progress=progress,
+            step_offset=done,
+            desc=desc,
+            opt_state=carried,
+        )
+        histories.append(history)
+        done += len(history["total"])
+        if interrupted or bool(state.diverged):
+            break
+    history = {k: np.concatenate([h[k] for h in histories]) for k in HISTORY_KEYS}
+    result = finish(state, history, interrupted, targets, weights, spec, optim, start)
+    result.steps = done if not result.diverged else result.steps
+    if config.preserve_colors == "luminance":
+        chroma_src = imageops.resize(content0, result.image.shape[:2])
+        result.image = np.asarray(imageops.recombine_chroma(result.image, chroma_src))
+    return result
 
 
 def finish(state, history, interrupted, targets, weights, spec, optim, start) -> StylizeResult:

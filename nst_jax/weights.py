@@ -29,8 +29,9 @@ import functools
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import flax.struct
 import h5py
@@ -81,16 +82,17 @@ def random_weights(
     Random weights give stylization that matches colours and fine texture but none of a
     pretrained network's structure; it is for tests and for trying the tool without downloads.
     """
-    variables = VGG19().init(jax.random.key(seed), jnp.zeros((32, 32, 3)), layers=("pool5",))
-    params: Any = jax.tree.map(lambda a: a, variables["params"])
-    keys = jax.random.split(jax.random.key(seed + 1), len(params))
+    # Only the shapes of the initialised tree are used, so take them from eval_shape rather than
+    # running a real init (a full forward pass, ~40x slower on CPU); the values are the same.
+    shapes = expected_shapes()
+    keys = jax.random.split(jax.random.key(seed + 1), len(shapes))
     params = {
         name: {
-            "kernel": jax.random.normal(k, leaves["kernel"].shape, jnp.float32)
-            * jnp.sqrt(2.0 / (9 * leaves["kernel"].shape[2])),
-            "bias": jnp.zeros_like(leaves["bias"]),
+            "kernel": jax.random.normal(k, leaves["kernel"], jnp.float32)
+            * jnp.sqrt(2.0 / (9 * leaves["kernel"][2])),
+            "bias": jnp.zeros(leaves["bias"], jnp.float32),
         }
-        for k, (name, leaves) in zip(keys, params.items())
+        for k, (name, leaves) in zip(keys, shapes.items(), strict=True)
     }
     return VGGWeights(
         params=params,
@@ -114,7 +116,10 @@ REPO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 def converted_filename(source: str) -> str:
-    """File name ``nst-jax weights download --source SOURCE`` writes, e.g. ``vgg19-keras.nst.h5``."""
+    """Name of the file ``nst-jax weights download --source SOURCE`` writes.
+
+    E.g. ``vgg19-keras.nst.h5``.
+    """
     return f"vgg19-{source}.nst.h5"
 
 
@@ -180,7 +185,7 @@ def param_problems(
 def check_params(
     params: Mapping[str, Mapping[str, Any]],
     *,
-    what: str = "VGG-19 parameters",
+    what: str = "parameters",
     source_names: Mapping[str, str] | None = None,
 ) -> None:
     """Raises ``NstError`` naming every problem :func:`param_problems` finds in ``params``.
@@ -226,7 +231,7 @@ def open_hdf5(path: str | os.PathLike, *, what: str = "weights file") -> h5py.Fi
         raise NstError(f"cannot read {path}: {_first_line(err)}") from None
     if not is_hdf5:
         hint = ""
-        if path.suffix in (".pth", ".pt"):
+        if path.suffix in (".pth", ".pt") and what == "weights file":
             hint = f" (convert it first: nst-jax weights convert {path} -o OUT.nst.h5)"
         raise NstError(f"{path} is not an HDF5 file{hint}")
     try:
@@ -262,7 +267,9 @@ def save_weights(
     """
     path = Path(path)
     if path.is_dir():
-        raise NstError(f"output {path} is a directory; give a file name such as {path / WEIGHT_FILENAMES[0]}")
+        raise NstError(
+            f"output {path} is a directory; give a file name such as {path / WEIGHT_FILENAMES[0]}"
+        )
     if layout not in LAYOUTS:
         raise NstError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     check_params(params, what=f"parameters for {path.name}")
@@ -314,7 +321,13 @@ class WeightsFileInfo:
 
 
 _REQUIRED_ATTRS = (
-    "format_version", "source_file", "source_sha256", "layout", "channel_order", "scale", "mean",
+    "format_version",
+    "source_file",
+    "source_sha256",
+    "layout",
+    "channel_order",
+    "scale",
+    "mean",
     "std",
 )
 
@@ -329,7 +342,9 @@ def _read_info(path: Path, f: h5py.File) -> WeightsFileInfo:
                 f"nst-jax weights convert {path} -o {WEIGHT_FILENAMES[0]}"
             )
         found = "no 'format' attribute" if fmt is None else f"format {fmt!r}"
-        raise NstError(f"{path} is not an nst-jax VGG-19 weight file ({found}, expected {FORMAT!r})")
+        raise NstError(
+            f"{path} is not an nst-jax VGG-19 weight file ({found}, expected {FORMAT!r})"
+        )
     missing = [key for key in _REQUIRED_ATTRS if key not in attrs]
     if missing:
         raise NstError(
@@ -360,10 +375,19 @@ def _read_info(path: Path, f: h5py.File) -> WeightsFileInfo:
         raise NstError(f"{path} has a malformed attribute: {_first_line(err)}") from None
 
 
+@contextlib.contextmanager
+def _damaged_as_error(path: Path) -> Iterator[None]:
+    """h5py's errors while reading an open file become one ``NstError`` naming the file."""
+    try:
+        yield
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise NstError(f"{path} is truncated or damaged ({_first_line(err)})") from None
+
+
 def read_info(path: str | os.PathLike) -> WeightsFileInfo:
     """Reads and checks the root attributes of an nst-jax weight file without loading arrays."""
     path = Path(path)
-    with open_hdf5(path) as f:
+    with open_hdf5(path) as f, _damaged_as_error(path):
         return _read_info(path, f)
 
 
@@ -375,20 +399,17 @@ def load_weights(path: str | os.PathLike) -> VGGWeights:
     in a single ``NstError``.
     """
     path = Path(path)
-    with open_hdf5(path) as f:
+    with open_hdf5(path) as f, _damaged_as_error(path):
         info = _read_info(path, f)
         params: dict[str, Any] = {}
-        try:
-            for layer, obj in f.items():
-                if isinstance(obj, h5py.Group):
-                    params[layer] = {
-                        leaf: ds[()] if isinstance(ds, h5py.Dataset) else None
-                        for leaf, ds in obj.items()
-                    }
-                else:
-                    params[layer] = None
-        except (OSError, KeyError, ValueError, TypeError) as err:
-            raise NstError(f"{path} is truncated or damaged ({_first_line(err)})") from None
+        for layer, obj in f.items():
+            if isinstance(obj, h5py.Group):
+                params[layer] = {
+                    leaf: ds[()] if isinstance(ds, h5py.Dataset) else None
+                    for leaf, ds in obj.items()
+                }
+            else:
+                params[layer] = None
     check_params(params, what=f"the weights in {path}")
     return VGGWeights(
         params=jax.tree.map(jnp.asarray, params),
@@ -402,7 +423,10 @@ def load_weights(path: str | os.PathLike) -> VGGWeights:
 
 
 def cache_dir() -> Path:
-    """Per-user cache: ``$NST_JAX_CACHE``, else ``$XDG_CACHE_HOME/nst-jax``, else ``~/.cache/nst-jax``."""
+    """The per-user cache directory.
+
+    ``$NST_JAX_CACHE``, else ``$XDG_CACHE_HOME/nst-jax``, else ``~/.cache/nst-jax``.
+    """
     if os.environ.get(ENV_CACHE):
         return Path(os.environ[ENV_CACHE]).expanduser()
     if os.environ.get("XDG_CACHE_HOME"):

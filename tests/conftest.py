@@ -60,7 +60,10 @@ def write_keras_h5(
     if full:
         layers["flatten"] = []
         for name, shape in (("fc1", (8, 6)), ("fc2", (6, 6)), ("predictions", (6, 5))):
-            layers[name] = [rng.standard_normal(shape).astype(np.float32), np.zeros(shape[1:], np.float32)]
+            layers[name] = [
+                rng.standard_normal(shape).astype(np.float32),
+                np.zeros(shape[1:], np.float32),
+            ]
     for name in drop:
         del layers[name]
     layers.update(replace or {})
@@ -80,7 +83,7 @@ def write_keras_h5(
             else:
                 names = [f"{name}/{kind}:0" for kind in ("kernel", "bias")][: len(arrays)]
             group.attrs["weight_names"] = np.array([n.encode() for n in names], dtype="S")
-            for weight_name, array in zip(names, arrays):
+            for weight_name, array in zip(names, arrays, strict=True):
                 group.create_dataset(weight_name, data=array, compression=compression)
     return path
 

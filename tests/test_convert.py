@@ -120,7 +120,22 @@ def test_detect_layout():
 
 def test_torch_feature_index_is_torchvision_layout():
     assert list(convert.TORCH_FEATURE_INDEX.values()) == [
-        0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34
+        0,
+        2,
+        5,
+        7,
+        10,
+        12,
+        14,
+        16,
+        19,
+        21,
+        23,
+        25,
+        28,
+        30,
+        32,
+        34,
     ]
 
 
@@ -156,14 +171,25 @@ def _assert_one_line_error(code, err, *phrases):
     [
         ("not_hdf5", ["is not an HDF5 file"]),
         ("truncated", ["truncated or damaged"]),
-        ("vgg16", ["missing layers conv3_4 (block3_conv4), conv4_4 (block4_conv4), conv5_4 (block5_conv4)"]),
-        ("wrong_shape", ["conv2_1 (block2_conv1) kernel has shape (3, 3, 128, 64), expected (3, 3, 64, 128)"]),
+        (
+            "vgg16",
+            [
+                "missing layers conv3_4 (block3_conv4), conv4_4 (block4_conv4), "
+                "conv5_4 (block5_conv4)"
+            ],
+        ),
+        (
+            "wrong_shape",
+            ["conv2_1 (block2_conv1) kernel has shape (3, 3, 128, 64), expected (3, 3, 64, 128)"],
+        ),
         ("wrong_dtype", ["conv1_1 (block1_conv1) kernel has dtype int32, expected float32"]),
         ("dangling_weight_name", ["lists weight 'block1_conv2_W_1:0', which is not in the file"]),
         ("no_layer_names", ["not a Keras legacy HDF5 weight file"]),
     ],
 )
-def test_bad_keras_files_fail_cleanly(tmp_path, capsys, keras_h5_writer, zero_params, kind, phrases):
+def test_bad_keras_files_fail_cleanly(
+    tmp_path, capsys, keras_h5_writer, zero_params, kind, phrases
+):
     src = tmp_path / "src.h5"
     kw = dict(compression="gzip")
     if kind == "not_hdf5":
@@ -173,13 +199,19 @@ def test_bad_keras_files_fail_cleanly(tmp_path, capsys, keras_h5_writer, zero_pa
         data = src.read_bytes()
         src.write_bytes(data[: len(data) // 2])
     elif kind == "vgg16":
-        keras_h5_writer(src, zero_params, drop=("block3_conv4", "block4_conv4", "block5_conv4"), **kw)
+        keras_h5_writer(
+            src, zero_params, drop=("block3_conv4", "block4_conv4", "block5_conv4"), **kw
+        )
     elif kind == "wrong_shape":
         k = np.zeros((3, 3, 128, 64), np.float32)
-        keras_h5_writer(src, zero_params, replace={"block2_conv1": [k, np.zeros(128, np.float32)]}, **kw)
+        keras_h5_writer(
+            src, zero_params, replace={"block2_conv1": [k, np.zeros(128, np.float32)]}, **kw
+        )
     elif kind == "wrong_dtype":
         k = np.zeros((3, 3, 3, 64), np.int32)
-        keras_h5_writer(src, zero_params, replace={"block1_conv1": [k, np.zeros(64, np.float32)]}, **kw)
+        keras_h5_writer(
+            src, zero_params, replace={"block1_conv1": [k, np.zeros(64, np.float32)]}, **kw
+        )
     elif kind == "dangling_weight_name":
         keras_h5_writer(src, zero_params, **kw)
         with h5py.File(src, "a") as f:
@@ -218,7 +250,9 @@ def test_all_problems_named_in_one_message(tmp_path, keras_h5_writer, zero_param
         assert phrase in msg
 
 
-def test_convert_refuses_directory_output_and_missing_input(tmp_path, capsys, keras_h5_writer, zero_params):
+def test_convert_refuses_directory_output_and_missing_input(
+    tmp_path, capsys, keras_h5_writer, zero_params
+):
     src = keras_h5_writer(tmp_path / "src.h5", zero_params, compression="gzip")
     code, err = _run_convert(capsys, src, tmp_path)
     _assert_one_line_error(code, err, "is a directory")

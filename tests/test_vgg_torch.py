@@ -66,7 +66,8 @@ def torch_activations(state_dict, pool: type, x_hwc: np.ndarray) -> dict[str, np
     out = {}
     x = torch.from_numpy(np.ascontiguousarray(x_hwc, np.float32)).permute(2, 0, 1)[None]
     with torch.no_grad():
-        for name, module in zip(LAYERS, model):  # LAYERS follows the Sequential's order
+        # LAYERS names the Sequential's modules in order: conv, relu, ..., pool.
+        for name, module in zip(LAYERS, model, strict=True):
             x = module(x)
             out[name] = x[0].permute(1, 2, 0).numpy()
     return out
@@ -96,7 +97,8 @@ def converted(pth_file, tmp_path_factory):
     src, _ = pth_file
     out = tmp_path_factory.mktemp("converted")
     assert main(["weights", "convert", str(src), "-o", str(out / "tv.nst.h5")]) == 0
-    assert main(["weights", "convert", str(src), "-o", str(out / "caffe.nst.h5"), "--layout", "caffe"]) == 0
+    caffe = ["--layout", "caffe"]
+    assert main(["weights", "convert", str(src), "-o", str(out / "caffe.nst.h5"), *caffe]) == 0
     return {
         "torchvision": weights_lib.load_weights(out / "tv.nst.h5"),
         "caffe": weights_lib.load_weights(out / "caffe.nst.h5"),

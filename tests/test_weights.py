@@ -1,4 +1,4 @@
-"""The nst-jax weight file (save, load, checks), bad files through the CLI, and default discovery."""
+"""The nst-jax weight file (save, load, checks), bad files through the CLI, default discovery."""
 
 from __future__ import annotations
 
@@ -25,7 +25,11 @@ def nst_file(tmp_path_factory, vgg_params):
     """One valid nst-jax weight file (torchvision preprocessing), written once per module."""
     path = tmp_path_factory.mktemp("nst") / "vgg19-torchvision.nst.h5"
     weights_lib.save_weights(
-        path, vgg_params, prep.TORCHVISION, source_file="vgg19-dcbb9e9d.pth", source_sha256=SHA,
+        path,
+        vgg_params,
+        prep.TORCHVISION,
+        source_file="vgg19-dcbb9e9d.pth",
+        source_sha256=SHA,
         layout="torchvision",
     )
     return path
@@ -35,7 +39,10 @@ def test_expected_shapes_are_vgg19():
     shapes = weights_lib.expected_shapes()
     assert tuple(shapes) == CONV_LAYERS
     for layer in CONV_LAYERS:
-        assert shapes[layer] == {"kernel": conv_kernel_shape(layer), "bias": conv_kernel_shape(layer)[-1:]}
+        assert shapes[layer] == {
+            "kernel": conv_kernel_shape(layer),
+            "bias": conv_kernel_shape(layer)[-1:],
+        }
     total = sum(np.prod(s) for leaves in shapes.values() for s in leaves.values())
     assert total == 20_024_384  # VGG-19 convolutional trunk
 
@@ -52,7 +59,10 @@ def test_save_load_roundtrip(nst_file, vgg_params):
             np.testing.assert_array_equal(got, vgg_params[layer][leaf])
     info = weights_lib.read_info(nst_file)
     assert (info.layout, info.source_file, info.source_sha256, info.format_version) == (
-        "torchvision", "vgg19-dcbb9e9d.pth", SHA, 1
+        "torchvision",
+        "vgg19-dcbb9e9d.pth",
+        SHA,
+        1,
     )
     with h5py.File(nst_file) as f:
         assert f.attrs["format"] == "nst-jax-vgg19"
@@ -89,7 +99,12 @@ def test_save_refuses_bad_params_and_leaves_nothing(tmp_path, vgg_params):
     params = {k: v for k, v in vgg_params.items() if k != "conv1_1"}
     with pytest.raises(NstError, match="missing layer conv1_1"):
         weights_lib.save_weights(
-            tmp_path / "x.nst.h5", params, prep.KERAS, source_file="a", source_sha256=SHA, layout="keras"
+            tmp_path / "x.nst.h5",
+            params,
+            prep.KERAS,
+            source_file="a",
+            source_sha256=SHA,
+            layout="keras",
         )
     assert os.listdir(tmp_path) == []
 
@@ -162,7 +177,9 @@ def test_cli_subprocess_bad_file_has_no_traceback(tmp_path):
     bad.write_bytes(b"not a weight file at all")
     proc = subprocess.run(
         [sys.executable, "-m", "nst_jax", "weights", "info", str(bad)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -199,7 +216,12 @@ def places(tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    return {"repo": repo, "cwd": work / "weights", "cache": home / ".cache" / "nst-jax", "root": tmp_path}
+    return {
+        "repo": repo,
+        "cwd": work / "weights",
+        "cache": home / ".cache" / "nst-jax",
+        "root": tmp_path,
+    }
 
 
 def _link(target, directory, name="vgg19-keras.nst.h5"):
@@ -233,7 +255,9 @@ def test_not_found_message(places, capsys):
 def test_unconverted_file_is_pointed_out(places):
     places["cwd"].mkdir()
     (places["cwd"] / "vgg19-dcbb9e9d.pth").write_bytes(b"x")
-    with pytest.raises(weights_lib.WeightsNotFound, match="nst-jax weights convert .*--layout torchvision"):
+    with pytest.raises(
+        weights_lib.WeightsNotFound, match="nst-jax weights convert .*--layout torchvision"
+    ):
         weights_lib.resolve_weights(None)
 
 

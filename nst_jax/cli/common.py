@@ -26,6 +26,13 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 # (flag, config field, type, help)
 _CONFIG_FLAGS = [
     ("--size", "size", int, "longest side of the output in pixels (alias --image-size)"),
@@ -41,12 +48,19 @@ _CONFIG_FLAGS = [
     ("--pooling", "pooling", str, "max or avg"),
     ("--init", "init", str, "content, noise, style, or an image path"),
     ("--seed", "seed", int, "random seed for --init noise (and --weights random)"),
-    ("--style-scale", "style_scale", float, "style image size relative to --size"),
+    ("--style-scale", "style_scale", _floats,
+     "style image size relative to --size; one value, or comma-separated, one per style"),
     ("--save-every", "save_every", int, "write OUT_<step>.<ext> every N steps (0 = off)"),
     ("--convention", "convention", str, "loss normalisation: tf, gatys or jcjohnson"),
     ("--dtype", "dtype", str, "activation dtype: float32 or bfloat16"),
     ("--chunk-size", "chunk_size", int, "steps per compiled call between progress updates"),
     ("--lbfgs-memory", "lbfgs_memory", int, "L-BFGS history size"),
+    ("--scales", "scales", int, "coarse-to-fine passes (multi-scale), default 1"),
+    ("--min-size", "min_size", int, "longest side at the coarsest scale"),
+    ("--scale-steps", "scale_steps", _ints, "steps at each scale, comma-separated"),
+    ("--preserve-colors", "preserve_colors", str,
+     "none, luminance (stylize luminance, keep content chroma) or match (colour-match the style)"),
+    ("--ema-decay", "ema_decay", float, "output an exponential moving average of the iterates"),
 ]
 _ALIASES = {"--size": ["--image-size"], "--steps": ["--num-iterations"]}
 
@@ -60,6 +74,8 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
                    help="recompute VGG blocks in the backward pass (less memory, slower)")
     p.add_argument("--style-blend", type=float, nargs="+", default=None, metavar="W",
                    help="one blend weight per style image (default equal)")
+    p.add_argument("--original-colors", dest="preserve_colors", action="store_const",
+                   const="luminance", help="same as --preserve-colors luminance (jcjohnson)")
 
 
 def add_weights_flag(p: argparse.ArgumentParser) -> None:
@@ -72,6 +88,8 @@ def config_from_args(args: argparse.Namespace) -> StyleConfig:
     """The preset named by ``--preset`` with every given flag applied (validated)."""
     changes = {field: getattr(args, field, None) for _, field, _, _ in _CONFIG_FLAGS}
     changes["remat"] = getattr(args, "remat", None)
+    if changes.get("style_scale") is not None and len(changes["style_scale"]) == 1:
+        changes["style_scale"] = changes["style_scale"][0]
     return get_preset(args.preset).replace(**changes)
 
 

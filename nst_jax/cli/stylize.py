@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from nst_jax.cli import common
+from nst_jax.errors import NstError
 
 
 def register(sub) -> None:
@@ -23,6 +24,9 @@ def register(sub) -> None:
                    help="output image; format from the extension (.png, .jpg, ...)")
     common.add_config_flags(p)
     common.add_weights_flag(p)
+    p.add_argument("--style-masks", nargs="+", metavar="MASK", default=None,
+                   help="one mask image per style (white = that style's region), the size of "
+                   "CONTENT (spatial control, Gatys et al. 2017)")
     p.add_argument("--loss-log", metavar="JSON", help="also write the loss history as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -39,6 +43,20 @@ def run(args: argparse.Namespace) -> int:
     content = image_io.load_image(args.content)
     styles = [image_io.load_image(s) for s in args.styles]
     blend = common.check_blend(args, len(styles))
+    masks = None
+    if args.style_masks:
+        if len(args.style_masks) != len(styles):
+            raise NstError(
+                f"--style-masks has {len(args.style_masks)} masks but {len(styles)} style "
+                "image(s) were given (one mask per style)"
+            )
+        masks = [image_io.load_mask(m) for m in args.style_masks]
+        for path, m in zip(args.style_masks, masks):
+            if m.shape != content.shape[:2]:
+                raise NstError(
+                    f"mask {path!r} is {m.shape[1]}x{m.shape[0]} but the content image is "
+                    f"{content.shape[1]}x{content.shape[0]}; masks must match the content size"
+                )
     init_image = image_io.load_image(config.init) if common.init_is_path(config) else None
     weights = common.load_weights_for_cli(args)
 
@@ -55,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         weights,
         init_image=init_image,
         style_blend=blend,
+        masks=masks,
         callback=save_intermediate if config.save_every else None,
         progress=not args.quiet,
     )

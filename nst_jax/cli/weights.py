@@ -7,8 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from nst_jax import convert
-from nst_jax import download
+from nst_jax import convert, download
 from nst_jax import weights as weights_lib
 from nst_jax.vgg import CONV_LAYERS
 
@@ -111,10 +110,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"layout:        {info.layout}")
     print(f"source file:   {info.source_file}")
     print(f"source sha256: {info.source_sha256}")
-    print(
-        f"preprocessing: {p.channel_order}, x{p.scale:g}, mean {tuple(round(m, 6) for m in p.mean)}, "
-        f"std {tuple(round(s, 6) for s in p.std)}"
-    )
+    mean, std = tuple(round(m, 6) for m in p.mean), tuple(round(s, 6) for s in p.std)
+    print(f"preprocessing: {p.channel_order}, x{p.scale:g}, mean {mean}, std {std}")
     print("layers:")
     total = 0
     for layer in CONV_LAYERS:
@@ -129,7 +126,10 @@ def _info(args: argparse.Namespace) -> int:
 def _path(args: argparse.Namespace) -> int:
     if os.environ.get(weights_lib.ENV_WEIGHTS) == "random":
         print("random")
-        print(f"{weights_lib.ENV_WEIGHTS}=random: RANDOM VGG-19 weights, not pretrained", file=sys.stderr)
+        print(
+            f"{weights_lib.ENV_WEIGHTS}=random: RANDOM VGG-19 weights, not pretrained",
+            file=sys.stderr,
+        )
         return 0
     found = weights_lib.find_weights()
     if found is None:
