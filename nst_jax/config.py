@@ -12,6 +12,7 @@ from typing import Any
 
 from nst_jax.errors import NstError
 from nst_jax.objective import LossSpec
+from nst_jax.vgg import min_side
 
 OPTIMIZERS = ("adam", "lbfgs")
 COLOR_MODES = ("none", "luminance", "match")
@@ -141,7 +142,11 @@ class StyleConfig:
         size = self.size or max(content_hw)
         if self.scales == 1:
             return [size]
-        smallest = self.min_size or max(8, round(size / 2 ** (self.scales - 1)))
+        # The coarsest scale must keep every loss layer at least one pixel on the short side.
+        need = min_side(self.content_layers + self.style_layers)
+        need_longest = -(-need * max(content_hw) // max(1, min(content_hw)))
+        smallest = self.min_size or max(8, need_longest, round(size / 2 ** (self.scales - 1)))
+        smallest = min(smallest, size)
         ratio = (size / smallest) ** (1 / (self.scales - 1))
         return [round(smallest * ratio**i) for i in range(self.scales - 1)] + [size]
 

@@ -26,6 +26,7 @@ from nst_jax.config import StyleConfig
 from nst_jax.errors import NstError
 from nst_jax.objective import LossSpec, Targets, compute_targets, style_transfer_loss
 from nst_jax.optimize import HISTORY_KEYS, OptimSpec, RunState, init_state, result_image, run_chunk
+from nst_jax.vgg import min_side
 from nst_jax.weights import VGGWeights
 
 #: ``callback(step, image, loss)`` is called at every ``save_every`` boundary.
@@ -260,6 +261,20 @@ def rescale_opt_state(opt_state, shape_hw: tuple[int, int], old_hw: tuple[int, i
     return jax.tree.map(f, opt_state)
 
 
+def _check_big_enough(content, styles, spec: LossSpec) -> None:
+    need = min_side(spec.all_layers)
+    for what, img in [("content image", content)] + [
+        (f"style image {i + 1}", s) for i, s in enumerate(styles)
+    ]:
+        h, w = img.shape[:2]
+        if min(h, w) < need:
+            raise NstError(
+                f"the {what} is {w}x{h} px at this scale, too small for the layers "
+                f"{', '.join(spec.all_layers)}: their deepest needs at least {need} px on the "
+                "short side (raise --size, --min-size or --style-scale, or use shallower layers)"
+            )
+
+
 def _check_masks(masks, content_hw, n_styles: int) -> np.ndarray | None:
     if masks is None:
         return None
@@ -349,6 +364,7 @@ def stylize(
     for i, size in enumerate(sizes):
         content_x, styles_x = prepare_inputs(work_content, styles0, config, size=size)
         hw = content_x.shape[:2]
+        _check_big_enough(content_x, styles_x, spec)
         masks_x = (
             None if masks0 is None else jnp.stack([imageops.resize_mask(m, hw) for m in masks0])
         )

@@ -83,6 +83,20 @@ def layer_depth(name: str) -> int:
     return _LAYER_INDEX[canonical_layer(name)]
 
 
+def min_side(layers: Sequence[str]) -> int:
+    """Smallest image side for which every layer in ``layers`` still has at least one pixel.
+
+    A layer after ``k`` poolings sees ``floor(side / 2^k)`` pixels, so the answer is ``2^k``
+    for the deepest layer.
+    """
+    pools = 0
+    for n in layers:
+        n = canonical_layer(n)
+        b = _block_of(n)
+        pools = max(pools, b if n.startswith("pool") else b - 1)
+    return 2**pools
+
+
 def conv_kernel_shape(name: str) -> tuple[int, int, int, int]:
     """HWIO shape of a conv layer's kernel, e.g. ``(3, 3, 3, 64)`` for ``conv1_1``."""
     idx = CONV_LAYERS.index(name)
@@ -115,16 +129,79 @@ def _conv_init(shape: tuple[int, int, int, int]):
     return init
 
 
-def conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-    """3×3, stride-1, SAME convolution of one ``(H, W, Cin)`` map with an HWIO kernel, plus bias."""
-    y = jax.lax.conv_general_dilated(
+def conv3x3(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array, *, backward_kernel: jax.Array | None = None
+) -> jax.Array:
+    """3×3, stride-1, SAME convolution of one ``(H, W, Cin)`` map with an HWIO kernel, plus bias.
+
+    ``backward_kernel`` (see :func:`prepare_kernels`) is the kernel rotated by 180° with its input
+    and output channels swapped, ``(3, 3, Cout, Cin)``. When it is given, the gradient with respect
+    to ``x`` is the SAME convolution of the output gradient with it, instead of the rotation and
+    transposition that differentiating ``conv_general_dilated`` emits on every call. The values
+    are the same; the saving is one pass over every kernel per step.
+    """
+    kernel = kernel.astype(x.dtype)
+    if backward_kernel is None:
+        y = _conv(x, kernel)
+    else:
+        y = _conv_with_backward_kernel(x, kernel, backward_kernel.astype(x.dtype))
+    return y + bias.astype(x.dtype)
+
+
+def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(
         x[None],
-        kernel.astype(x.dtype),
+        kernel,
         window_strides=(1, 1),
         padding="SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )[0]
-    return y + bias.astype(x.dtype)
+
+
+@jax.custom_vjp
+def _conv_with_backward_kernel(x: jax.Array, kernel: jax.Array, backward_kernel: jax.Array):
+    return _conv(x, kernel)
+
+
+def _conv_fwd(x, kernel, backward_kernel):
+    return _conv(x, kernel), (x, kernel, backward_kernel)
+
+
+def _conv_bwd(residuals, g):
+    x, kernel, backward_kernel = residuals
+    # Stride 1 with symmetric padding 1: the input gradient is a SAME correlation with the
+    # rotated, transposed kernel. The kernel gradient is left to JAX (and dropped by XLA when,
+    # as in style transfer, nothing uses it); backward_kernel is a function of kernel, so its
+    # own cotangent is zero.
+    dx = _conv(g, backward_kernel)
+    (dk,) = jax.vjp(lambda k: _conv(x, k), kernel)[1](g)
+    return dx, dk, jnp.zeros_like(backward_kernel)
+
+
+_conv_with_backward_kernel.defvjp(_conv_fwd, _conv_bwd)
+
+
+def prepare_kernels(
+    params: dict[str, dict[str, jax.Array]], dtype: jnp.dtype = jnp.float32
+) -> dict[str, dict[str, jax.Array]]:
+    """Every conv kernel cast to ``dtype`` and its backward kernel, computed once.
+
+    Returns ``{"conv1_1": {"forward": (3, 3, Cin, Cout), "backward": (3, 3, Cout, Cin)}, ...}``
+    with ``backward[i, j, o, c] = forward[2 - i, 2 - j, c, o]``. Pass it to :func:`forward` (or
+    :class:`VGG19`) as ``prepared``. Computed outside an optimisation loop it takes the cast and
+    the kernel rotation out of every step: XLA does not hoist these loop-invariant ops out of a
+    ``while_loop`` on CPU, and re-transposing the 13 kernels of a ``relu5_1`` network cost about
+    40 ms per step on a 2-core CPU.
+    """
+    dtype = jnp.dtype(dtype)
+    out = {}
+    for name, leaves in params.items():
+        k = leaves["kernel"]
+        out[name] = {
+            "forward": k.astype(dtype),
+            "backward": jnp.transpose(k[::-1, ::-1], (0, 1, 3, 2)).astype(dtype),
+        }
+    return out
 
 
 def _run_block(
@@ -138,7 +215,11 @@ def _run_block(
     out = {}
     for name in names:
         if name.startswith("conv"):
-            x = conv3x3(x, params[name]["kernel"], params[name]["bias"])
+            p = params[name]
+            if "backward" in p:
+                x = conv3x3(x, p["forward"], p["bias"], backward_kernel=p["backward"])
+            else:
+                x = conv3x3(x, p["kernel"], p["bias"])
         elif name.startswith("relu"):
             x = jax.nn.relu(x)
         else:
@@ -156,11 +237,14 @@ def forward(
     pooling: str = "max",
     dtype: jnp.dtype = jnp.float32,
     remat: bool = False,
+    prepared: dict[str, dict[str, jax.Array]] | None = None,
 ) -> dict[str, jax.Array]:
     """Pure VGG-19 forward pass of one preprocessed ``(H, W, 3)`` image; see :class:`VGG19`.
 
     With ``remat``, each block is wrapped in ``jax.checkpoint``: only block inputs and requested
-    activations are kept for the backward pass, the rest is recomputed.
+    activations are kept for the backward pass, the rest is recomputed. ``prepared`` (from
+    :func:`prepare_kernels` of the same ``params``) supplies cast kernels and the kernels of the
+    input gradient, computed once outside the caller's loop; the result is the same.
     """
     if x.ndim != 3 or x.shape[-1] != 3:
         raise ValueError(f"VGG-19 takes one (H, W, 3) image, got shape {x.shape}")
@@ -181,7 +265,11 @@ def forward(
         )
         if remat:
             run = jax.checkpoint(run)
-        block_params = {n: params[n] for n in names if n.startswith("conv")}
+        block_params = {
+            n: {**params[n], **prepared[n]} if prepared and n in prepared else params[n]
+            for n in names
+            if n.startswith("conv")
+        }
         x, acts = run(block_params, x)
         out.update({wanted[n]: v for n, v in acts.items()})
     return out
@@ -211,7 +299,13 @@ class VGG19(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, layers: Sequence[str] = ("pool5",)) -> dict[str, jax.Array]:
+    def __call__(
+        self,
+        x: jax.Array,
+        layers: Sequence[str] = ("pool5",),
+        prepared: dict[str, dict[str, jax.Array]] | None = None,
+    ) -> dict[str, jax.Array]:
+        """Activations at ``layers``; ``prepared`` as in :func:`forward`."""
         last = max((layer_depth(n) for n in layers), default=-1)
         params = {
             name: self.param(name, _conv_init(conv_kernel_shape(name)))
@@ -219,5 +313,11 @@ class VGG19(nn.Module):
             if _LAYER_INDEX[name] <= last
         }
         return forward(
-            params, x, layers, pooling=self.pooling, dtype=self.dtype, remat=self.remat
+            params,
+            x,
+            layers,
+            pooling=self.pooling,
+            dtype=self.dtype,
+            remat=self.remat,
+            prepared=prepared,
         )

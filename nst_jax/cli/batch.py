@@ -1,5 +1,239 @@
-"""`nst-jax batch` (placeholder until its issue lands)."""
+"""``nst-jax batch INPUT... --style STYLE [--style ...] -o OUT_DIR``: a folder through
+:func:`nst_jax.batch.stylize_batch`, in chunks of ``--batch-size`` images.
+
+Resumable: an output that exists is skipped, and outputs are written atomically, so a re-run
+after a crash or Ctrl-C finishes exactly the missing ones. A content file that cannot be read is
+reported on one line and skipped; the exit status is then 1. With ``--coordinator``,
+``--num-processes`` and ``--process-id`` (or ``NST_JAX_*`` variables) several processes share the
+work over one device mesh; every process writes the outputs of its own images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import os
+import sys
+import time
+from pathlib import Path
+
+from nst_jax.cli import common
+from nst_jax.errors import NstError
+
+EXIT_FAILED = 1
 
 
 def register(sub) -> None:
-    pass
+    p = sub.add_parser(
+        "batch",
+        help="stylize a folder of images, batched over all devices (and hosts)",
+        description="Paint every content image (a directory, a glob pattern or files) in the "
+        "style of STYLE; outputs are OUT_DIR/<name>.<ext>, or <name>__<style>.<ext> with several "
+        "styles. Existing outputs are skipped, so a re-run resumes. Flags override the preset.",
+    )
+    p.add_argument("inputs", metavar="INPUT", nargs="+",
+                   help="content images: a directory, a glob pattern (quote it) or image files")
+    p.add_argument("--style", dest="styles", action="append", required=True, metavar="STYLE",
+                   help="style image; repeat for several styles")
+    p.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR",
+                   help="directory for the results (created if missing)")
+    p.add_argument("--pairing", choices=("broadcast", "zip", "product"), default=None,
+                   help="broadcast: one style for all; zip: i-th style for i-th image (sorted); "
+                   "product: every image with every style (default: broadcast for one style, "
+                   "else product)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="images per compiled batch over all devices (default 8); bounds memory")
+    p.add_argument("--ext", default="png", help="output format by extension (default png)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    common.add_config_flags(p)
+    common.add_weights_flag(p)
+    g = p.add_argument_group("several processes (hosts)")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="address of process 0 (default $NST_JAX_COORDINATOR)")
+    g.add_argument("--num-processes", type=int, metavar="N",
+                   help="number of processes (default $NST_JAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, metavar="I",
+                   help="this process, 0 .. N-1 (default $NST_JAX_PROCESS_ID)")
+    p.set_defaults(func=run)
+
+
+def list_inputs(specs: list[str]) -> list[Path]:
+    """Content files named by directories (their image files), glob patterns or paths; sorted."""
+    from nst_jax.image_io import SUPPORTED_EXTENSIONS
+
+    found: dict[str, Path] = {}
+    for spec in specs:
+        p = Path(spec)
+        if glob.has_magic(spec):
+            matches = [Path(m) for m in glob.glob(spec, recursive=True) if Path(m).is_file()]
+            if not matches:
+                raise NstError(f"no files match {spec!r}")
+        elif p.is_dir():
+            matches = [f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
+                       and f.suffix.lower() in SUPPORTED_EXTENSIONS]
+            if not matches:
+                raise NstError(f"no image files ({', '.join(SUPPORTED_EXTENSIONS)}) in {spec!r}")
+        elif p.exists():
+            matches = [p]
+        else:
+            raise NstError(f"no such file or directory: {spec!r}")
+        for m in matches:
+            found.setdefault(os.path.realpath(m), m)
+    return sorted(found.values(), key=lambda m: (m.name, str(m)))
+
+
+def output_names(contents: list[Path], styles: list[str], pairs, ext: str) -> list[str]:
+    """``<content stem>.<ext>``, or ``<content stem>__<style stem>.<ext>`` with several styles."""
+    several = len(styles) > 1
+    names = [
+        f"{contents[c].stem}__{Path(styles[s]).stem}.{ext}" if several else f"{contents[c].stem}.{ext}"
+        for c, s in pairs
+    ]
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            a, b = pairs[seen[name]], pairs[i]
+            raise NstError(
+                f"two outputs would both be named {name!r}: from {str(contents[a[0]])!r} and "
+                f"{str(contents[b[0]])!r}" + (" (style names clash too)" if several else "")
+            )
+        seen[name] = i
+    return names
+
+
+def _remove_stale_temps(out_dir: Path, names: set[str]) -> None:
+    # image_io writes ".<name>.<random>.tmp" and renames; a killed run can leave one behind.
+    for f in out_dir.iterdir():
+        if f.name.startswith(".") and f.name.endswith(".tmp"):
+            if f.name[1:-4].rsplit(".", 1)[0] in names:
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
+
+
+def run(args: argparse.Namespace) -> int:
+    from nst_jax import sharding
+
+    sharding.initialize(args.coordinator, args.num_processes, args.process_id)
+
+    import jax
+    import numpy as np
+
+    from nst_jax import image_io
+    from nst_jax.batch import pair_indices, stylize_batch
+    from nst_jax.stylize import deferred_interrupt
+
+    start = time.perf_counter()
+    config = common.config_from_args(args)
+    if args.style_blend is not None:
+        raise NstError("--style-blend does not apply to batch: each output uses one style "
+                       "(see --pairing)")
+    if config.save_every:
+        raise NstError("--save-every is not supported by batch")
+    if args.batch_size < 1:
+        raise NstError(f"--batch-size must be an integer >= 1, got {args.batch_size}")
+    out_dir = Path(args.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NstError(f"output directory {str(out_dir)!r} is a file")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ext = args.ext.lstrip(".")
+    image_io.check_output_path(out_dir / f"check.{ext}")
+
+    contents = list_inputs(args.inputs)
+    styles = [image_io.load_image(s) for s in args.styles]
+    pairing = args.pairing or ("broadcast" if len(styles) == 1 else "product")
+    pairs = pair_indices(len(contents), len(styles), pairing)
+    names = output_names(contents, args.styles, pairs, ext)
+    outputs = [out_dir / n for n in names]
+    inputs = {os.path.realpath(c) for c in contents}
+    for o in outputs:
+        if os.path.realpath(o) in inputs:
+            raise NstError(f"output {str(o)!r} would overwrite an input image; choose another -o")
+    init_image = image_io.load_image(config.init) if common.init_is_path(config) else None
+
+    # Which outputs exist, agreed by all processes (any process seeing a file counts), before
+    # anyone writes; stale temporary files of killed runs go first.
+    _remove_stale_temps(out_dir, set(names))
+    done_mask = sharding.allgather(np.array([o.exists() for o in outputs], bool)).any(axis=0)
+    todo = [i for i in range(len(pairs)) if not done_mask[i]]
+    skipped = len(pairs) - len(todo)
+
+    me, n_proc = jax.process_index(), jax.process_count()
+    chunks = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
+    mine = [[i for j, i in enumerate(chunk) if j % n_proc == me] for chunk in chunks]
+    who = f" (process {me} of {n_proc})" if n_proc > 1 else ""
+    print(f"nst-jax batch{who}: {len(pairs)} outputs, {skipped} already written, "
+          f"{sum(map(len, mine))} to do here in {len(chunks)} chunk(s)", file=sys.stderr)
+
+    weights = common.load_weights_for_cli(args)
+    mesh = sharding.batch_mesh()
+    weights = sharding.replicate(weights, mesh)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(map(len, mine)), unit="img", desc="batch", file=sys.stderr,
+               dynamic_ncols=True, disable=args.quiet)
+    written = failed = diverged = 0
+    interrupted = False
+    try:
+        with deferred_interrupt() as stop_requested:
+            for chunk in mine:
+                loaded, cache = [], {}
+                for i in chunk:
+                    c = pairs[i][0]
+                    if c not in cache:
+                        try:
+                            cache[c] = image_io.load_image(contents[c])
+                        except NstError as err:
+                            cache[c] = None
+                            tqdm.write(f"nst-jax: skipped: {err}", file=sys.stderr)
+                    if cache[c] is None:
+                        failed += 1
+                        bar.update(1)
+                    else:
+                        loaded.append(i)
+                order = list(dict.fromkeys(pairs[i][0] for i in loaded))
+                batch_contents = [cache[c] for c in order]
+                # Every process passes the same styles; its pairs index its own contents.
+                batch_pairing = "broadcast" if pairing == "broadcast" else [
+                    (order.index(pairs[i][0]), pairs[i][1]) for i in loaded
+                ]
+                results = stylize_batch(
+                    batch_contents, styles, config, weights, pairing=batch_pairing,
+                    init_image=init_image, mesh=mesh, progress=not args.quiet,
+                    should_stop=stop_requested,
+                )
+                for i, result in zip(loaded, results):
+                    if result.interrupted:  # not finished: left for the re-run
+                        continue
+                    image_io.save_image(outputs[i], result.image)
+                    written += 1
+                    bar.update(1)
+                    tqdm.write(f"wrote {outputs[i]}", file=sys.stdout)
+                    if result.diverged:
+                        diverged += 1
+                        tqdm.write(f"nst-jax: warning: {outputs[i]}: {result.diverged}",
+                                   file=sys.stderr)
+                if sharding.any_process(stop_requested()):
+                    interrupted = True
+                    break
+    finally:
+        bar.close()
+    sharding.barrier("nst-jax batch: done")
+
+    seconds = time.perf_counter() - start
+    rate = written / seconds if seconds > 0 else 0.0
+    print(f"batch{who}: {written} done, {skipped} skipped (already written), {failed} failed"
+          + (f", {diverged} diverged" if diverged else "")
+          + f" in {seconds:.1f}s ({rate:.3g} images/s)")
+    print(f"weights: {weights.label}")
+    if interrupted:
+        left = sum(map(len, mine)) - written - failed
+        print(f"interrupted: {left} image(s) not written here; run the same command again to "
+              "finish them", file=sys.stderr)
+        return common.EXIT_INTERRUPTED
+    if failed:
+        return EXIT_FAILED
+    if diverged:
+        return common.EXIT_DIVERGED
+    return 0

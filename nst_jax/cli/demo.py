@@ -66,12 +66,16 @@ def _weights(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from nst_jax import figures, image_io
     from nst_jax.config import get_preset
+    from nst_jax.errors import NstError
     from nst_jax.stylize import stylize
 
     size, steps = _defaults_for_backend()
     config = get_preset("tf-tutorial").replace(
         size=args.size or size, steps=args.steps or steps, chunk_size=25
     )
+    for f in ("size", "steps"):
+        if getattr(args, f) is not None and getattr(args, f) < 1:
+            raise NstError(f"--{f} must be a positive integer")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {k: out / f"{k}.png" for k in ("result", "figure", "loss")}
@@ -82,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
     content = image_io.load_image(image_io.sample_path(image_io.SAMPLE_CONTENT))
     style = image_io.load_image(style_path)
     weights = _weights(args)
+    if not weights.pretrained:
+        # The tutorial's content weight is tuned for pretrained features; random features are
+        # far more sensitive to pixel changes, so the demo lowers it to let the style through.
+        config = config.replace(content_weight=1e2)
     print(f"nst-jax demo: {config.steps} Adam steps at {config.size} px "
           f"(preset tf-tutorial), weights: {weights.label}", file=sys.stderr)
     result = stylize(content, style, config, weights, progress=True)
