@@ -69,7 +69,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec as P
 
 from nst_jax import imageops, sharding
 from nst_jax.config import StyleConfig
@@ -118,7 +118,22 @@ def pair_indices(n_contents: int, n_styles: int, pairing: str) -> list[tuple[int
 
 
 # --------------------------------------------------------------------------------------------
-# Compiled programs: the single-image functions of nst_jax.optimize, vmapped over the batch.
+# Compiled programs: the single-image functions of nst_jax.optimize, vmapped over the rows of
+# each device. shard_map makes "each device runs its own rows" explicit: nothing is left to
+# sharding propagation, and a vmapped while_loop (run_chunk, L-BFGS line search) stops on its own
+# device's rows instead of all-reducing "is any image still running?" over every device and host.
+
+
+def _on_rows(fn, mesh: Mesh, in_axes: tuple):
+    """``vmap(fn, in_axes)`` on each device's rows; ``None`` axes are replicated inputs."""
+    specs = jax.tree.map(
+        lambda a: P() if a is None else P(sharding.BATCH_AXIS), in_axes,
+        is_leaf=lambda a: a is None,
+    )
+    # check_vma=False: run_chunk's loop carries start from constants (replicated type) and
+    # become per-device values; with no collectives in these programs the check buys nothing.
+    return jax.shard_map(jax.vmap(fn, in_axes=in_axes), mesh=mesh, in_specs=specs,
+                         out_specs=P(sharding.BATCH_AXIS), check_vma=False)
 
 
 def _target_axes(shared: bool) -> dict[str, int | None]:
@@ -129,21 +144,15 @@ def _loss(targets, weights, spec):
     return lambda x: style_transfer_loss(x, targets, weights, spec)
 
 
-def _split(tree, batch_sharding):
-    # Pins every per-image output to the batch axis; left to propagation, leaves built from
-    # constants (best loss, step, ...) come out replicated and would be gathered every chunk.
-    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, batch_sharding), tree)
-
-
-@functools.partial(jax.jit, static_argnames=("spec", "out"))
-def _content_targets(weights: VGGWeights, contents: jax.Array, *, spec: LossSpec, out):
+@functools.partial(jax.jit, static_argnames=("spec", "mesh"))
+def _content_targets(contents: jax.Array, weights: VGGWeights, *, spec: LossSpec, mesh: Mesh):
     """``{layer: (B, H_l, W_l, C_l)}`` content features of a ``(B, H, W, 3)`` batch."""
 
-    def one(x):
-        feats = features_for(weights, x, spec.content_layers, spec)
+    def one(x, w):
+        feats = features_for(w, x, spec.content_layers, spec)
         return {k: jax.lax.stop_gradient(v) for k, v in feats.items()}
 
-    return _split(jax.vmap(one)(contents), out)
+    return _on_rows(one, mesh, (0, None))(contents, weights)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
@@ -151,47 +160,50 @@ def _grams(weights: VGGWeights, style: jax.Array, *, spec: LossSpec):
     return style_grams(weights, style, spec)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "optim", "shared", "out"))
-def _init(images, targets, weights, *, spec, optim, shared, out):
-    one = lambda x, t: init_state(x, _loss(t, weights, spec), optim)  # noqa: E731
-    return _split(jax.vmap(one, in_axes=(0, _target_axes(shared)))(images, targets), out)
+@functools.partial(jax.jit, static_argnames=("spec", "optim", "shared", "mesh"))
+def _init(images, targets, weights, *, spec, optim, shared, mesh):
+    one = lambda x, t, w: init_state(x, _loss(t, w, spec), optim)  # noqa: E731
+    return _on_rows(one, mesh, (0, _target_axes(shared), None))(images, targets, weights)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "optim", "shared", "out", "hw", "carry"))
-def _next_scale(states, targets, weights, *, spec, optim, shared, out, hw, carry):
+@functools.partial(jax.jit, static_argnames=("spec", "optim", "shared", "mesh", "hw", "carry"))
+def _next_scale(states, targets, weights, *, spec, optim, shared, mesh, hw, carry):
     """Fresh states at size ``hw`` from the previous scale's results (as ``stylize`` does)."""
 
-    def one(s, t):
+    def one(s, t, w):
         old_hw = s.image.shape[:2]
-        new = init_state(imageops.resize(result_image(s, optim), hw), _loss(t, weights, spec), optim)
+        new = init_state(imageops.resize(result_image(s, optim), hw), _loss(t, w, spec), optim)
         if carry:
             new = new._replace(opt_state=rescale_opt_state(s.opt_state, hw, old_hw))
         return new
 
-    return _split(jax.vmap(one, in_axes=(0, _target_axes(shared)))(states, targets), out)
+    return _on_rows(one, mesh, (0, _target_axes(shared), None))(states, targets, weights)
 
 
 @functools.partial(
-    jax.jit, static_argnames=("spec", "optim", "shared", "out", "chunk"), donate_argnums=(0,)
+    jax.jit, static_argnames=("spec", "optim", "shared", "mesh", "chunk"), donate_argnums=(0,)
 )
-def _chunk(states, n, targets, weights, *, spec, optim, shared, out, chunk):
+def _chunk(states, n, targets, weights, *, spec, optim, shared, mesh, chunk):
     """``run_chunk`` on every image: ``min(n, chunk)`` steps each; histories ``(B, chunk)``."""
-    one = lambda s, t: run_chunk(s, n, _loss(t, weights, spec), optim, chunk)  # noqa: E731
-    return _split(jax.vmap(one, in_axes=(0, _target_axes(shared)))(states, targets), out)
+    # As stylize's chunk does: kernels cast and flipped once per chunk, outside the loop.
+    weights = weights.prepare(spec.jnp_dtype)
+    one = lambda s, t, w, n: run_chunk(s, n, _loss(t, w, spec), optim, chunk)  # noqa: E731
+    axes = (0, _target_axes(shared), None, None)
+    return _on_rows(one, mesh, axes)(states, targets, weights, n)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "optim", "shared", "out"))
-def _finish(states, targets, weights, *, spec, optim, shared, out):
+@functools.partial(jax.jit, static_argnames=("spec", "optim", "shared", "mesh"))
+def _finish(states, targets, weights, *, spec, optim, shared, mesh):
     """Reported image, its loss terms, and the terms at the diverged iterate, per image."""
 
-    def one(s, t):
+    def one(s, t, w):
         image = result_image(s, optim)
-        total, aux = style_transfer_loss(image, t, weights, spec)
-        _, bad = style_transfer_loss(jnp.clip(s.diverged_image, 0, 1), t, weights, spec)
+        total, aux = style_transfer_loss(image, t, w, spec)
+        _, bad = style_transfer_loss(jnp.clip(s.diverged_image, 0, 1), t, w, spec)
         return {"image": image, "loss": total, "terms": aux, "bad": bad,
                 "steps": s.step, "diverged": s.diverged}
 
-    return _split(jax.vmap(one, in_axes=(0, _target_axes(shared)))(states, targets), out)
+    return _on_rows(one, mesh, (0, _target_axes(shared), None))(states, targets, weights)
 
 
 def compile_count() -> int:
@@ -252,8 +264,13 @@ class _GramCache:
     def __init__(self, weights: VGGWeights, spec: LossSpec):
         self.weights, self.spec, self._cache = weights, spec, {}
 
+    @staticmethod
+    def resized(style: np.ndarray, scale: float, side: int) -> jax.Array:
+        """The style image at ``scale`` times the content's longest side (as ``stylize``)."""
+        return imageops.resize_longest(style, max(8, round(side * scale)))
+
     def __call__(self, style: np.ndarray, key: tuple, scale: float, side: int):
-        style_x = imageops.resize_longest(style, max(8, round(side * scale)))
+        style_x = self.resized(style, scale, side)
         k = (key, tuple(style_x.shape))
         if k not in self._cache:
             grams = _grams(self.weights, style_x, spec=self.spec)
@@ -262,7 +279,7 @@ class _GramCache:
 
     @functools.cached_property
     def zeros(self):
-        shapes = jax.eval_shape(lambda: style_grams(self.weights, jnp.zeros((16, 16, 3)), self.spec))
+        shapes = jax.eval_shape(lambda: style_grams(self.weights, jnp.zeros((64, 64, 3)), self.spec))
         return jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
 
 
@@ -367,10 +384,9 @@ class _GroupRunner:
     def __init__(self, config, spec, optim, mesh, local_weights, mesh_weights, shared, styles,
                  init_image, progress):
         self.config, self.spec, self.optim, self.mesh = config, spec, optim, mesh
-        self.local_weights, self.weights, self.shared = local_weights, mesh_weights, shared
+        self.weights, self.shared = mesh_weights, shared
         self.styles, self.init_image, self.progress = styles, init_image, progress
         self.grams = _GramCache(local_weights, spec)
-        self.out = sharding.batch_sharding(mesh)
 
     def _content_x(self, it: _Item, hw) -> np.ndarray:
         return np.asarray(prepare_inputs(it.content, [], self.config, size=max(hw))[0])
@@ -378,7 +394,7 @@ class _GroupRunner:
     def unstarted(self, it: _Item) -> StylizeResult:
         hw = it.shapes[0]
         content_x = self._content_x(it, hw)
-        style_x, _ = self.grams(it.style, it.style_key, it.style_scale, max(hw))
+        style_x = self.grams.resized(it.style, it.style_scale, max(hw))
         init = initial_image(content_x, style_x, self.config, self.init_image)
         return StylizeResult(
             image=np.clip(np.asarray(init, np.float32), 0.0, 1.0),
@@ -391,14 +407,14 @@ class _GroupRunner:
         contents = sharding.put_rows(
             _fill(layout, members, content_rows, np.zeros((*hw, 3), np.float32)), layout, self.mesh
         )
-        targets = {"content": _content_targets(self.weights, contents, spec=self.spec,
-                                               out=self.out)}
+        targets = {"content": _content_targets(contents, self.weights, spec=self.spec,
+                                               mesh=self.mesh)}
         side = max(hw)
-        if self.shared:
+        if self.shared:  # one style, identical for every image: replicated, not per row
             style = imageops.as_rgb01(self.styles[0], "style image 1")
-            _, grams = self.grams(style, (0,), self.config.style_scale_for(0, 1), side)
+            style_x, grams = self.grams(style, (0,), self.config.style_scale_for(0, 1), side)
             targets["style"] = sharding.replicate(grams, self.mesh)
-            style_rows = [None] * len(members)
+            style_rows = [style_x] * len(members)
         else:
             per_item = [self.grams(it.style, it.style_key, it.style_scale, side) for it in members]
             style_rows = [x for x, _ in per_item]
@@ -420,14 +436,10 @@ class _GroupRunner:
         for scale, hw in enumerate(shapes):
             content_rows = [self._content_x(it, hw) for it in members]
             targets, style_rows = self._targets(layout, members, hw, content_rows)
-            kw = dict(spec=spec, optim=optim, shared=self.shared, out=self.out)
+            kw = dict(spec=spec, optim=optim, shared=self.shared, mesh=self.mesh)
             if state is None:
                 inits = []
-                for content_x, style_x, it in zip(content_rows, style_rows, members):
-                    if style_x is None:
-                        style_x, _ = self.grams(
-                            imageops.as_rgb01(self.styles[0], "style image 1"), (0,),
-                            config.style_scale_for(0, 1), max(hw))
+                for content_x, style_x in zip(content_rows, style_rows):
                     init = initial_image(content_x, style_x, config, self.init_image)
                     if config.preserve_colors == "luminance":
                         init = imageops.luminance(init)
@@ -471,7 +483,7 @@ class _GroupRunner:
             while done < steps:
                 n = min(config.chunk_size, steps - done)
                 state, hist = _chunk(state, np.int32(n), targets, self.weights, spec=self.spec,
-                                     optim=self.optim, shared=self.shared, out=self.out,
+                                     optim=self.optim, shared=self.shared, mesh=self.mesh,
                                      chunk=config.chunk_size)
                 rows = sharding.local_rows(hist)
                 for j, s in enumerate(slots):

@@ -42,4 +42,6 @@ def extract_features(
         dtype = jnp.dtype(jnp.float32)
     x = preprocess(image.astype(dtype), weights.preprocessing)
     module = VGG19(pooling=pooling, dtype=dtype, remat=remat)
-    return module.apply({"params": weights.params}, x, layers=tuple(layers))
+    return module.apply(
+        {"params": weights.params}, x, layers=tuple(layers), prepared=weights.prepared
+    )

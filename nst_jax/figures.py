@@ -128,6 +128,12 @@ def _plot_matplotlib(series, title: str) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # log scale of an empty axis warns; that is fine here
         ax.set_yscale("log")
+        tops = [y.max() for _, _, y in series if y.size]
+        if tops:
+            # A term that starts at ~0 (content loss from the content image) would stretch the
+            # axis over many empty decades: show at most 8 decades below the largest value.
+            lows = [y.min() for _, _, y in series if y.size]
+            ax.set_ylim(bottom=max(min(lows), max(tops) * 1e-8) / 1.5, top=max(tops) * 1.5)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.set_title(title)

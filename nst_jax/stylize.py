@@ -85,6 +85,8 @@ def _init_jit(image, targets, weights, *, spec: LossSpec, optim: OptimSpec) -> R
 
 @functools.partial(jax.jit, static_argnames=("spec", "optim", "chunk"), donate_argnums=(0,))
 def _chunk_jit(state, n, targets, weights, *, spec: LossSpec, optim: OptimSpec, chunk: int):
+    # Cast and flip the kernels once per chunk, outside the loop (XLA does not hoist them).
+    weights = weights.prepare(spec.jnp_dtype)
     return run_chunk(state, n, _loss_fn(targets, weights, spec), optim, chunk)
 
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from nst_jax import preprocessing as prep_lib
 from nst_jax.errors import NstError
-from nst_jax.vgg import CONV_LAYERS, VGG19
+from nst_jax.vgg import CONV_LAYERS, VGG19, prepare_kernels
 
 Params = dict[str, dict[str, jax.Array]]
 
@@ -60,6 +60,16 @@ class VGGWeights:
     preprocessing: prep_lib.Preprocessing = flax.struct.field(pytree_node=False)
     label: str = flax.struct.field(pytree_node=False, default="")
     pretrained: bool = flax.struct.field(pytree_node=False, default=True)
+    #: Derived, never saved: :func:`nst_jax.vgg.prepare_kernels` of ``params`` (see :meth:`prepare`).
+    prepared: Params | None = None
+
+    def prepare(self, dtype: Any = jnp.float32) -> "VGGWeights":
+        """A copy that also carries the kernels cast to ``dtype`` and flipped for the backward pass.
+
+        Call it once outside an optimisation loop (e.g. at the top of a jitted chunk): features
+        and losses are unchanged, each step skips casting and re-transposing every kernel.
+        """
+        return self.replace(prepared=prepare_kernels(self.params, dtype))
 
 
 @functools.lru_cache(maxsize=None)

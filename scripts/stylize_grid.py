@@ -1,0 +1,91 @@
+"""A style × content grid from one batched call: ``stylize_batch(..., pairing="product")``.
+
+Row 0 shows the style images, column 0 the content images, and cell (i, j) content ``i`` painted
+in style ``j``. All pairs of one shape run as one vmapped, sharded batch (see
+:mod:`nst_jax.batch`). Images are bundled sample names or paths.
+
+    python scripts/stylize_grid.py --weights random --size 64 --steps 20 -o grid.png
+    python scripts/stylize_grid.py --contents chelsea my.jpg --styles strokes hubble --preset gatys
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nst_jax import image_io
+from nst_jax.batch import stylize_batch
+from nst_jax.config import PRESETS, get_preset
+from nst_jax.weights import resolve_weights
+
+PAD = 6
+
+
+def _load(name: str) -> np.ndarray:
+    path = Path(name) if Path(name).exists() else image_io.sample_path(name)
+    return image_io.load_image(path)
+
+
+def _cell(img: np.ndarray, side: int) -> np.ndarray:
+    """``img`` scaled to fit a ``side × side`` white square (aspect ratio kept, centred)."""
+    h, w = image_io.fit_longest_side(img.shape[:2], side)
+    small = np.clip(image_io.resize_image(img, (h, w)), 0.0, 1.0)
+    out = np.ones((side, side, 3), np.float32)
+    y, x = (side - h) // 2, (side - w) // 2
+    out[y:y + h, x:x + w] = small
+    return out
+
+
+def compose_grid(contents, styles, results, side: int) -> np.ndarray:
+    """``(1 + C) × (1 + S)`` cells: styles along the top, contents down the left, results inside.
+
+    ``results`` is content-major (``results[c * S + s]``), the order of ``pairing="product"``.
+    """
+    rows = [[np.ones((side, side, 3), np.float32)] + [_cell(s, side) for s in styles]]
+    for c, content in enumerate(contents):
+        row = [_cell(content, side)]
+        row += [_cell(results[c * len(styles) + s].image, side) for s in range(len(styles))]
+        rows.append(row)
+    n_r, n_c = len(rows), len(rows[0])
+    grid = np.ones((n_r * side + (n_r + 1) * PAD, n_c * side + (n_c + 1) * PAD, 3), np.float32)
+    for i, row in enumerate(rows):
+        for j, cell in enumerate(row):
+            y, x = PAD + i * (side + PAD), PAD + j * (side + PAD)
+            grid[y:y + side, x:x + side] = cell
+    return grid
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--contents", nargs="+", default=["chelsea", "hubble"],
+                   help="content images: sample names or paths (default chelsea hubble)")
+    p.add_argument("--styles", nargs="+", default=["strokes", "hubble"],
+                   help="style images: sample names or paths (default strokes hubble)")
+    p.add_argument("--preset", default="tf-tutorial", choices=sorted(PRESETS))
+    p.add_argument("--size", type=int, default=128, help="longest side of each result")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--weights", default=None, help="weights file, or 'random' (default: found)")
+    p.add_argument("--cell", type=int, default=160, help="grid cell size in pixels")
+    p.add_argument("-o", "--output", default="grid.png")
+    args = p.parse_args()
+
+    image_io.check_output_path(args.output)
+    contents = [_load(c) for c in args.contents]
+    styles = [_load(s) for s in args.styles]
+    config = get_preset(args.preset).replace(size=args.size, steps=args.steps)
+    weights = resolve_weights(args.weights)
+    start = time.perf_counter()
+    results = stylize_batch(contents, styles, config, weights, pairing="product", progress=True)
+    seconds = time.perf_counter() - start
+    image_io.save_image(args.output, compose_grid(contents, styles, results, args.cell))
+    print(f"wrote {args.output}: {len(contents)} contents x {len(styles)} styles in "
+          f"{seconds:.1f}s ({weights.label})")
+    for (c, s), r in zip([(c, s) for c in args.contents for s in args.styles], results):
+        print(f"  {c} in the style of {s}: loss {r.loss:.4g}, {r.steps} steps")
+
+
+if __name__ == "__main__":
+    main()
