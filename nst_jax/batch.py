@@ -6,7 +6,8 @@ divergence handling, scales and colour handling — but the pairs that share a s
 the single-image pure functions of :mod:`nst_jax.optimize` (``init_state``, ``run_chunk``,
 ``result_image``) are ``jax.vmap``-ed over a batch axis, each image with its own optimiser state,
 loss history, best image and targets. Results equal one-at-a-time ``stylize`` calls (same seed
-and config) up to float rounding (batched convolutions may sum in another order).
+and config) up to float rounding: batched convolutions may sum in another order, and a run whose
+loss swings up and down (too large a learning rate) amplifies such differences step by step.
 
 **Pairing** (``pairing=``): ``"broadcast"`` — one style for every content image; ``"zip"`` — style
 ``i`` for content ``i``; ``"product"`` — every content with every style, results content-major
@@ -22,8 +23,11 @@ the step compiles once per group shape — not per image and not per chunk of st
 Per-image arrays — images, optimiser states, content features, per-image Grams, histories — are
 split over it (``NamedSharding(mesh, P("batch"))``); the VGG weights and, for ``"broadcast"``,
 the style Grams are replicated (``P()``). A group of ``n`` images gets ``k = ceil(n / devices)``
-rows per device; the free rows are padded with copies and dropped afterwards. The programs
-contain no collectives: every image is independent, so devices never wait on each other.
+rows per device; the free rows are padded with copies and dropped afterwards. Each program is
+``jax.shard_map`` over the batch axis of ``jax.vmap`` of the single-image function, so each device
+optimises its own rows, and the compiled programs contain no collectives: every image is
+independent, devices never wait on each other, and a device whose images have all diverged
+leaves its step loop early.
 
 **Several processes (hosts).** After :func:`nst_jax.sharding.initialize`
 (``jax.distributed.initialize``), the mesh spans the devices of every process and the same
@@ -38,20 +42,22 @@ into independent per-process runs because one global program keeps a single code
 device, many devices and many hosts, and balances a group over every device; the cost is a
 metadata all-gather per call and a stop-request all-gather per chunk of steps.
 
-**Memory** per device, for ``k`` images of ``H × W`` pixels on that device::
+**Memory** per device, for ``k = ceil(batch / devices)`` images of ``H × W`` pixels::
 
-    replicated weights (VGG-19 convs, ~80 MB float32)
-    + k × activations of one forward + backward pass at H × W   (the large term)
-    + k × (content features + optimiser state + history)        (small)
-    + Grams: 2.4 MB per image (zip/product) or once (broadcast), for the 5 default style layers
+    fixed:    VGG-19 weights replicated (~80 MB float32) and their prepared copies, shared Grams,
+              workspace: about 300 MB in XLA's estimate of the compiled step
+    per image: activations of one forward + backward pass at H × W (the large term),
+              content features, Adam state (3 images), history; Grams (~2.4 MB with the 5
+              default style layers) when not shared
 
-Activations grow linearly in ``k`` and in the pixel count ``H × W``: about 0.6 KB per pixel per
-image in float32 for the ``tf-tutorial`` layers (about 150 MB at 512 × 384) on CPU, as measured
-by ``scripts/benchmark_batch.py``; halve with ``dtype="bfloat16"``, cut further with ``remat``.
-L-BFGS adds ``2 × lbfgs_memory`` image-sized vectors per image. ``nst-jax batch --batch-size N``
-bounds ``k`` at ``ceil(N / devices)`` for large folders.
+The per-image part grows linearly with ``k`` and with the pixel count ``H × W``: about 3 KB per
+pixel per image in float32 for the ``tf-tutorial`` layers (about 0.55 GB for a 512 × 384 image),
+measured by ``scripts/benchmark_batch.py`` (see BENCHMARKS.md). ``dtype="bfloat16"`` roughly halves
+it, ``remat`` trades recomputation for much of it, and L-BFGS adds ``2 × lbfgs_memory``
+image-sized vectors per image. ``nst-jax batch --batch-size N`` bounds ``k`` for large folders.
 
-Ctrl-C stops after the running chunk of steps (the same agreement as ``stylize``): the running
+Ctrl-C stops after the running chunk of steps, as in ``stylize`` (with several processes, a
+stop asked for in any process stops all of them after the same chunk): the running
 group returns its best images so far marked ``interrupted``; groups not started return their
 initial image, ``steps == 0``, NaN losses, also marked ``interrupted``.
 """
@@ -61,7 +67,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -155,6 +160,11 @@ def _content_targets(contents: jax.Array, weights: VGGWeights, *, spec: LossSpec
     return _on_rows(one, mesh, (0, None))(contents, weights)
 
 
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _prepare(weights: VGGWeights, *, dtype: str) -> VGGWeights:
+    return weights.prepare(dtype)
+
+
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _grams(weights: VGGWeights, style: jax.Array, *, spec: LossSpec):
     return style_grams(weights, style, spec)
@@ -185,7 +195,7 @@ def _next_scale(states, targets, weights, *, spec, optim, shared, mesh, hw, carr
 )
 def _chunk(states, n, targets, weights, *, spec, optim, shared, mesh, chunk):
     """``run_chunk`` on every image: ``min(n, chunk)`` steps each; histories ``(B, chunk)``."""
-    # As stylize's chunk does: kernels cast and flipped once per chunk, outside the loop.
+    # Kernels cast and flipped outside the loop, as in stylize (a no-op if already prepared).
     weights = weights.prepare(spec.jnp_dtype)
     one = lambda s, t, w, n: run_chunk(s, n, _loss(t, w, spec), optim, chunk)  # noqa: E731
     axes = (0, _target_axes(shared), None, None)
@@ -279,12 +289,14 @@ class _GramCache:
 
     @functools.cached_property
     def zeros(self):
-        shapes = jax.eval_shape(lambda: style_grams(self.weights, jnp.zeros((64, 64, 3)), self.spec))
+        probe = jnp.zeros((64, 64, 3))
+        shapes = jax.eval_shape(lambda: style_grams(self.weights, probe, self.spec))
         return jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
 
 
 def _fill(layout: sharding.SlotLayout, members: list[_Item], rows: list[Any], dummy: Any):
-    """``{slot: row}`` for every local slot: members' rows, then copies (or ``dummy``) as padding."""
+    """``{slot: row}`` for every local slot: the members' rows, then padding (copies of the
+    first row, or ``dummy`` when this process has no member in the group)."""
     local = layout.local_slots
     out = {local[j]: row for j, row in enumerate(rows)}
     pad = rows[0] if rows else dummy
@@ -385,6 +397,8 @@ class _GroupRunner:
                  init_image, progress):
         self.config, self.spec, self.optim, self.mesh = config, spec, optim, mesh
         self.weights, self.shared = mesh_weights, shared
+        # As stylize: prepared kernels for the optimisation, plain ones for targets and results.
+        self.step_weights = _prepare(mesh_weights, dtype=spec.dtype)
         self.styles, self.init_image, self.progress = styles, init_image, progress
         self.grams = _GramCache(local_weights, spec)
 
@@ -447,9 +461,9 @@ class _GroupRunner:
                 images = sharding.put_rows(
                     _fill(layout, members, inits, np.zeros((*hw, 3), np.float32)),
                     layout, self.mesh)
-                state = _init(images, targets, self.weights, **kw)
+                state = _init(images, targets, self.step_weights, **kw)
             else:
-                state = _next_scale(state, targets, self.weights, hw=tuple(hw),
+                state = _next_scale(state, targets, self.step_weights, hw=tuple(hw),
                                     carry=config.optimizer == "adam", **kw)
             state, stopped = self._steps(state, targets, config.steps_at(scale), slots,
                                          histories, final, stop_requested, hw)
@@ -482,9 +496,9 @@ class _GroupRunner:
         try:
             while done < steps:
                 n = min(config.chunk_size, steps - done)
-                state, hist = _chunk(state, np.int32(n), targets, self.weights, spec=self.spec,
-                                     optim=self.optim, shared=self.shared, mesh=self.mesh,
-                                     chunk=config.chunk_size)
+                state, hist = _chunk(state, np.int32(n), targets, self.step_weights,
+                                     spec=self.spec, optim=self.optim, shared=self.shared,
+                                     mesh=self.mesh, chunk=config.chunk_size)
                 rows = sharding.local_rows(hist)
                 for j, s in enumerate(slots):
                     if final[j] is not None:  # stopped at an earlier scale (diverged)

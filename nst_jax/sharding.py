@@ -158,7 +158,7 @@ def gather_counts(
 
 
 def batch_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh with axis ``"batch"`` over ``devices`` (default: every device of every process)."""
+    """A 1-D mesh with axis ``"batch"`` over ``devices`` (default: all devices of all processes)."""
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("a mesh needs at least one device")
@@ -252,7 +252,7 @@ def put_rows(rows: Mapping[int, Any], layout: SlotLayout, mesh: Mesh) -> Any:
 
 
 def local_rows(tree: Any) -> dict[int, Any]:
-    """``{slot: pytree of NumPy rows}`` for the rows of a batch-sharded pytree this process holds."""
+    """``{slot: pytree of NumPy rows}``: the rows of a batch-sharded pytree held by this process."""
     leaves, treedef = jax.tree.flatten(tree)
     per_leaf = []
     for leaf in leaves:

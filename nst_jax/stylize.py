@@ -78,14 +78,26 @@ def _loss_fn(targets, weights, spec):
     return lambda x: style_transfer_loss(x, targets, weights, spec)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "optim"))
+#: XLA's memory-optimised instruction order on CPU. The default order computes the recomputed
+#: (remat) forward passes early, so ``remat`` saved nothing and peak memory was ~2x higher
+#: (BENCHMARKS.md); step time is unchanged. Other backends ignore this option.
+COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "optim"), compiler_options=COMPILER_OPTIONS)
 def _init_jit(image, targets, weights, *, spec: LossSpec, optim: OptimSpec) -> RunState:
     return init_state(image, _loss_fn(targets, weights, spec), optim)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "optim", "chunk"), donate_argnums=(0,))
+@functools.partial(
+    jax.jit,
+    static_argnames=("spec", "optim", "chunk"),
+    donate_argnums=(0,),
+    compiler_options=COMPILER_OPTIONS,
+)
 def _chunk_jit(state, n, targets, weights, *, spec: LossSpec, optim: OptimSpec, chunk: int):
-    # Cast and flip the kernels once per chunk, outside the loop (XLA does not hoist them).
+    # Kernels cast and flipped outside the loop (XLA does not hoist them); a no-op when the
+    # caller prepared them already.
     weights = weights.prepare(spec.jnp_dtype)
     return run_chunk(state, n, _loss_fn(targets, weights, spec), optim, chunk)
 
@@ -203,6 +215,7 @@ def optimize_image(
     ``opt_state`` (optional) replaces the fresh optimiser state, e.g. Adam moments carried over
     from a coarser scale.
     """
+    weights = weights.prepare(spec.jnp_dtype)  # once per run; _chunk_jit then reuses it
     state = _init_jit(init, targets, weights, spec=spec, optim=optim)
     if opt_state is not None:
         state = state._replace(opt_state=opt_state)

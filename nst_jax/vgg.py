@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nst_jax.errors import NstError
 
@@ -110,13 +111,43 @@ def pool2x2(x: jax.Array, kind: str) -> jax.Array:
 
     Matches ``torch.nn.MaxPool2d(2, 2)`` / ``AvgPool2d(2, 2)`` (floor mode: an odd last row or
     column is dropped). Written as a reshape and a reduction rather than ``reduce_window``: XLA
-    lowers it to a cheap elementwise max whose gradient is a select, measurably faster on CPU.
+    lowers it to a cheap elementwise max, measurably faster on CPU. The max's gradient is JAX's
+    (tied maxima share it; there are no ties in practice except between zeros, which the ReLU
+    before the pooling gives no gradient anyway), but its backward pass keeps one byte per
+    output saying which entries were maximal, not a float mask of the whole input.
     """
     h, w, c = x.shape
     x = x[: h - h % 2, : w - w % 2].reshape(h // 2, 2, w // 2, 2, c)
     if kind == "max":
-        return x.max(axis=(1, 3))
+        return _max2x2(x)
     return x.mean(axis=(1, 3), dtype=jnp.float32).astype(x.dtype)
+
+
+@jax.custom_vjp
+def _max2x2(x: jax.Array) -> jax.Array:
+    return x.max(axis=(1, 3))
+
+
+def _max2x2_fwd(x):
+    y = x.max(axis=(1, 3))
+    # Which of the four window entries equal the maximum, as 4 bits of one byte per output.
+    hits = jnp.zeros(y.shape, jnp.uint8)
+    for k, (i, j) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        hits = hits | jnp.where(x[:, i, :, j] == y, jnp.uint8(1 << k), jnp.uint8(0))
+    return y, hits
+
+
+def _max2x2_bwd(hits, g):
+    # As JAX differentiates a max: ties share the gradient equally.
+    bits = [(hits >> k) & 1 for k in range(4)]
+    share = g / jnp.maximum(sum(b.astype(g.dtype) for b in bits), 1)
+    zero = jnp.zeros_like(g)
+    corner = [jnp.where(b == 1, share, zero) for b in bits]
+    rows = [jnp.stack(corner[2 * i : 2 * i + 2], axis=2) for i in (0, 1)]
+    return (jnp.stack(rows, axis=1),)  # (h/2, 2, w/2, 2, C)
+
+
+_max2x2.defvjp(_max2x2_fwd, _max2x2_bwd)
 
 
 def _conv_init(shape: tuple[int, int, int, int]):
@@ -130,21 +161,30 @@ def _conv_init(shape: tuple[int, int, int, int]):
 
 
 def conv3x3(
-    x: jax.Array, kernel: jax.Array, bias: jax.Array, *, backward_kernel: jax.Array | None = None
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    *,
+    prepared: Mapping[str, jax.Array] | None = None,
 ) -> jax.Array:
     """3×3, stride-1, SAME convolution of one ``(H, W, Cin)`` map with an HWIO kernel, plus bias.
 
-    ``backward_kernel`` (see :func:`prepare_kernels`) is the kernel rotated by 180° with its input
-    and output channels swapped, ``(3, 3, Cout, Cin)``. When it is given, the gradient with respect
-    to ``x`` is the SAME convolution of the output gradient with it, instead of the rotation and
-    transposition that differentiating ``conv_general_dilated`` emits on every call. The values
-    are the same; the saving is one pass over every kernel per step.
+    ``prepared`` is this layer's entry of :func:`prepare_kernels`: the kernel already cast, the
+    kernel of the input gradient and, where they pay, Winograd-transformed kernels. With it the
+    values are the same (to float rounding) and the step is cheaper:
+
+    * the gradient with respect to ``x`` is the SAME convolution of the output gradient with the
+      kernel rotated by 180° and transposed, computed once, instead of the rotation and
+      transposition that differentiating ``conv_general_dilated`` emits on every call;
+    * on CPU, layers with many channels on a small grid use Winograd's F(2×2, 3×3) algorithm
+      (Lavin & Gray, 2016) for both convolutions: 16 batched matrix products instead of 36
+      multiply-adds per output pair of rows and columns, 2.25× fewer FLOPs, and bfloat16
+      products that XLA's CPU dot runs natively where its convolution upcasts to float32.
     """
-    kernel = kernel.astype(x.dtype)
-    if backward_kernel is None:
-        y = _conv(x, kernel)
+    if prepared is None:
+        y = _conv(x, kernel.astype(x.dtype))
     else:
-        y = _conv_with_backward_kernel(x, kernel, backward_kernel.astype(x.dtype))
+        y = _prepared_conv(x, {k: v.astype(x.dtype) for k, v in prepared.items()})
     return y + bias.astype(x.dtype)
 
 
@@ -158,49 +198,119 @@ def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     )[0]
 
 
-@jax.custom_vjp
-def _conv_with_backward_kernel(x: jax.Array, kernel: jax.Array, backward_kernel: jax.Array):
+def _conv_or_winograd(x: jax.Array, kernel: jax.Array, winograd: jax.Array | None) -> jax.Array:
+    h, w, cin = x.shape
+    if winograd is not None and _winograd_pays(h, w, cin, kernel.shape[-1], x.dtype):
+        return winograd_conv(x, winograd)
     return _conv(x, kernel)
 
 
-def _conv_fwd(x, kernel, backward_kernel):
-    return _conv(x, kernel), (x, kernel, backward_kernel)
+@jax.custom_vjp
+def _prepared_conv(x: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
+    return _conv_or_winograd(x, p["forward"], p.get("winograd"))
 
 
-def _conv_bwd(residuals, g):
-    x, kernel, backward_kernel = residuals
+def _prepared_conv_fwd(x, p):
+    return _prepared_conv(x, p), (x, p)
+
+
+def _prepared_conv_bwd(residuals, g):
+    x, p = residuals
     # Stride 1 with symmetric padding 1: the input gradient is a SAME correlation with the
     # rotated, transposed kernel. The kernel gradient is left to JAX (and dropped by XLA when,
-    # as in style transfer, nothing uses it); backward_kernel is a function of kernel, so its
-    # own cotangent is zero.
-    dx = _conv(g, backward_kernel)
-    (dk,) = jax.vjp(lambda k: _conv(x, k), kernel)[1](g)
-    return dx, dk, jnp.zeros_like(backward_kernel)
+    # as in style transfer, nothing uses it); the other entries are functions of the kernel, so
+    # their own cotangents are zero.
+    dx = _conv_or_winograd(g, p["backward"], p.get("winograd_backward"))
+    (dk,) = jax.vjp(lambda k: _conv(x, k), p["forward"])[1](g)
+    dp = {k: dk if k == "forward" else jnp.zeros_like(v) for k, v in p.items()}
+    return dx, dp
 
 
-_conv_with_backward_kernel.defvjp(_conv_fwd, _conv_bwd)
+_prepared_conv.defvjp(_prepared_conv_fwd, _prepared_conv_bwd)
+
+# Winograd F(2×2, 3×3): Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A for each 4×4 input tile d (stride 2).
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
+
+
+def winograd_kernel(kernel: jax.Array) -> jax.Array:
+    """``G g Gᵀ`` of an HWIO ``(3, 3, Cin, Cout)`` kernel, as ``(16, Cin, Cout)`` float32."""
+    u = jnp.einsum("ai,ijcd,bj->abcd", _WINOGRAD_G, kernel.astype(jnp.float32), _WINOGRAD_G)
+    return u.reshape(16, *kernel.shape[2:])
+
+
+def _bt(d):
+    # Bᵀ d for Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
+    return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+
+
+def _at(m):
+    # Aᵀ m for Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]].
+    return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+
+
+def winograd_conv(x: jax.Array, u: jax.Array) -> jax.Array:
+    """SAME 3×3 convolution of ``x`` ``(H, W, Cin)`` with :func:`winograd_kernel` ``u``.
+
+    Equal to ``conv_general_dilated`` up to float rounding. The input transform runs in float32
+    and is stored in ``x.dtype``; the 16 products accumulate in float32 and the result is cast
+    back to ``x.dtype``. Odd sizes are padded to whole tiles and cropped.
+    """
+    h, w, c = x.shape
+    h2, w2 = (h + 1) // 2, (w + 1) // 2
+    xp = jnp.pad(x, ((1, 1 + h % 2), (1, 1 + w % 2), (0, 0))).reshape(h2 + 1, 2, w2 + 1, 2, c)
+    # Row transform first, materialised, then the column transform: two simple passes are
+    # about twice as fast on CPU as one fusion of all 16 strided combinations.
+    rows = jnp.stack(_bt([xp[i // 2 : i // 2 + h2, i % 2].astype(jnp.float32) for i in range(4)]))
+    v = jnp.stack(_bt([rows[:, :, j // 2 : j // 2 + w2, j % 2] for j in range(4)]), axis=1)
+    v = v.reshape(16, h2 * w2, c).astype(x.dtype)
+    m = jnp.einsum("btc,bcd->btd", v, u.astype(x.dtype), preferred_element_type=jnp.float32)
+    m = m.reshape(4, 4, h2, w2, -1)
+    r = _at([m[i] for i in range(4)])
+    y = [_at([r[p][j] for j in range(4)]) for p in range(2)]
+    y = jnp.stack([jnp.stack(y[p], axis=2) for p in range(2)], axis=1)  # (h2, 2, w2, 2, Cout)
+    return y.reshape(2 * h2, 2 * w2, -1)[:h, :w].astype(x.dtype)
+
+
+def _winograd_pays(h: int, w: int, cin: int, cout: int, dtype) -> bool:
+    """Whether Winograd beats XLA's direct convolution here (measured, BENCHMARKS.md).
+
+    On CPU only (GPU libraries pick their own algorithms). The transforms move about 4× the
+    activations through memory, which the 2.25× fewer FLOPs repay only with many channels
+    (from ``conv3_1`` on) and while the tiles stay in cache: up to 64×64 positions in float32,
+    128×128 in bfloat16, whose products also run twice as fast.
+    """
+    if jax.default_backend() != "cpu" or cin + cout < 384 or min(cin, cout) < 128:
+        return False
+    limit = 128 * 128 if jnp.dtype(dtype) == jnp.bfloat16 else 64 * 64
+    return h * w <= limit
 
 
 def prepare_kernels(
     params: dict[str, dict[str, jax.Array]], dtype: jnp.dtype = jnp.float32
 ) -> dict[str, dict[str, jax.Array]]:
-    """Every conv kernel cast to ``dtype`` and its backward kernel, computed once.
+    """Every conv kernel cast to ``dtype``, its backward kernel and Winograd forms, computed once.
 
     Returns ``{"conv1_1": {"forward": (3, 3, Cin, Cout), "backward": (3, 3, Cout, Cin)}, ...}``
-    with ``backward[i, j, o, c] = forward[2 - i, 2 - j, c, o]``. Pass it to :func:`forward` (or
-    :class:`VGG19`) as ``prepared``. Computed outside an optimisation loop it takes the cast and
-    the kernel rotation out of every step: XLA does not hoist these loop-invariant ops out of a
-    ``while_loop`` on CPU, and re-transposing the 13 kernels of a ``relu5_1`` network cost about
-    40 ms per step on a 2-core CPU.
+    with ``backward[i, j, o, c] = forward[2 - i, 2 - j, c, o]``; layers with at least 128 input
+    and output channels (and 384 together) also get ``"winograd"`` ``(16, Cin, Cout)`` and
+    ``"winograd_backward"`` ``(16, Cout, Cin)`` (:func:`winograd_kernel` of each), on CPU. Pass
+    the result to :func:`forward` (or :class:`VGG19`) as ``prepared``. Computed outside an
+    optimisation loop it takes all of this out of every step: XLA does not hoist loop-invariant
+    ops out of a ``while_loop`` on CPU, and re-transposing the 13 kernels of a ``relu5_1``
+    network inside the loop tripled the step time at 128 px on a 2-core CPU.
     """
     dtype = jnp.dtype(dtype)
+    cpu = jax.default_backend() == "cpu"
     out = {}
     for name, leaves in params.items():
         k = leaves["kernel"]
-        out[name] = {
-            "forward": k.astype(dtype),
-            "backward": jnp.transpose(k[::-1, ::-1], (0, 1, 3, 2)).astype(dtype),
-        }
+        kb = jnp.transpose(k[::-1, ::-1], (0, 1, 3, 2))
+        entry = {"forward": k.astype(dtype), "backward": kb.astype(dtype)}
+        cin, cout = k.shape[2:]
+        if cpu and cin + cout >= 384 and min(cin, cout) >= 128:
+            entry["winograd"] = winograd_kernel(k).astype(dtype)
+            entry["winograd_backward"] = winograd_kernel(kb).astype(dtype)
+        out[name] = entry
     return out
 
 
@@ -216,10 +326,8 @@ def _run_block(
     for name in names:
         if name.startswith("conv"):
             p = params[name]
-            if "backward" in p:
-                x = conv3x3(x, p["forward"], p["bias"], backward_kernel=p["backward"])
-            else:
-                x = conv3x3(x, p["kernel"], p["bias"])
+            prepared = {k: v for k, v in p.items() if k not in ("kernel", "bias")} or None
+            x = conv3x3(x, p["kernel"], p["bias"], prepared=prepared)
         elif name.startswith("relu"):
             x = jax.nn.relu(x)
         else:

@@ -66,9 +66,13 @@ class VGGWeights:
     def prepare(self, dtype: Any = jnp.float32) -> "VGGWeights":
         """A copy that also carries the kernels cast to ``dtype`` and flipped for the backward pass.
 
-        Call it once outside an optimisation loop (e.g. at the top of a jitted chunk): features
-        and losses are unchanged, each step skips casting and re-transposing every kernel.
+        Call it once outside an optimisation loop (before the loop, or at the top of a jitted
+        chunk): features and losses are unchanged, each step skips casting and re-transposing
+        every kernel. Weights already prepared in ``dtype`` are returned as they are.
         """
+        first = next(iter(self.prepared.values()), None) if self.prepared else None
+        if first is not None and first["forward"].dtype == jnp.dtype(dtype):
+            return self
         return self.replace(prepared=prepare_kernels(self.params, dtype))
 
 

@@ -91,7 +91,8 @@ def main() -> None:
           f"preset {args.preset}, batch {args.batch}, {args.steps} steps, "
           f"median of {args.repeats}")
     print(f"{'size':>5} {'batched img/s':>14} {'single img/s':>13} {'speed-up':>9} "
-          f"{'1st call b/s (s)':>16} {'recompiled':>10} {'MB/img b1':>10} {'MB/img b' + str(args.batch):>10}")
+          f"{'1st call b/s (s)':>16} {'recompiled':>10} {'MB/img b1':>10} "
+          f"{'MB/img b' + str(args.batch):>10}")
     rng = np.random.default_rng(0)
     for size in args.sizes:
         config = get_preset(args.preset).replace(size=size, steps=args.steps,

@@ -19,7 +19,7 @@ from nst_jax.cli import main
 from nst_jax.cli.batch import output_names
 
 TINY = ["--preset", "tiny", "--weights", "random", "--size", "32", "--steps", "4",
-        "--chunk-size", "2", "--quiet"]
+        "--chunk-size", "2", "--lr", "0.01", "--quiet"]
 
 
 def write_image(path, h, w, seed=0):
@@ -67,7 +67,7 @@ def test_folder_is_stylized_bad_file_skipped_and_rerun_resumes(folder, tmp_path,
     from nst_jax.stylize import stylize
     from nst_jax.weights import random_weights
 
-    config = get_preset("tiny").replace(size=32, steps=4, chunk_size=2)
+    config = get_preset("tiny").replace(size=32, steps=4, chunk_size=2, learning_rate=0.01)
     ref = stylize(image_io.load_image(d / "b.jpg"), image_io.load_image(style), config,
                   random_weights(0))
     got = np.asarray(Image.open(out / "b.png"), np.float32)

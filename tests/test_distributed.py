@@ -17,7 +17,7 @@ from nst_jax.errors import NstError
 from nst_jax.sharding import initialize
 
 ARGS = ["--preset", "tiny", "--weights", "random", "--size", "32", "--steps", "4",
-        "--chunk-size", "2", "--quiet"]
+        "--chunk-size", "2", "--lr", "0.01", "--quiet"]
 
 
 def _free_port() -> int:
@@ -72,7 +72,7 @@ def test_two_processes_write_disjoint_shares_exactly_once(tmp_path):
         assert f"(process {i} of 2): {len(shares[i])} done, 0 skipped" in stdout
 
     # The distributed result is the single-image result.
-    config = get_preset("tiny").replace(size=32, steps=4, chunk_size=2)
+    config = get_preset("tiny").replace(size=32, steps=4, chunk_size=2, learning_rate=0.01)
     ref = stylize(image_io.load_image(src / "im3.png"), image_io.load_image(style), config,
                   random_weights(0))
     got = np.asarray(Image.open(out / "im3.png"), np.float32)

@@ -86,29 +86,53 @@ def test_backward_kernel_is_the_rotated_transposed_kernel(weights):
         for j in range(3):
             np.testing.assert_array_equal(kb[i, j], k[2 - i, 2 - j].T)
     assert prepared["conv2_1"]["forward"].dtype == jnp.float32
-    assert vgg.prepare_kernels(weights.params, jnp.bfloat16)["conv5_1"]["backward"].dtype == jnp.bfloat16
+    assert "winograd" not in prepared["conv2_2"]  # 128 -> 128: not worth it
+    bf16 = vgg.prepare_kernels(weights.params, jnp.bfloat16)["conv5_1"]
+    assert bf16["backward"].dtype == jnp.bfloat16
+    if jax.default_backend() == "cpu":
+        np.testing.assert_allclose(
+            prepared["conv4_1"]["winograd"], vgg.winograd_kernel(weights.params["conv4_1"]["kernel"])
+        )
+        assert bf16["winograd_backward"].shape == (16, 512, 512)
 
 
-def test_custom_vjp_conv_matches_plain_conv_and_its_gradients():
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal((9, 7, 5)), jnp.float32)
+def plain_conv(x, k):
+    return jax.lax.conv_general_dilated(
+        x[None], k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )[0]
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (9, 7), (1, 3)])
+def test_winograd_conv_matches_plain_conv(hw):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((*hw, 5)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((3, 3, 5, 6)), jnp.float32)
-    b = jnp.asarray(rng.standard_normal((6,)), jnp.float32)
-    ct = jnp.asarray(rng.standard_normal((9, 7, 6)), jnp.float32)
-    kb = vgg.prepare_kernels({"c": {"kernel": k}})["c"]["backward"]
+    got = jax.jit(vgg.winograd_conv)(x, vgg.winograd_kernel(k))
+    assert got.shape == (*hw, 6)
+    assert rel_err(got, plain_conv(x, k)) < 1e-5
+
+
+@pytest.mark.parametrize("winograd", [False, True])
+def test_prepared_conv_matches_plain_conv_and_its_gradients(winograd):
+    rng = np.random.default_rng(1)
+    cin, cout = (128, 256) if winograd else (5, 6)
+    x = jnp.asarray(rng.standard_normal((9, 7, cin)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, cin, cout)) / np.sqrt(9 * cin), jnp.float32)
+    b = jnp.asarray(rng.standard_normal((cout,)), jnp.float32)
+    ct = jnp.asarray(rng.standard_normal((9, 7, cout)), jnp.float32)
+    prepared = vgg.prepare_kernels({"c": {"kernel": k}})["c"]
+    assert ("winograd" in prepared) == (winograd and jax.default_backend() == "cpu")
 
     def plain(x, k):
-        return jax.lax.conv_general_dilated(
-            x[None], k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )[0] + b
+        return plain_conv(x, k) + b
 
-    fast = jax.jit(lambda x, k: vgg.conv3x3(x, k, b, backward_kernel=kb))
+    fast = jax.jit(lambda x, k: vgg.conv3x3(x, k, b, prepared={**prepared, "forward": k}))
     y, vjp = jax.vjp(fast, x, k)
     y0, vjp0 = jax.vjp(plain, x, k)
-    assert rel_err(y, y0) < 1e-6
+    assert rel_err(y, y0) < 1e-5
     for g, g0 in zip(vjp(ct), vjp0(ct)):
         assert rel_err(g, g0) < 1e-5
-    # Second order (through the custom rule's residuals) is not needed, but vmap is (nst_jax.batch).
+    # vmap over images (nst_jax.batch) goes through the custom rule too.
     xs = jnp.stack([x, 2 * x])
     gx = jax.vmap(jax.grad(lambda x: jnp.sum(fast(x, k) ** 2)))(xs)
     gx0 = jax.vmap(jax.grad(lambda x: jnp.sum(plain(x, k) ** 2)))(xs)
@@ -146,9 +170,11 @@ def test_optimised_loss_and_gradient_equal_plain(weights, images, preset, remat)
 
 def test_compiled_adam_step_equals_plain_adam_step(weights, images):
     """One step of the production chunk (donated state, prepared kernels, while_loop) by hand."""
+    import importlib
+
     import optax
 
-    from nst_jax import stylize
+    stylize = importlib.import_module("nst_jax.stylize")  # the package exports a function of that name
 
     spec = get_preset("gatys").loss_spec()
     optim = OptimSpec()
@@ -164,7 +190,8 @@ def test_compiled_adam_step_equals_plain_adam_step(weights, images):
     want = jnp.clip(x + upd, 0.0, 1.0)
     assert abs(float(hist["total"][0]) - float(v0)) <= 1e-5 * abs(float(v0))
     assert np.isnan(hist["total"][1])
-    assert rel_err(state.image, want) < 1e-5
+    # The first Adam step is about lr·sign(g): compare to a small fraction of the step.
+    np.testing.assert_allclose(state.image, want, rtol=0, atol=1e-3 * optim.learning_rate)
 
 
 def test_bfloat16_loss_and_gradient_are_close_to_float32(weights, images):
@@ -182,3 +209,14 @@ def test_bfloat16_loss_and_gradient_are_close_to_float32(weights, images):
     assert abs(v16 - v32) <= 0.01 * abs(v32)
     cosine = g16 @ g32 / (np.linalg.norm(g16) * np.linalg.norm(g32))
     assert cosine > 0.99
+
+
+def test_max_pool_gradient_shares_ties_like_jax_max():
+    x = jnp.asarray(
+        [[1.0, 3.0, 0.0, 0.0], [3.0, 2.0, 0.0, 0.0], [5.0, 4.0, -1.0, 7.0], [4.0, 5.0, 6.0, 1.0]]
+    )[:, :, None]
+    g = jnp.asarray([[1.0, 2.0], [3.0, 4.0]])[:, :, None]
+    want = jax.vjp(lambda x: x.reshape(2, 2, 2, 2, 1).max(axis=(1, 3)), x)[1](g)[0]
+    got = jax.vjp(lambda x: vgg.pool2x2(x, "max"), x)[1](g)[0]
+    np.testing.assert_array_equal(got, want)
+    assert float(got[0, 1, 0]) == 0.5 and float(got[0, 2, 0]) == 0.5  # a tie of 3s, and of 0s

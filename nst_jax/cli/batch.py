@@ -87,7 +87,8 @@ def output_names(contents: list[Path], styles: list[str], pairs, ext: str) -> li
     """``<content stem>.<ext>``, or ``<content stem>__<style stem>.<ext>`` with several styles."""
     several = len(styles) > 1
     names = [
-        f"{contents[c].stem}__{Path(styles[s]).stem}.{ext}" if several else f"{contents[c].stem}.{ext}"
+        f"{contents[c].stem}__{Path(styles[s]).stem}.{ext}" if several
+        else f"{contents[c].stem}.{ext}"
         for c, s in pairs
     ]
     seen: dict[str, int] = {}
@@ -135,9 +136,10 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NstError(f"output directory {str(out_dir)!r} is a file")
-    out_dir.mkdir(parents=True, exist_ok=True)
     ext = args.ext.lstrip(".")
-    image_io.check_output_path(out_dir / f"check.{ext}")
+    if f".{ext.lower()}" not in image_io.SUPPORTED_EXTENSIONS:
+        raise NstError(f"--ext {args.ext!r} is not a supported image format (use one of "
+                       f"{', '.join(e[1:] for e in image_io.SUPPORTED_EXTENSIONS)})")
 
     contents = list_inputs(args.inputs)
     styles = [image_io.load_image(s) for s in args.styles]
@@ -149,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
     for o in outputs:
         if os.path.realpath(o) in inputs:
             raise NstError(f"output {str(o)!r} would overwrite an input image; choose another -o")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image_io.check_output_path(outputs[0])  # a writable directory and an encoder for --ext
     init_image = image_io.load_image(config.init) if common.init_is_path(config) else None
 
     # Which outputs exist, agreed by all processes (any process seeing a file counts), before
