@@ -92,3 +92,11 @@ def write_keras_h5(
 def keras_h5_writer():
     """:func:`write_keras_h5`, as a fixture so every test module can use it."""
     return write_keras_h5
+
+
+@pytest.fixture(scope="session")
+def weights():
+    """The seeded random-weight VGG-19 of :func:`nst_jax.weights.random_weights` (seed 0)."""
+    from nst_jax.weights import random_weights
+
+    return random_weights(0)

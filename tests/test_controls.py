@@ -12,12 +12,6 @@ from nst_jax.config import get_preset
 from nst_jax.errors import NstError
 from nst_jax.objective import LossSpec, compute_targets, style_transfer_loss
 from nst_jax.stylize import rescale_opt_state, stylize
-from nst_jax.weights import random_weights
-
-
-@pytest.fixture(scope="module")
-def weights():
-    return random_weights(0)
 
 
 @pytest.fixture(scope="module")
