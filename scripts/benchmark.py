@@ -168,11 +168,28 @@ def _jax_setup(task):
 
 
 def _targets(compute_targets, weights, size, spec):
+    """``compute_targets``' result for the sample images at ``size``² (no masks, one style).
+
+    Computed as two compiled calls, style Gram matrices first, then the content features of
+    the content layers only, each with ``stylize.COMPILER_OPTIONS``: at 4096² one program for
+    both (as ``compute_targets`` under one ``jit``) needs more memory than the step itself.
+    """
+    import importlib
+
     import jax
 
+    from nst_jax.objective import features_for, style_grams
+
+    S = importlib.import_module("nst_jax.stylize")
+    opts = getattr(S, "COMPILER_OPTIONS", None)
     content, style = load_square(CONTENT, size), load_square(STYLE, size)
-    fn = jax.jit(lambda w, c, s: compute_targets(w, c, s, spec))
-    return fn(weights, content, style)
+    grams = jax.jit(lambda w, s: style_grams(w, s, spec), compiler_options=opts)(weights, style)
+    jax.block_until_ready(grams)
+    feats = jax.jit(
+        lambda w, c: features_for(w, c, spec.content_layers, spec), compiler_options=opts
+    )(weights, content)
+    jax.block_until_ready(feats)
+    return {"content": dict(feats), "style": dict(grams)}
 
 
 def _optim(task):
@@ -234,11 +251,18 @@ def worker_jax_memory(task) -> dict:
     after_targets = maxrss_mib()
     optim = _optim({"optimizer": "adam"})
     state = S._init_jit(jnp.asarray(noise_init(size)), targets, weights, spec=spec, optim=optim)
+    jax.block_until_ready(state)
     t = time.perf_counter()
-    state, hist = S._chunk_jit(state, jnp.int32(1), targets, weights, spec=spec, optim=optim, chunk=1)
+    compiled = S._chunk_jit.lower(state, jnp.int32(1), targets, weights, spec=spec, optim=optim, chunk=1).compile()
+    compile_s = time.perf_counter() - t
+    temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
+    t = time.perf_counter()
+    state, hist = compiled(state, jnp.int32(1), targets, weights)
     loss = float(hist["total"][0])
     return {
         "seconds": time.perf_counter() - t,
+        "compile_s": compile_s,
+        "xla_temp_mib": temp,
         "loss": loss,
         "rss_mib": maxrss_mib(),
         "base_rss_mib": base,
@@ -304,7 +328,7 @@ def worker_jax_time_to_loss(task) -> dict:
         clock += time.perf_counter() - t
         last = k == len(task["scales"]) - 1
         done = 0
-        while (done < iters) if not last else (clock < task["budget_s"]):
+        while (done < iters) if not last else (clock < task["budget_s"] or not trace):
             n = chunk if last else min(chunk, iters - done)
             t = time.perf_counter()
             state, hist = S._chunk_jit(state, jnp.int32(n), targets, weights, spec=spec, optim=optim, chunk=chunk)
@@ -614,17 +638,18 @@ def bench_memory(args, common) -> list[dict]:
 
 
 def memory_table(rows) -> str:
-    out = ["| px | megapixels | dtype | remat | peak RSS MiB | of which after imports | targets only MiB | "
-           "first step s (incl. compile) | MiB per megapixel above imports |", "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| px | megapixels | dtype | remat | peak RSS MiB | after imports MiB | after targets MiB | "
+           "XLA step temporaries MiB | one step s (compile s) | peak MiB per megapixel above imports |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mp = r["size"] ** 2 / 1e6
         if r.get("failed"):
-            out.append(f"| {r['size']} | {mp:.2f} | {r['dtype']} | {'on' if r['remat'] else 'off'} | failed (out of memory or time) | | | | |")
+            out.append(f"| {r['size']} | {mp:.2f} | {r['dtype']} | {'on' if r['remat'] else 'off'} | failed (out of memory or time) | | | | | |")
             continue
         out.append(
             f"| {r['size']} | {mp:.2f} | {r['dtype']} | {'on' if r['remat'] else 'off'} | {r['rss_mib']:.0f} | "
-            f"{r['base_rss_mib']:.0f} | {r['targets_rss_mib']:.0f} | {r['seconds']:.1f} | "
-            f"{(r['rss_mib'] - r['base_rss_mib']) / mp:.0f} |"
+            f"{r['base_rss_mib']:.0f} | {r['targets_rss_mib']:.0f} | {r['xla_temp_mib']:.0f} | "
+            f"{r['seconds']:.1f} ({r['compile_s']:.1f}) | {(r['rss_mib'] - r['base_rss_mib']) / mp:.0f} |"
         )
     return "\n".join(out)
 
@@ -666,6 +691,7 @@ def bench_time_to_loss(args, common, torch_ok) -> dict:
                     "trace": [(t, i + 1, v) for i, (t, v) in enumerate(zip(ref["times"], ref["losses"])) if i % 10 == 9]}
     # A method that needs longer than PyTorch is slower whatever it reaches; stop it there.
     budget = args.ttl_budget or ref["total_s"]
+    out["budget_s"] = budget
     for name in args.ttl_methods:
         m = TTL_METHODS[name]
         scales = [[args.ttl_size if s == 256 else args.ttl_size // 2, n] for s, n in m["scales"]]
@@ -673,7 +699,7 @@ def bench_time_to_loss(args, common, torch_ok) -> dict:
                         "target": target, "budget_s": budget})
         out[name] = r
         if r:
-            got = f"{r['reached_s']:.1f} s" if r["reached_s"] is not None else f"not within {budget:.0f} s (loss {r['final_loss']:.6g})"
+            got = f"{r['reached_s']:.1f} s" if r["reached_s"] is not None else f"not within {budget:.0f} s (loss {r['final_loss']})"
             log(f"  nst-jax {name}: {got}")
     return out
 
@@ -686,12 +712,12 @@ def ttl_table(ttl) -> str:
            f"{ttl['size']} px: {t['total_s']:.1f} s, best loss {t['target']:.6g} (start {t['first_loss']:.6g}).", "",
            "| nst-jax method | time to reach that loss (s, incl. compile) | speed-up |", "|---|---|---|"]
     for name, r in ttl.items():
-        if name in ("torch", "size", "iterations"):
+        if name in ("torch", "size", "iterations", "budget_s"):
             continue
         if not r:
             out.append(f"| {name} | failed | |")
         elif r["reached_s"] is None:
-            out.append(f"| {name} | not reached (loss {r['final_loss']:.6g} at the budget) | — |")
+            out.append(f"| {name} | not reached in {ttl['budget_s']:.0f} s (loss then {r['final_loss']}) | < 1× |")
         else:
             out.append(f"| {name} | {r['reached_s']:.1f} | {t['total_s'] / r['reached_s']:.2f}× |")
     return "\n".join(out)
@@ -701,7 +727,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--sizes", type=int, nargs="*", default=[128, 256, 512])
-    p.add_argument("--big", action="store_true", help="also time 1024 px (one process)")
+    p.add_argument("--big", action="store_true", help="also time 1024 px")
     p.add_argument("--repeats", type=int, default=3, help="processes per measurement")
     p.add_argument("--steps", type=int, default=None, help="timed steps per process (default by size)")
     p.add_argument("--threads", type=int, default=2, help="cores for JAX and PyTorch alike")
@@ -765,7 +791,7 @@ def main(argv=None) -> int:
     if mm:
         print(f"float32 matmul (2048²) GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in mm.items() if v)
               + f"; peak used below: {peak:.0f}\n")
-    if "steps" in report:
+    if report.get("steps"):
         print(steps_table(report["steps"]) + "\n")
     q = report.get("quality")
     if q and q.get("float32") and q.get("bfloat16"):

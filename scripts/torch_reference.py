@@ -288,7 +288,7 @@ class TorchStyleTransfer:
 
 def to_nchw(image) -> torch.Tensor:
     """``(H, W, 3)`` array → ``(1, 3, H, W)`` float32 tensor."""
-    a = np.ascontiguousarray(np.asarray(image, np.float32))
+    a = np.array(image, np.float32, copy=True)  # writable, contiguous
     return torch.from_numpy(a).permute(2, 0, 1)[None].contiguous()
 
 

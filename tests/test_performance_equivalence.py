@@ -220,3 +220,27 @@ def test_max_pool_gradient_shares_ties_like_jax_max():
     got = jax.vjp(lambda x: vgg.pool2x2(x, "max"), x)[1](g)[0]
     np.testing.assert_array_equal(got, want)
     assert float(got[0, 1, 0]) == 0.5 and float(got[0, 2, 0]) == 0.5  # a tie of 3s, and of 0s
+
+
+@pytest.mark.parametrize("preset", ["gatys", "tf-tutorial"])
+def test_pytorch_reference_computes_the_same_loss_and_gradient(weights, images, preset):
+    """scripts/torch_reference.py, which the benchmark times, is the same objective."""
+    pytest.importorskip("torch")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import torch_reference as tr
+
+    spec = get_preset(preset).loss_spec()
+    content, style, x = images
+    targets = compute_targets(weights, content, style, spec)
+    v, g = jax.value_and_grad(lambda x: style_transfer_loss(x, targets, weights, spec)[0])(x)
+    for channels_last in (False, True):
+        ref = tr.TorchStyleTransfer(
+            jax.device_get(weights.params), weights.preprocessing, spec,
+            np.asarray(content), np.asarray(style), channels_last=channels_last,
+        )
+        vt, gt = ref.value_and_grad(tr.to_nchw(np.asarray(x)))
+        assert abs(vt - float(v)) <= 1e-5 * abs(float(v))
+        assert rel_err(tr.to_hwc(gt), g) < 1e-4
