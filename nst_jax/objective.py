@@ -168,32 +168,49 @@ def compute_targets(
     if not isinstance(styles, (list, tuple)):
         styles = [styles]
     grams = [style_grams(weights, s, spec) for s in styles]
-    content_feats = features_for(weights, content, spec.all_layers, spec)
+    return assemble_targets(weights, content, grams, spec, style_blend=style_blend, masks=masks)
+
+
+def assemble_targets(
+    weights: VGGWeights,
+    content: jax.Array,
+    grams: Sequence[Mapping[str, jax.Array]],
+    spec: LossSpec,
+    *,
+    style_blend: Sequence[float] | None = None,
+    masks: jax.Array | None = None,
+) -> Targets:
+    """:func:`compute_targets` from already computed style Grams (one dict per style image).
+
+    Lets a caller compute each style's Grams in a program of its own (at 4096² one program for
+    everything needs far more memory than the separate ones).
+    """
+    content_feats = features_for(weights, content, spec.content_layers, spec)
     targets: Targets = {
-        "content": {
-            k: jax.lax.stop_gradient(content_feats[k]) for k in spec.content_layers
-        }
+        "content": {k: jax.lax.stop_gradient(v) for k, v in content_feats.items()}
     }
     if masks is None:
         if spec.regions:
             raise NstError(f"the loss expects {spec.regions} region masks but none were given")
-        targets["style"] = blend_grams(grams, style_blend or [1.0] * len(styles))
+        targets["style"] = blend_grams(grams, style_blend or [1.0] * len(grams))
         return targets
     if style_blend is not None:
         raise NstError("style blend weights and region masks cannot be combined")
-    if masks.ndim != 3 or masks.shape[0] != len(styles) or masks.shape[0] != spec.regions:
+    if masks.ndim != 3 or masks.shape[0] != len(grams) or masks.shape[0] != spec.regions:
         raise NstError(
             f"{masks.shape[0] if masks.ndim == 3 else 'malformed'} masks given for "
-            f"{len(styles)} style images (one mask per style is needed)"
+            f"{len(grams)} style images (one mask per style is needed)"
         )
     if tuple(masks.shape[1:]) != tuple(content.shape[:2]):
         raise NstError(
             f"mask size {masks.shape[2]}x{masks.shape[1]} does not match the content image "
             f"size {content.shape[1]}x{content.shape[0]}"
         )
+    # Only the shapes of the style layers are needed, to resize the masks: no computation.
+    shapes = jax.eval_shape(lambda x: features_for(weights, x, spec.style_layers, spec), content)
     targets["style"] = {k: jnp.stack([g[k] for g in grams]) for k in spec.style_layers}
     targets["masks"] = {
-        k: jnp.stack([imageops.resize_mask(m, content_feats[k].shape[:2]) for m in masks])
+        k: jnp.stack([imageops.resize_mask(m, shapes[k].shape[:2]) for m in masks])
         for k in spec.style_layers
     }
     return targets

@@ -24,7 +24,7 @@ import numpy as np
 from nst_jax import imageops
 from nst_jax.config import StyleConfig
 from nst_jax.errors import NstError
-from nst_jax.objective import LossSpec, Targets, compute_targets, style_transfer_loss
+from nst_jax.objective import LossSpec, Targets, assemble_targets, style_grams, style_transfer_loss
 from nst_jax.optimize import HISTORY_KEYS, OptimSpec, RunState, init_state, result_image, run_chunk
 from nst_jax.vgg import min_side
 from nst_jax.weights import VGGWeights
@@ -107,9 +107,21 @@ def _loss_jit(image, targets, weights, *, spec: LossSpec):
     return style_transfer_loss(image, targets, weights, spec)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "blend"))
+@functools.partial(jax.jit, static_argnames=("spec",), compiler_options=COMPILER_OPTIONS)
+def _grams_jit(weights, style, *, spec: LossSpec):
+    return style_grams(weights, style, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "blend"), compiler_options=COMPILER_OPTIONS)
+def _assemble_jit(weights, content, grams, masks, *, spec: LossSpec, blend):
+    return assemble_targets(weights, content, list(grams), spec, style_blend=blend, masks=masks)
+
+
 def _targets_jit(weights, content, styles, masks, *, spec: LossSpec, blend):
-    return compute_targets(weights, content, list(styles), spec, style_blend=blend, masks=masks)
+    """Targets, with each style image's Grams computed in a program of its own (peak memory is
+    one forward pass, not all of them at once)."""
+    grams = tuple(_grams_jit(weights, s, spec=spec) for s in styles)
+    return _assemble_jit(weights, content, grams, masks, spec=spec, blend=blend)
 
 
 def compile_count() -> int:

@@ -177,9 +177,9 @@ def conv3x3(
       kernel rotated by 180° and transposed, computed once, instead of the rotation and
       transposition that differentiating ``conv_general_dilated`` emits on every call;
     * on CPU, layers with many channels on a small grid use Winograd's F(2×2, 3×3) algorithm
-      (Lavin & Gray, 2016) for both convolutions: 16 batched matrix products instead of 36
-      multiply-adds per output pair of rows and columns, 2.25× fewer FLOPs, and bfloat16
-      products that XLA's CPU dot runs natively where its convolution upcasts to float32.
+      (Lavin & Gray, 2016) for both convolutions: 16 multiplications per 2×2 output tile
+      instead of 36 (2.25× fewer FLOPs), done as 16 batched matrix products, which XLA's CPU
+      dot also runs natively in bfloat16 where its convolution upcasts to float32.
     """
     if prepared is None:
         y = _conv(x, kernel.astype(x.dtype))

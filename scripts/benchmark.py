@@ -13,17 +13,20 @@ float32 and bfloat16 autocast); without torch installed its rows are skipped.
 Sections (all on by default except ``--big``):
 
 * ``--sizes``: median seconds per Adam step and per L-BFGS iteration, compile time, peak RSS,
-  achieved GFLOP/s (analytic VGG forward+backward FLOPs) and the fraction of this machine's
-  float32 matmul throughput, measured in the same run;
+  achieved GFLOP/s and the fraction of this machine's float32 matmul throughput (measured in the
+  same run). GFLOP/s counts the FLOPs of direct convolutions (:func:`vgg_flops`) for every
+  implementation; nst-jax's Winograd layers do fewer, so its figure is an effective rate and
+  can exceed 100% of the matmul peak;
 * ``--quality``: final loss of ``--quality-steps`` Adam steps in bfloat16 vs float32, both
   evaluated with the float32 objective;
 * ``--memory``: peak RSS of one Adam step per pixel count, with and without remat;
 * ``--time-to-loss``: PyTorch L-BFGS (jcjohnson's settings: history 100, lr 1, no line search)
-  for 300 iterations at 256 px; then the wall time nst-jax needs to reach the loss it reached.
+  for 300 iterations at 256 px; then the wall time several nst-jax methods need to reach the
+  best loss it reached (each stopped after PyTorch's time).
 
 Examples::
 
-    python scripts/benchmark.py                              # the full run of BENCHMARKS.md
+    python scripts/benchmark.py                              # everything (about an hour on 2 cores)
     python scripts/benchmark.py --sizes 128 --repeats 1 --no-memory --no-time-to-loss --no-quality
     python scripts/benchmark.py --memory-sizes 4096 --memory-only --dtypes bfloat16 --remat on
 """
@@ -632,7 +635,7 @@ def bench_memory(args, common) -> list[dict]:
                     rows.append({"size": size, "dtype": dtype, "remat": remat, "failed": True})
                     continue
                 log(f"  memory {size}px {dtype} remat={remat}: peak {r['rss_mib']:.0f} MiB "
-                    f"(step {r['seconds']:.1f} s incl. compile)")
+                    f"(one step {r['seconds']:.1f} s, compile {r['compile_s']:.1f} s)")
                 rows.append({"size": size, "dtype": dtype, "remat": remat, **r})
     return rows
 
