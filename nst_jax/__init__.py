@@ -27,6 +27,7 @@ from nst_jax.objective import LossSpec as LossSpec
 from nst_jax.objective import compute_targets as compute_targets
 from nst_jax.objective import style_transfer_loss as style_transfer_loss
 from nst_jax.preprocessing import Preprocessing as Preprocessing
+from nst_jax.stylize import ChunkReport as ChunkReport
 from nst_jax.stylize import StylizeResult as StylizeResult
 from nst_jax.stylize import stylize as stylize
 from nst_jax.vgg import VGG19 as VGG19

@@ -33,6 +33,35 @@ from nst_jax.weights import VGGWeights
 Callback = Callable[[int, np.ndarray, float], None]
 
 
+@dataclasses.dataclass(frozen=True)
+class ChunkReport:
+    """What the host loop knows after each compiled chunk of steps (see ``on_chunk``).
+
+    Attributes:
+      step: steps done so far over all scales.
+      total_steps: the step budget over all scales.
+      scale: index of the current scale (0 for single-scale runs); ``n_scales`` how many.
+      losses: ``{"total", "content", "style", "tv"}`` for each step of this chunk (float32
+        arrays; NaN where a term was not evaluated, e.g. per-term values under L-BFGS).
+      seconds: wall time since the run started.
+      image: zero-argument function returning the current reported image ``(h, W, 3)`` float32
+        in ``[0, 1]`` at this scale's size (costs a device-to-host copy, so it is lazy).
+    """
+
+    step: int
+    total_steps: int
+    scale: int
+    n_scales: int
+    losses: dict
+    seconds: float
+    image: Callable[[], np.ndarray]
+
+
+#: ``on_chunk(report)`` is called after every chunk; returning True asks the run to stop there
+#: (as Ctrl-C does: the best image so far is kept and ``interrupted`` is set).
+ChunkHook = Callable[[ChunkReport], Any]
+
+
 @dataclasses.dataclass
 class StylizeResult:
     """Outcome of a stylization.
@@ -221,11 +250,14 @@ def optimize_image(
     step_offset: int = 0,
     desc: str = "stylize",
     opt_state: Any = None,
+    on_chunk: ChunkHook | None = None,
+    report: dict | None = None,
 ) -> tuple[RunState, dict[str, np.ndarray], bool]:
     """Runs up to ``steps`` steps from ``init``; returns ``(state, history, interrupted)``.
 
     ``opt_state`` (optional) replaces the fresh optimiser state, e.g. Adam moments carried over
-    from a coarser scale.
+    from a coarser scale. ``on_chunk`` gets a :class:`ChunkReport` after every chunk, built from
+    ``report`` (``total_steps``, ``scale``, ``n_scales``, ``start``); a true return stops the run.
     """
     weights = weights.prepare(spec.jnp_dtype)  # once per run; _chunk_jit then reuses it
     state = _init_jit(init, targets, weights, spec=spec, optim=optim)
@@ -257,6 +289,9 @@ def optimize_image(
                     break
                 if callback and save_every and (step_offset + done) % save_every == 0:
                     callback(step_offset + done, np.asarray(result_image(state, optim)), float(h["total"][ran - 1]))
+                if on_chunk is not None and _call_hook(on_chunk, state, optim, h, ran, step_offset + done, report):
+                    interrupted = True
+                    break
                 if stop_requested():
                     interrupted = True
                     break
@@ -265,6 +300,20 @@ def optimize_image(
             bar.close()
     history = {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in hist.items()}
     return state, history, interrupted
+
+
+def _call_hook(on_chunk, state, optim, h, ran, step, report) -> bool:
+    report = report or {}
+    chunk = ChunkReport(
+        step=step,
+        total_steps=report.get("total_steps", step),
+        scale=report.get("scale", 0),
+        n_scales=report.get("n_scales", 1),
+        losses={k: np.asarray(v[:ran]) for k, v in h.items()},
+        seconds=time.perf_counter() - report.get("start", time.perf_counter()),
+        image=lambda: np.asarray(jax.device_get(result_image(state, optim)), np.float32),
+    )
+    return bool(on_chunk(chunk))
 
 
 def _progress_bar(total: int, desc: str):
@@ -333,6 +382,7 @@ def stylize(
     masks=None,
     callback: Callback | None = None,
     progress: bool = False,
+    on_chunk: ChunkHook | None = None,
 ) -> StylizeResult:
     """Paints ``content`` in the style of ``style``.
 
@@ -349,6 +399,8 @@ def stylize(
         image: region ``r`` is painted in ``style[r]`` (Gatys et al. 2017).
       callback: called as ``callback(step, image, loss)`` every ``config.save_every`` steps.
       progress: show a progress bar on stderr.
+      on_chunk: called with a :class:`ChunkReport` after every compiled chunk (live previews,
+        traces); returning True stops the run there, keeping the best image (``interrupted``).
 
     Returns:
       A :class:`StylizeResult`; Ctrl-C stops after the current chunk with the best image so far.
@@ -388,6 +440,7 @@ def stylize(
     done = 0
     interrupted = False
     sizes = config.scale_sizes(content0.shape[:2])
+    total_steps = sum(config.steps_at(i) for i in range(len(sizes)))
     for i, size in enumerate(sizes):
         content_x, styles_x = prepare_inputs(work_content, styles0, config, size=size)
         hw = content_x.shape[:2]
@@ -423,6 +476,8 @@ def stylize(
             step_offset=done,
             desc=desc,
             opt_state=carried,
+            on_chunk=on_chunk,
+            report={"total_steps": total_steps, "scale": i, "n_scales": len(sizes), "start": start},
         )
         histories.append(history)
         done += len(history["total"])

@@ -153,3 +153,19 @@ def test_style_blend_target_is_weighted_sum(weights, images):
                                    rtol=1e-5, atol=1e-5)
     with pytest.raises(NstError, match="2 blend weights given for 1 style images"):
         compute_targets(weights, content, [style], spec, style_blend=[0.5, 0.5])
+
+
+def test_on_chunk_reports_every_chunk_and_can_stop(weights, images):
+    content, style = images
+    config = get_preset("tiny").replace(size=24, steps=12, chunk_size=4, scales=2, min_size=16)
+    reports = []
+    result = stylize(content, style, config, weights, on_chunk=reports.append)
+    assert [r.step for r in reports] == [4, 8, 12, 16, 20, 24]
+    assert {r.total_steps for r in reports} == {24} and [r.scale for r in reports] == [0] * 3 + [1] * 3
+    assert all(r.losses["total"].shape == (4,) and np.isfinite(r.losses["total"]).all() for r in reports)
+    img = reports[-1].image()
+    assert img.shape == result.image.shape and 0 <= img.min() and img.max() <= 1
+    assert not result.interrupted
+
+    stopped = stylize(content, style, config, weights, on_chunk=lambda r: r.step >= 8)
+    assert stopped.interrupted and stopped.steps == 8 and len(stopped.history["total"]) == 8
