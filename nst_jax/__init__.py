@@ -2,7 +2,8 @@
 
 Public API (all pure functions take ONE image or feature map; batch with ``jax.vmap``):
 
-* network and weights: :class:`VGG19`, :class:`VGGWeights`, :func:`resolve_weights`,
+* network and weights: :class:`VGG` (:class:`VGG16`, :class:`VGG19`), :class:`VGGWeights`,
+  :func:`resolve_weights`,
   :func:`load_weights`, :func:`random_weights`;
 * features and losses: :func:`extract_features`, :func:`gram_matrix`, :func:`content_loss`,
   :func:`style_loss`, :func:`total_variation_loss`, :func:`style_transfer_loss`,
@@ -30,6 +31,9 @@ from nst_jax.preprocessing import Preprocessing as Preprocessing
 from nst_jax.stylize import ChunkReport as ChunkReport
 from nst_jax.stylize import StylizeResult as StylizeResult
 from nst_jax.stylize import stylize as stylize
+from nst_jax.vgg import NETWORKS as NETWORKS
+from nst_jax.vgg import VGG as VGG
+from nst_jax.vgg import VGG16 as VGG16
 from nst_jax.vgg import VGG19 as VGG19
 from nst_jax.weights import VGGWeights as VGGWeights
 from nst_jax.weights import random_weights as random_weights

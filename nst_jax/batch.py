@@ -44,8 +44,8 @@ metadata all-gather per call and a stop-request all-gather per chunk of steps.
 
 **Memory** per device, for ``k = ceil(batch / devices)`` images of ``H × W`` pixels::
 
-    fixed:    VGG-19 weights replicated (~80 MB float32) and their prepared copies, shared Grams,
-              workspace: about 300 MB in XLA's estimate of the compiled step
+    fixed:    VGG weights replicated (~80 MB float32 for VGG-19, ~59 MB for VGG-16) and
+              their prepared copies, shared Grams, workspace: about 300 MB in XLA's estimate of the compiled step
     per image: activations of one forward + backward pass at H × W (the large term),
               content features, Adam state (3 images), history; Grams (~2.4 MB with the 5
               default style layers) when not shared
@@ -82,6 +82,7 @@ from nst_jax.errors import NstError
 from nst_jax.objective import LossSpec, features_for, style_grams, style_transfer_loss
 from nst_jax.optimize import HISTORY_KEYS, init_state, result_image, run_chunk
 from nst_jax.stylize import (
+    check_weights_fit,
     StylizeResult,
     _diverged_message,
     deferred_interrupt,
@@ -362,6 +363,7 @@ def stylize_batch(
         if bad:
             raise NstError(f"pairs {bad} name images that were not given")
     mesh = mesh or sharding.batch_mesh()
+    check_weights_fit(config, weights)
     spec = config.loss_spec()
     optim = optim_spec(config, config.ema_decay)
     local_weights = sharding.local_copy(weights)

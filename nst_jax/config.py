@@ -12,7 +12,7 @@ from typing import Any
 
 from nst_jax.errors import NstError
 from nst_jax.objective import LossSpec
-from nst_jax.vgg import min_side
+from nst_jax.vgg import NETWORKS, min_side
 
 OPTIMIZERS = ("adam", "lbfgs")
 COLOR_MODES = ("none", "luminance", "match")
@@ -42,6 +42,9 @@ class StyleConfig:
     default ``steps`` at each), ``preserve_colors`` (``"none"``, ``"luminance"``: stylize the
     luminance and keep the content's chroma, or ``"match"``: colour-match the style image to the
     content first), ``ema_decay`` (report an exponential moving average of the iterates, 0 = off).
+
+    Network: ``network`` (``"vgg16"``/``"vgg19"``) requires weights of that network; ``None``
+    (default) runs on whichever the weights are.
     """
 
     content_layers: tuple[str, ...] = ("block5_conv2",)
@@ -72,6 +75,7 @@ class StyleConfig:
     scale_steps: tuple[int, ...] | None = None
     preserve_colors: str = "none"
     ema_decay: float = 0.0
+    network: str | None = None
 
     def __post_init__(self):
         self.loss_spec()  # validates the loss fields
@@ -101,6 +105,10 @@ class StyleConfig:
         if self.preserve_colors not in COLOR_MODES:
             raise NstError(
                 f"preserve-colors must be one of {', '.join(COLOR_MODES)}, got {self.preserve_colors!r}"
+            )
+        if self.network is not None and self.network not in NETWORKS:
+            raise NstError(
+                f"network must be one of {', '.join(NETWORKS)}, got {self.network!r}"
             )
         if not 0 <= self.ema_decay < 1:
             raise NstError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
@@ -216,9 +224,24 @@ PRESETS: dict[str, StyleConfig] = {
 }
 
 
-def get_preset(name: str) -> StyleConfig:
-    """The named preset (see :data:`PRESETS`)."""
+#: Per-network changes to a preset, applied by :func:`get_preset` when the network is known.
+#: The presets above are the recipes of their sources, which were tuned on VGG-19; what VGG-16
+#: needs differently is measured in BENCHMARKS.md (quality table).
+NETWORK_TUNING: dict[str, dict[str, dict[str, Any]]] = {}
+
+
+def get_preset(name: str, network: str | None = None) -> StyleConfig:
+    """The named preset (see :data:`PRESETS`), tuned for ``network`` when it is given.
+
+    ``network`` (``"vgg16"``/``"vgg19"``, e.g. ``weights.network``) applies the preset's
+    :data:`NETWORK_TUNING` for that network; it does not require the network (see
+    :attr:`StyleConfig.network`).
+    """
     try:
-        return PRESETS[name]
+        preset = PRESETS[name]
     except KeyError:
         raise NstError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+    if network is not None and network not in NETWORKS:
+        raise NstError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
+    tuning = NETWORK_TUNING.get(name, {}).get(network or "", {})
+    return preset.replace(**tuning) if tuning else preset

@@ -1,7 +1,11 @@
-"""Conversion of the published VGG-19 weight files to nst-jax parameters and weight files.
+"""Conversion of the published VGG-16/VGG-19 weight files to nst-jax parameters and weight files.
 
-Three layouts are read, each mapped to ``{"conv1_1": {"kernel": HWIO float32, "bias": (C,)}, ...}``
-(the names of :data:`nst_jax.vgg.CONV_LAYERS`) and bound to the preprocessing it was trained with:
+Four layouts are read, each mapped to ``{"conv1_1": {"kernel": HWIO float32, "bias": (C,)}, ...}``
+(the names of :func:`nst_jax.vgg.conv_layers`), checked against VGG-16 or VGG-19 (whichever the
+file holds, or the one the caller requires) and bound to the preprocessing it was trained with.
+The VGG-16 files of each publisher have the same layout with configuration D's 13 convolutions
+(``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``, ``vgg16-397923af.pth``,
+``vgg16-00b39a1b.pth``).
 
 * ``keras`` — Keras applications' legacy HDF5 (``vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5``
   and the full file with ``flatten``/``fc1``/``fc2``/``predictions``, which are ignored). The root
@@ -24,6 +28,10 @@ Three layouts are read, each mapped to ``{"conv1_1": {"kernel": HWIO float32, "b
 ``.pth`` files are read with ``torch.load(..., weights_only=True)``, which refuses pickled
 objects other than tensors and plain containers, so a malicious file cannot run code. PyTorch is
 an optional dependency, imported only when a ``.pth`` file is read.
+
+* ``onnx`` — any ONNX export of a VGG trunk (tf2onnx exports of Keras models, the ONNX model
+  zoo's ``vgg16-7.onnx``/``vgg19-7.onnx``), read by :mod:`nst_jax.onnx_import`. ONNX does not
+  record the input encoding, so the preprocessing must be named.
 """
 
 from __future__ import annotations
@@ -43,11 +51,12 @@ import numpy as np
 from nst_jax import preprocessing as prep_lib
 from nst_jax import weights as weights_lib
 from nst_jax.errors import NstError
-from nst_jax.vgg import BLOCKS, CONV_LAYERS
+from nst_jax.vgg import NETWORK_NAMES, NETWORKS, conv_layers
 
 LAYOUTS = weights_lib.LAYOUTS
 
-#: The preprocessing each layout's weights were trained with.
+#: The preprocessing each layout's weights were trained with (ONNX files do not record it:
+#: it must be named, as one of these keys).
 PREPROCESSING: dict[str, prep_lib.Preprocessing] = {
     "keras": prep_lib.KERAS,
     "torchvision": prep_lib.TORCHVISION,
@@ -55,11 +64,14 @@ PREPROCESSING: dict[str, prep_lib.Preprocessing] = {
 }
 
 
-def _torch_feature_index() -> dict[str, int]:
-    # torchvision's ``vgg19().features`` is Conv2d, ReLU per convolution and one MaxPool2d per
-    # block, so convolution k of the flat sequence sits at index 2k plus the pools before it.
+def torch_feature_index(network: str = "vgg19") -> dict[str, int]:
+    """``conv{b}_{i}`` → index ``N`` of its ``features.N.weight`` key in a torchvision state_dict.
+
+    ``vgg16/vgg19().features`` is Conv2d, ReLU per convolution and one MaxPool2d per block, so
+    convolution k of the flat sequence sits at index 2k plus the pools before it.
+    """
     index, out = 0, {}
-    for b, block in enumerate(BLOCKS):
+    for b, block in enumerate(NETWORKS[network]):
         for i in range(len(block)):
             out[f"conv{b + 1}_{i + 1}"] = index
             index += 2
@@ -67,11 +79,10 @@ def _torch_feature_index() -> dict[str, int]:
     return out
 
 
-#: ``conv{b}_{i}`` → index ``N`` of its ``features.N.weight`` key in a torchvision state_dict.
-TORCH_FEATURE_INDEX: dict[str, int] = _torch_feature_index()
+#: VGG-19's :func:`torch_feature_index`.
+TORCH_FEATURE_INDEX: dict[str, int] = torch_feature_index("vgg19")
 
 _KERAS_CONV = re.compile(r"^block(\d+)_conv(\d+)$")
-_VGG16_MISSING = {"conv3_4", "conv4_4", "conv5_4"}
 
 
 def _keras_name(layer: str) -> str:
@@ -89,7 +100,8 @@ def _first_line(err: BaseException) -> str:
 
 
 def detect_layout(path: str | os.PathLike) -> str:
-    """Layout from the file name: ``.h5``/``.hdf5`` → keras, ``.pth``/``.pt`` → torchvision.
+    """Layout from the file name: ``.h5``/``.hdf5`` → keras, ``.pth``/``.pt`` → torchvision,
+    ``.onnx`` → onnx.
 
     Caffe ``.pth`` files have the same keys as torchvision ones and must be named explicitly.
     """
@@ -98,8 +110,11 @@ def detect_layout(path: str | os.PathLike) -> str:
         return "keras"
     if suffix in (".pth", ".pt"):
         return "torchvision"
+    if suffix == ".onnx":
+        return "onnx"
     raise NstError(
-        f"cannot tell the layout of {path} from its name; pass --layout keras, torchvision or caffe"
+        f"cannot tell the layout of {path} from its name; pass --layout keras, torchvision, "
+        "caffe or onnx"
     )
 
 
@@ -117,10 +132,18 @@ def _names(values: Any) -> list[str]:
     ]
 
 
-def read_keras_h5(path: str | os.PathLike, *, name: str | None = None) -> Params:
+def _network_problems(params, network, source_names) -> tuple[str, list[str]]:
+    network = network or weights_lib.infer_network(params)
+    return network, weights_lib.param_problems(params, network=network, source_names=source_names)
+
+
+def read_keras_h5(
+    path: str | os.PathLike, *, name: str | None = None, network: str | None = None
+) -> Params:
     """Parameters from a Keras applications legacy HDF5 file (see the module docstring).
 
-    ``name`` is how errors refer to the file (default: ``path``).
+    ``name`` is how errors refer to the file (default: ``path``); ``network`` requires VGG-16 or
+    VGG-19 (default: whichever the file holds).
     """
     path = Path(path)
     name = name or str(path)
@@ -142,7 +165,7 @@ def read_keras_h5(path: str | os.PathLike, *, name: str | None = None) -> Params
                     "Keras 3 '.weights.h5' files are not supported)"
                 )
             params: dict[str, dict[str, Any]] = {}
-            source_names = {layer: _keras_name(layer) for layer in CONV_LAYERS}
+            source_names = {layer: _keras_name(layer) for layer in conv_layers("vgg19")}
             problems: list[str] = []
             for layer_name in _names(root.attrs["layer_names"]):
                 match = _KERAS_CONV.match(layer_name)
@@ -173,22 +196,35 @@ def read_keras_h5(path: str | os.PathLike, *, name: str | None = None) -> Params
                 params[layer] = leaves
         except (OSError, KeyError, ValueError, TypeError) as err:
             raise NstError(f"{name} is truncated or damaged ({_first_line(err)})") from None
-    problems += weights_lib.param_problems(params, source_names=source_names)
-    if problems and set(params) == set(CONV_LAYERS) - _VGG16_MISSING:
-        problems.append("this looks like VGG-16, but nst-jax needs VGG-19")
+    _check_network_of(params, network, name)
+    network, more = _network_problems(params, network, source_names)
+    problems += more
     if problems:
         raise NstError(
-            f"{name} (keras layout) does not hold VGG-19 weights: " + "; ".join(problems)
+            f"{name} (keras layout) does not hold {NETWORK_NAMES[network]} weights: "
+            + "; ".join(problems)
         )
     return params
 
 
-def read_torch_state_dict(path: str | os.PathLike, *, name: str | None = None) -> Params:
-    """Parameters from a torchvision-layout VGG-19 ``.pth`` state_dict (torchvision or Caffe).
+def _check_network_of(params: Params, network: str | None, name: str) -> None:
+    """One sentence when the file is cleanly the other network than the required one."""
+    if network is None:
+        return
+    for other in NETWORKS:
+        if other != network and not weights_lib.param_problems(params, network=other):
+            weights_lib.require_network(other, network, name)
+
+
+def read_torch_state_dict(
+    path: str | os.PathLike, *, name: str | None = None, network: str | None = None
+) -> Params:
+    """Parameters from a torchvision-layout VGG ``.pth`` state_dict (torchvision or Caffe).
 
     ``features.N.weight`` (OIHW) → HWIO kernel, ``features.N.bias`` → bias, for the indices of
-    :data:`TORCH_FEATURE_INDEX`; ``classifier.*`` keys are ignored, and a ``module.`` prefix
-    (``DataParallel``) or a ``{"state_dict": ...}`` wrapper is accepted.
+    :func:`torch_feature_index` of the network (VGG-19 if ``features.34`` is present, else
+    VGG-16, unless ``network`` is given); ``classifier.*`` keys are ignored, and a ``module.``
+    prefix (``DataParallel``) or a ``{"state_dict": ...}`` wrapper is accepted.
     """
     path = Path(path)
     name = name or str(path)
@@ -253,54 +289,89 @@ def read_torch_state_dict(path: str | os.PathLike, *, name: str | None = None) -
             return value.numpy()
         return np.asarray(value)
 
-    params: dict[str, dict[str, Any]] = {}
-    used = set()
-    for layer, index in TORCH_FEATURE_INDEX.items():
-        leaves = {}
-        for leaf, suffix in (("kernel", "weight"), ("bias", "bias")):
-            key = f"features.{index}.{suffix}"
-            if key in state:
-                used.add(key)
-                array = _as_float32(to_numpy(state[key]))
-                leaves[leaf] = array.transpose(2, 3, 1, 0) if array.ndim == 4 else array
-        if leaves:
-            params[layer] = leaves
+    def collect(net: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        params: dict[str, dict[str, Any]] = {}
+        used = set()
+        for layer, index in torch_feature_index(net).items():
+            leaves = {}
+            for leaf, suffix in (("kernel", "weight"), ("bias", "bias")):
+                key = f"features.{index}.{suffix}"
+                if key in state:
+                    used.add(key)
+                    array = _as_float32(to_numpy(state[key]))
+                    leaves[leaf] = array.transpose(2, 3, 1, 0) if array.ndim == 4 else array
+            if leaves:
+                params[layer] = leaves
+        return params, sorted(k for k in state if k.startswith("features.") and k not in used)
+
+    # VGG-16's last convolution is features.28 (VGG-19's is features.34).
+    last16 = "features.28.weight" in state and "features.34.weight" not in state
+    found = "vgg16" if last16 and "features.34.bias" not in state else "vgg19"
+    params, unexpected = collect(found)
+    if network is not None and network != found:
+        if not unexpected and not weights_lib.param_problems(params, network=found):
+            weights_lib.require_network(found, network, name)
+        params, unexpected = collect(network)
+    feature_index = torch_feature_index(network or found)
     problems = []
-    unexpected = sorted(k for k in state if k.startswith("features.") and k not in used)
     if unexpected:
         hint = (
-            " (batch-norm VGG-19 is not supported)"
+            " (batch-norm VGG is not supported)"
             if any("running_" in k for k in unexpected)
             else ""
         )
         problems.append(f"unexpected keys {', '.join(unexpected)}{hint}")
-    source_names = {layer: f"features.{index}" for layer, index in TORCH_FEATURE_INDEX.items()}
-    problems += weights_lib.param_problems(params, source_names=source_names)
+    source_names = {layer: f"features.{index}" for layer, index in feature_index.items()}
+    network = network or found
+    problems += weights_lib.param_problems(params, network=network, source_names=source_names)
     if problems:
         raise NstError(
-            f"{name} (torchvision key layout, kernels shown as HWIO) does not hold VGG-19 weights: "
-            + "; ".join(problems)
+            f"{name} (torchvision key layout, kernels shown as HWIO) does not hold "
+            f"{NETWORK_NAMES[network]} weights: " + "; ".join(problems)
         )
     return params
 
 
-def read_published(path: str | os.PathLike, layout: str, *, name: str | None = None) -> Params:
-    """Parameters (HWIO float32 numpy arrays) from a published file in ``layout``."""
+def read_published(
+    path: str | os.PathLike,
+    layout: str,
+    *,
+    name: str | None = None,
+    network: str | None = None,
+) -> Params:
+    """Parameters (HWIO float32 numpy arrays) from a published file in ``layout``.
+
+    ``network`` (``"vgg16"``/``"vgg19"``) requires that network; by default the file's own.
+    """
     if layout not in LAYOUTS:
         raise NstError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if network is not None and network not in NETWORKS:
+        raise NstError(f"unknown model {network!r}; choose one of {', '.join(NETWORKS)}")
     if layout == "keras":
-        return read_keras_h5(path, name=name)
-    return read_torch_state_dict(path, name=name)
+        return read_keras_h5(path, name=name, network=network)
+    if layout == "onnx":
+        from nst_jax import onnx_import
+
+        return onnx_import.read_onnx(path, name=name, network=network)
+    return read_torch_state_dict(path, name=name, network=network)
 
 
 def convert_weights(
-    src: str | os.PathLike, dst: str | os.PathLike, *, layout: str | None = None
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    layout: str | None = None,
+    network: str | None = None,
+    preprocessing: str | None = None,
 ) -> Path:
-    """Converts a published VGG-19 file to an nst-jax weight file at ``dst``; returns ``dst``.
+    """Converts a published VGG-16/VGG-19 file to an nst-jax weight file at ``dst``.
 
-    ``layout`` defaults to :func:`detect_layout` of ``src``. The output records the source's
-    base name and SHA-256, the layout and its preprocessing, and is written atomically: on any
-    error nothing is left at ``dst``.
+    ``layout`` defaults to :func:`detect_layout` of ``src``; ``network`` requires VGG-16 or
+    VGG-19 (default: whichever the file holds); ``preprocessing`` names the input encoding
+    (a key of :data:`PREPROCESSING`): required for ONNX files, which do not record it, and
+    otherwise the layout's own. The output records the network, the source's base name and
+    SHA-256, the layout and the preprocessing, and is written atomically: on any error nothing is
+    left at ``dst``. Returns ``dst``.
     """
     src, dst = Path(src), Path(dst)
     if not src.exists():
@@ -310,17 +381,29 @@ def convert_weights(
     if dst.is_dir():
         raise NstError(
             f"output {dst} is a directory; give a file name such as "
-            f"{dst / weights_lib.converted_filename(layout or 'keras')}"
+            f"{dst / weights_lib.converted_filename(layout or 'keras', network or 'vgg19')}"
         )
     if dst.exists() and os.path.samefile(src, dst):
         raise NstError(f"output {dst} is the input file; choose another name")
     layout = layout or detect_layout(src)
-    params = read_published(src, layout)
+    if layout == "onnx" and preprocessing is None:
+        raise NstError(
+            f"{src.name} is an ONNX file, which does not record the input preprocessing its "
+            "network was trained with; name it with --preprocessing caffe (BGR, 0-255, minus the "
+            "ImageNet mean: Keras, Caffe and tf2onnx exports of them) or torchvision (RGB, "
+            "mean/std: PyTorch, MXNet/Gluon and the ONNX model zoo's vgg16-7/vgg19-7)"
+        )
+    if preprocessing is not None and preprocessing not in PREPROCESSING:
+        raise NstError(
+            f"preprocessing must be one of {', '.join(PREPROCESSING)}, got {preprocessing!r}"
+        )
+    params = read_published(src, layout, network=network)
     return weights_lib.save_weights(
         dst,
         params,
-        PREPROCESSING[layout],
+        PREPROCESSING[preprocessing or layout],
         source_file=src.name,
         source_sha256=weights_lib.file_digest(src, "sha256"),
         layout=layout,
+        network=network,
     )

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from nst_jax import convert
 from nst_jax import weights as weights_lib
 from nst_jax.errors import NstError
+from nst_jax.vgg import NETWORK_NAMES
 
 _CHUNK = 1 << 20
 HASH_ALGORITHMS = ("md5", "sha256")
@@ -48,6 +49,7 @@ class Source:
     layout: str
     size: int | None = None
     description: str = ""
+    network: str = "vgg19"
 
     @property
     def filename(self) -> str:
@@ -85,6 +87,49 @@ SOURCES: dict[str, Source] = {
         description="Caffe VGG-19 ported to PyTorch by jcjohnson (about 550 MB)",
     ),
 }
+
+#: The VGG-16 (configuration D) files of the same three publishers.
+VGG16_SOURCES: dict[str, Source] = {
+    "keras": Source(
+        name="keras",
+        url="https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        # ``file_hash`` in keras.applications.vgg16 (WEIGHTS_PATH_NO_TOP).
+        hash_algorithm="md5",
+        hash="6d6bbae143d832006294945121d1f1fc",
+        layout="keras",
+        description="Keras applications VGG-16 without the classifier (about 56 MB)",
+        network="vgg16",
+    ),
+    "torchvision": Source(
+        name="torchvision",
+        url="https://download.pytorch.org/models/vgg16-397923af.pth",
+        hash_algorithm="sha256",
+        hash="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+        layout="torchvision",
+        description="torchvision VGG-16 with the classifier (about 530 MB)",
+        network="vgg16",
+    ),
+    "caffe": Source(
+        name="caffe",
+        url="https://web.eecs.umich.edu/~justincj/models/vgg16-00b39a1b.pth",
+        # As for VGG-19: only the file name's 8-hex-digit SHA-256 prefix is published.
+        hash_algorithm="sha256",
+        hash="00b39a1b",
+        layout="caffe",
+        description="Caffe VGG-16 ported to PyTorch by jcjohnson, as neural-style-pt uses "
+        "(about 530 MB)",
+        network="vgg16",
+    ),
+}
+
+#: ``{network: {source: Source}}``.
+NETWORK_SOURCES: dict[str, dict[str, Source]] = {"vgg19": SOURCES, "vgg16": VGG16_SOURCES}
+
+
+def all_sources() -> list[Source]:
+    """Every published file nst-jax knows, VGG-19 first."""
+    return [s for sources in NETWORK_SOURCES.values() for s in sources.values()]
 
 
 def parse_hash(expected_hash: str | None, source: Source) -> tuple[str, str]:
@@ -187,25 +232,30 @@ def download_weights(
     expected_hash: str | None = None,
     progress: bool = True,
     timeout: float = 60.0,
+    model: str = "vgg19",
 ) -> Path:
-    """Downloads, verifies and converts one of :data:`SOURCES`; returns the converted file.
+    """Downloads, verifies and converts one of :data:`NETWORK_SOURCES`; returns the converted file.
 
     Args:
       source: ``"keras"``, ``"torchvision"`` or ``"caffe"``.
-      dest_dir: where ``vgg19-<source>.nst.h5`` goes (default :func:`nst_jax.weights.cache_dir`).
+      dest_dir: where ``<model>-<source>.nst.h5`` goes (default :func:`nst_jax.weights.cache_dir`).
       url: a mirror to fetch from instead of the official URL.
       expected_hash: overrides the published hash, see :func:`parse_hash`.
       progress: show a progress bar and status lines on stderr.
       timeout: seconds a connection may stay silent before the download fails.
+      model: ``"vgg19"`` (default) or ``"vgg16"``.
 
     If a valid converted file already exists nothing is fetched. The raw file is streamed to a
     temporary file next to the destination and deleted afterwards; on any failure (HTTP error,
     unreachable host, truncated transfer, hash mismatch, bad contents) ``NstError`` is raised and
     no file is left in ``dest_dir``.
     """
-    if source not in SOURCES:
-        raise NstError(f"unknown weights source {source!r}; choose one of {', '.join(SOURCES)}")
-    src = SOURCES[source]
+    if model not in NETWORK_SOURCES:
+        raise NstError(f"unknown model {model!r}; choose one of {', '.join(NETWORK_SOURCES)}")
+    sources = NETWORK_SOURCES[model]
+    if source not in sources:
+        raise NstError(f"unknown weights source {source!r}; choose one of {', '.join(sources)}")
+    src = sources[source]
     algorithm, want = parse_hash(expected_hash, src)
     url = url or src.url
     if urllib.parse.urlparse(url).scheme not in ("http", "https", "file"):
@@ -217,10 +267,10 @@ def download_weights(
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise NstError(f"cannot create {dest}: {err.strerror or err}") from None
-    target = dest / weights_lib.converted_filename(source)
+    target = dest / weights_lib.converted_filename(source, model)
     if target.is_file():
         try:
-            weights_lib.load_weights(target)
+            weights_lib.load_weights(target, network=model)
         except NstError as err:
             _say(f"{target} is unusable ({err}); downloading it again", progress)
         else:
@@ -246,7 +296,9 @@ def download_weights(
                 f"checksum mismatch for {url}: expected {algorithm} {kind}{want}, got {got}; "
                 "the download was deleted"
             )
-        params = convert.read_published(tmp, src.layout, name=f"the file downloaded from {url}")
+        params = convert.read_published(
+            tmp, src.layout, name=f"the file downloaded from {url}", network=model
+        )
         weights_lib.save_weights(
             target,
             params,
@@ -254,9 +306,10 @@ def download_weights(
             source_file=raw_name,
             source_sha256=digests["sha256"],
             layout=src.layout,
+            network=model,
         )
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    _say(f"saved {src.layout} VGG-19 weights to {target}", progress)
+    _say(f"saved {src.layout} {NETWORK_NAMES[model]} weights to {target}", progress)
     return target

@@ -32,7 +32,7 @@ class LossSpec:
     """Static (hashable) description of the objective.
 
     Attributes:
-      content_layers, style_layers: VGG-19 layer names (Keras aliases allowed).
+      content_layers, style_layers: VGG layer names (Keras aliases allowed).
       content_weight, style_weight, tv_weight: ``α``, ``β``, ``γ`` (non-negative).
       style_layer_weights: ``w_l`` per style layer; ``None`` = the convention's default.
       convention: a name in :data:`nst_jax.losses.CONVENTIONS`.

@@ -1,4 +1,4 @@
-"""Input preprocessing that a VGG-19 weight file expects, bound to the weights.
+"""Input preprocessing that a VGG weight file expects, bound to the weights.
 
 Every public image in nst-jax is RGB, float, in ``[0, 1]``, shape ``(H, W, 3)``. Each published
 weight file was trained on a different encoding of that image:

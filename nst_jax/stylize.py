@@ -26,8 +26,8 @@ from nst_jax.config import StyleConfig
 from nst_jax.errors import NstError
 from nst_jax.objective import LossSpec, Targets, assemble_targets, style_grams, style_transfer_loss
 from nst_jax.optimize import HISTORY_KEYS, OptimSpec, RunState, init_state, result_image, run_chunk
-from nst_jax.vgg import min_side
-from nst_jax.weights import VGGWeights
+from nst_jax.vgg import canonical_layer, min_side
+from nst_jax.weights import VGGWeights, require_network
 
 #: ``callback(step, image, loss)`` is called at every ``save_every`` boundary.
 Callback = Callable[[int, np.ndarray, float], None]
@@ -337,6 +337,14 @@ def rescale_opt_state(opt_state, shape_hw: tuple[int, int], old_hw: tuple[int, i
     return jax.tree.map(f, opt_state)
 
 
+def check_weights_fit(config: StyleConfig, weights: VGGWeights) -> None:
+    """Raises ``NstError`` (one sentence) when ``weights`` are not the network ``config`` requires,
+    or lack one of its layers (``relu5_4`` on VGG-16)."""
+    require_network(weights.network, config.network, f"the weights in use ({weights.label})")
+    for name in config.content_layers + config.style_layers:
+        canonical_layer(name, weights.network)
+
+
 def _check_big_enough(content, styles, spec: LossSpec) -> None:
     need = min_side(spec.all_layers)
     for what, img in [("content image", content)] + [
@@ -431,6 +439,7 @@ def stylize(
             ))
             for s in styles0
         ]
+    check_weights_fit(config, weights)
     spec = config.loss_spec(regions=0 if masks0 is None else len(styles0))
     optim = optim_spec(config, config.ema_decay)
     blend = tuple(float(b) for b in style_blend) if style_blend is not None else None

@@ -1,4 +1,4 @@
-"""VGG-19 convolutional trunk (torchvision's ``vgg19().features``) as a Flax module.
+"""VGG-16 and VGG-19 convolutional trunks (torchvision's ``vgg16/vgg19().features``) in Flax.
 
 Architecture and layer names only: no file I/O, no weights. Parameters are created by ``init``
 and filled from a weight file by :mod:`nst_jax.weights`.
@@ -6,7 +6,9 @@ and filled from a weight file by :mod:`nst_jax.weights`.
 The module takes ONE unbatched image ``x`` of shape ``(H, W, 3)`` that is already preprocessed for
 the weights in use (see :mod:`nst_jax.preprocessing`); callers batch with ``jax.vmap``.
 
-Layer names follow torchvision/Caffe usage:
+Two networks (Simonyan & Zisserman 2015) are known, :data:`NETWORKS`: ``"vgg16"`` (configuration
+D, 13 convolutions: 2, 2, 3, 3, 3 per block) and ``"vgg19"`` (configuration E, 16 convolutions:
+2, 2, 4, 4, 4). Layer names follow torchvision/Caffe usage:
 
 * ``conv{b}_{i}`` — output of the i-th 3×3 convolution of block b, before the ReLU;
 * ``relu{b}_{i}`` — after the ReLU;
@@ -32,63 +34,103 @@ import numpy as np
 
 from nst_jax.errors import NstError
 
-#: Number of output channels of each convolution, per block (VGG-19 configuration "E").
-BLOCKS: tuple[tuple[int, ...], ...] = (
-    (64, 64),
-    (128, 128),
-    (256, 256, 256, 256),
-    (512, 512, 512, 512),
-    (512, 512, 512, 512),
-)
+#: Output channels of each convolution, per block, for each network.
+NETWORKS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "vgg16": ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)),
+    "vgg19": (
+        (64, 64),
+        (128, 128),
+        (256, 256, 256, 256),
+        (512, 512, 512, 512),
+        (512, 512, 512, 512),
+    ),
+}
+#: Display names, e.g. ``"VGG-16"``.
+NETWORK_NAMES = {"vgg16": "VGG-16", "vgg19": "VGG-19"}
 
-#: Conv layer names in forward order, e.g. ``("conv1_1", "conv1_2", "conv2_1", ...)``.
-CONV_LAYERS: tuple[str, ...] = tuple(
-    f"conv{b + 1}_{i + 1}" for b, block in enumerate(BLOCKS) for i in range(len(block))
-)
 
-#: Every addressable activation, in forward order.
-LAYERS: tuple[str, ...] = tuple(
-    name
-    for b, block in enumerate(BLOCKS)
-    for name in (
-        *(n for i in range(len(block)) for n in (f"conv{b + 1}_{i + 1}", f"relu{b + 1}_{i + 1}")),
-        f"pool{b + 1}",
+def check_network(network: str) -> str:
+    """Returns ``network`` if it is a key of :data:`NETWORKS`, else raises ``NstError``."""
+    if network not in NETWORKS:
+        raise NstError(f"unknown network {network!r}; choose one of {', '.join(NETWORKS)}")
+    return network
+
+
+def conv_layers(network: str = "vgg19") -> tuple[str, ...]:
+    """Conv layer names in forward order, e.g. ``("conv1_1", "conv1_2", "conv2_1", ...)``."""
+    blocks = NETWORKS[check_network(network)]
+    return tuple(f"conv{b + 1}_{i + 1}" for b, block in enumerate(blocks) for i in range(len(block)))
+
+
+def all_layers(network: str = "vgg19") -> tuple[str, ...]:
+    """Every addressable activation of ``network``, in forward order."""
+    return tuple(
+        name
+        for b, block in enumerate(NETWORKS[check_network(network)])
+        for name in (
+            *(n for i in range(len(block)) for n in (f"conv{b + 1}_{i + 1}", f"relu{b + 1}_{i + 1}")),
+            f"pool{b + 1}",
+        )
     )
-)
 
-_LAYER_INDEX = {name: i for i, name in enumerate(LAYERS)}
+
+#: VGG-19's blocks, conv layers and activations (the default network).
+BLOCKS: tuple[tuple[int, ...], ...] = NETWORKS["vgg19"]
+CONV_LAYERS: tuple[str, ...] = conv_layers("vgg19")
+LAYERS: tuple[str, ...] = all_layers("vgg19")
+
+_INDEX = {net: {name: i for i, name in enumerate(all_layers(net))} for net in NETWORKS}
+_LAYER_INDEX = _INDEX["vgg19"]
 _KERAS_CONV = re.compile(r"^block(\d)_conv(\d)$")
 _KERAS_POOL = re.compile(r"^block(\d)_pool$")
 
 POOLINGS = ("max", "avg")
 
 
-def canonical_layer(name: str) -> str:
-    """Maps a layer name or Keras alias to its canonical name; raises ``NstError`` if unknown."""
+def _valid_names(network: str) -> str:
+    blocks = NETWORKS[network]
+    convs = ", ".join(f"conv{b + 1}_1..conv{b + 1}_{len(block)}" for b, block in enumerate(blocks))
+    return (
+        f"valid {NETWORK_NAMES[network]} layers are {convs}, the same relu names, pool1..pool5 "
+        "and their Keras aliases (block{b}_conv{i}, block{b}_pool)"
+    )
+
+
+def canonical_layer(name: str, network: str | None = None) -> str:
+    """Maps a layer name or Keras alias to its canonical name; raises ``NstError`` if unknown.
+
+    With ``network=None`` any name of either network is accepted (VGG-19's are a superset);
+    with a network, a name it lacks (``relu5_4`` on VGG-16) is one sentence naming the valid ones.
+    """
+    raw = name
     m = _KERAS_CONV.match(name)
     if m:
         name = f"relu{m.group(1)}_{m.group(2)}"
     m = _KERAS_POOL.match(name)
     if m:
         name = f"pool{m.group(1)}"
-    if name not in _LAYER_INDEX:
-        raise NstError(
-            f"unknown VGG-19 layer {name!r}; valid names are conv1_1..conv5_4, relu1_1..relu5_4, "
-            "pool1..pool5 and the Keras aliases block1_conv1..block5_conv4, block1_pool..block5_pool"
-        )
+    net = network or "vgg19"
+    if name not in _INDEX[check_network(net)]:
+        other = [n for n in NETWORKS if n != net and name in _INDEX[n]]
+        if other:
+            raise NstError(
+                f"layer {raw!r} exists in {NETWORK_NAMES[other[0]]} but not in the "
+                f"{NETWORK_NAMES[net]} weights in use; {_valid_names(net)}"
+            )
+        raise NstError(f"unknown VGG layer {raw!r}; {_valid_names(net)}")
     return name
 
 
-def layer_depth(name: str) -> int:
+def layer_depth(name: str, network: str = "vgg19") -> int:
     """Position of a layer in forward order (0 for ``conv1_1``)."""
-    return _LAYER_INDEX[canonical_layer(name)]
+    return _INDEX[network][canonical_layer(name, network)]
 
 
 def min_side(layers: Sequence[str]) -> int:
     """Smallest image side for which every layer in ``layers`` still has at least one pixel.
 
     A layer after ``k`` poolings sees ``floor(side / 2^k)`` pixels, so the answer is ``2^k``
-    for the deepest layer.
+    for the deepest layer (the same in both networks).
     """
     pools = 0
     for n in layers:
@@ -98,10 +140,11 @@ def min_side(layers: Sequence[str]) -> int:
     return 2**pools
 
 
-def conv_kernel_shape(name: str) -> tuple[int, int, int, int]:
+def conv_kernel_shape(name: str, network: str = "vgg19") -> tuple[int, int, int, int]:
     """HWIO shape of a conv layer's kernel, e.g. ``(3, 3, 3, 64)`` for ``conv1_1``."""
-    idx = CONV_LAYERS.index(name)
-    flat = [c for block in BLOCKS for c in block]
+    names = conv_layers(network)
+    idx = names.index(name)
+    flat = [c for block in NETWORKS[network] for c in block]
     cin = 3 if idx == 0 else flat[idx - 1]
     return (3, 3, cin, flat[idx])
 
@@ -346,8 +389,9 @@ def forward(
     dtype: jnp.dtype = jnp.float32,
     remat: bool = False,
     prepared: dict[str, dict[str, jax.Array]] | None = None,
+    network: str = "vgg19",
 ) -> dict[str, jax.Array]:
-    """Pure VGG-19 forward pass of one preprocessed ``(H, W, 3)`` image; see :class:`VGG19`.
+    """Pure VGG forward pass of one preprocessed ``(H, W, 3)`` image; see :class:`VGG`.
 
     With ``remat``, each block is wrapped in ``jax.checkpoint``: only block inputs and requested
     activations are kept for the backward pass, the rest is recomputed. ``prepared`` (from
@@ -355,17 +399,18 @@ def forward(
     input gradient, computed once outside the caller's loop; the result is the same.
     """
     if x.ndim != 3 or x.shape[-1] != 3:
-        raise ValueError(f"VGG-19 takes one (H, W, 3) image, got shape {x.shape}")
+        raise ValueError(f"VGG takes one (H, W, 3) image, got shape {x.shape}")
     if pooling not in POOLINGS:
         raise NstError(f"pooling must be 'max' or 'avg', got {pooling!r}")
-    wanted = {canonical_layer(n): n for n in layers}
+    wanted = {canonical_layer(n, network): n for n in layers}
     if not wanted:
         return {}
-    last = max(_LAYER_INDEX[n] for n in wanted)
+    index = _INDEX[network]
+    last = max(index[n] for n in wanted)
     x = x.astype(dtype)
     out: dict[str, jax.Array] = {}
-    for b in range(len(BLOCKS)):
-        names = tuple(n for n in LAYERS if _block_of(n) == b + 1 and _LAYER_INDEX[n] <= last)
+    for b in range(len(NETWORKS[network])):
+        names = tuple(n for n in index if _block_of(n) == b + 1 and index[n] <= last)
         if not names:
             break
         run = functools.partial(
@@ -387,10 +432,11 @@ def _block_of(name: str) -> int:
     return int(re.search(r"\d", name).group(0))
 
 
-class VGG19(nn.Module):
-    """VGG-19 feature trunk; ``__call__(x, layers)`` returns ``{name: activation}``.
+class VGG(nn.Module):
+    """VGG-16 or VGG-19 feature trunk; ``__call__(x, layers)`` returns ``{name: activation}``.
 
     Attributes:
+      network: ``"vgg19"`` (default) or ``"vgg16"``, see :data:`NETWORKS`.
       pooling: ``"max"`` (as trained) or ``"avg"`` (Gatys et al. found smoother results).
       dtype: computation dtype of activations (``jnp.bfloat16`` for mixed precision); the
         parameters stay float32 and are cast at use.
@@ -399,9 +445,10 @@ class VGG19(nn.Module):
     Parameters: ``{"conv1_1": {"kernel": (3, 3, 3, 64), "bias": (64,)}, ...}``, HWIO, float32.
 
     Shapes: ``x`` is ``(H, W, 3)``; ``conv{b}_*``/``relu{b}_*`` are ``(H / 2^(b-1), W / 2^(b-1), C_b)``
-    and ``pool{b}`` is ``(H / 2^b, W / 2^b, C_b)`` with floor division, ``C_b`` from :data:`BLOCKS`.
+    and ``pool{b}`` is ``(H / 2^b, W / 2^b, C_b)`` with floor division, ``C_b`` from :data:`NETWORKS`.
     """
 
+    network: str = "vgg19"
     pooling: str = "max"
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
@@ -414,11 +461,11 @@ class VGG19(nn.Module):
         prepared: dict[str, dict[str, jax.Array]] | None = None,
     ) -> dict[str, jax.Array]:
         """Activations at ``layers``; ``prepared`` as in :func:`forward`."""
-        last = max((layer_depth(n) for n in layers), default=-1)
+        last = max((layer_depth(n, self.network) for n in layers), default=-1)
         params = {
-            name: self.param(name, _conv_init(conv_kernel_shape(name)))
-            for name in CONV_LAYERS
-            if _LAYER_INDEX[name] <= last
+            name: self.param(name, _conv_init(conv_kernel_shape(name, self.network)))
+            for name in conv_layers(self.network)
+            if _INDEX[self.network][name] <= last
         }
         return forward(
             params,
@@ -428,4 +475,17 @@ class VGG19(nn.Module):
             dtype=self.dtype,
             remat=self.remat,
             prepared=prepared,
+            network=self.network,
         )
+
+
+class VGG19(VGG):
+    """:class:`VGG` with ``network="vgg19"`` (configuration E, 16 convolutions)."""
+
+    network: str = "vgg19"
+
+
+class VGG16(VGG):
+    """:class:`VGG` with ``network="vgg16"`` (configuration D, 13 convolutions)."""
+
+    network: str = "vgg16"

@@ -1,19 +1,23 @@
-"""VGG-19 weights: the container that binds parameters to their preprocessing, random weights,
+"""VGG-16/VGG-19 weights: the container that binds parameters to their preprocessing, random weights,
 the project's own HDF5 weight format, structure checks, and where default weights are found.
 
 Conversion from the published layouts lives in :mod:`nst_jax.convert`; downloading in
 :mod:`nst_jax.download`.
 
-The nst-jax weight file (``*.nst.h5``, format ``"nst-jax-vgg19"`` version 1) is HDF5 with
+The nst-jax weight file (``*.nst.h5``, format ``"nst-jax-vgg"`` version 2) is HDF5 with
 
-* one group per conv layer, ``conv1_1`` … ``conv5_4`` (:data:`nst_jax.vgg.CONV_LAYERS`), each
+* one group per conv layer of its network, ``conv1_1`` … ``conv5_4`` for VGG-19 or ``conv5_3``
+  for VGG-16 (:func:`nst_jax.vgg.conv_layers`), each
   holding datasets ``kernel`` (HWIO, float32, e.g. ``(3, 3, 3, 64)``) and ``bias`` (``(C_out,)``,
   float32);
-* root attributes ``format`` (``"nst-jax-vgg19"``), ``format_version`` (``1``), ``source_file``
-  (base name of the published file it came from), ``source_sha256`` (that file's SHA-256),
-  ``layout`` (``"keras"``, ``"torchvision"`` or ``"caffe"``) and the input encoding the weights were
+* root attributes ``format`` (``"nst-jax-vgg"``), ``format_version`` (``2``), ``network``
+  (``"vgg16"`` or ``"vgg19"``), ``source_file`` (base name of the published file it came from),
+  ``source_sha256`` (that file's SHA-256), ``layout`` (``"keras"``, ``"torchvision"``,
+  ``"caffe"`` or ``"onnx"``) and the input encoding the weights were
   trained with: ``channel_order``, ``scale``, ``mean`` (3 floats), ``std`` (3 floats), see
   :class:`nst_jax.preprocessing.Preprocessing`.
+
+Version 1 files (format ``"nst-jax-vgg19"``, no ``network`` attribute) are read as VGG-19.
 
 Default weights are looked up in this order (:func:`resolve_weights`): an explicit path, the
 ``NST_JAX_WEIGHTS`` environment variable, the repository's ``weights/`` directory, ``./weights``,
@@ -41,25 +45,27 @@ import numpy as np
 
 from nst_jax import preprocessing as prep_lib
 from nst_jax.errors import NstError
-from nst_jax.vgg import CONV_LAYERS, VGG19, prepare_kernels
+from nst_jax.vgg import NETWORK_NAMES, NETWORKS, VGG, check_network, conv_layers, prepare_kernels
 
 Params = dict[str, dict[str, jax.Array]]
 
 
 @flax.struct.dataclass
 class VGGWeights:
-    """VGG-19 parameters plus the preprocessing they were trained with (a pytree).
+    """VGG parameters plus the network and preprocessing they belong to (a pytree).
 
     ``params`` is ``{"conv1_1": {"kernel": (3, 3, 3, 64), "bias": (64,)}, ...}`` (HWIO kernels,
     float32). ``preprocessing`` and ``label`` are static (hashable) pytree metadata, so passing a
     ``VGGWeights`` through ``jit`` keeps the encoding bound to the arrays. ``pretrained`` is False
-    for random weights, which every user-facing output must say.
+    for random weights, which every user-facing output must say. ``network`` (``"vgg16"`` or
+    ``"vgg19"``, static) decides the architecture the parameters are run through.
     """
 
     params: Params
     preprocessing: prep_lib.Preprocessing = flax.struct.field(pytree_node=False)
     label: str = flax.struct.field(pytree_node=False, default="")
     pretrained: bool = flax.struct.field(pytree_node=False, default=True)
+    network: str = flax.struct.field(pytree_node=False, default="vgg19")
     #: Derived, never saved: :func:`nst_jax.vgg.prepare_kernels` of ``params`` (see :meth:`prepare`).
     prepared: Params | None = None
 
@@ -77,10 +83,11 @@ class VGGWeights:
 
 
 @functools.lru_cache(maxsize=None)
-def expected_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
-    """``{layer: {"kernel": shape, "bias": shape}}`` from ``jax.eval_shape`` of ``VGG19.init``."""
+def expected_shapes(network: str = "vgg19") -> dict[str, dict[str, tuple[int, ...]]]:
+    """``{layer: {"kernel": shape, "bias": shape}}`` from ``jax.eval_shape`` of ``VGG.init``."""
+    module = VGG(network=check_network(network))
     abstract = jax.eval_shape(
-        lambda: VGG19().init(jax.random.key(0), jnp.zeros((32, 32, 3)), layers=("pool5",))
+        lambda: module.init(jax.random.key(0), jnp.zeros((32, 32, 3)), layers=("pool5",))
     )
     return {
         layer: {k: tuple(v.shape) for k, v in leaves.items()}
@@ -89,16 +96,18 @@ def expected_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
 
 
 def random_weights(
-    seed: int = 0, preprocessing: prep_lib.Preprocessing = prep_lib.KERAS
+    seed: int = 0,
+    preprocessing: prep_lib.Preprocessing = prep_lib.KERAS,
+    network: str = "vgg19",
 ) -> VGGWeights:
-    """A seeded random-weight VGG-19 (He-style init scaled so activations stay O(1)).
+    """A seeded random-weight VGG (He-style init scaled so activations stay O(1)).
 
     Random weights give stylization that matches colours and fine texture but none of a
     pretrained network's structure; it is for tests and for trying the tool without downloads.
     """
     # Only the shapes of the initialised tree are used, so take them from eval_shape rather than
     # running a real init (a full forward pass, ~40x slower on CPU); the values are the same.
-    shapes = expected_shapes()
+    shapes = expected_shapes(network)
     keys = jax.random.split(jax.random.key(seed + 1), len(shapes))
     params = {
         name: {
@@ -111,14 +120,17 @@ def random_weights(
     return VGGWeights(
         params=params,
         preprocessing=preprocessing,
-        label=f"RANDOM VGG-19 weights (seed {seed}), not pretrained",
+        label=f"RANDOM {NETWORK_NAMES[network]} weights (seed {seed}), not pretrained",
         pretrained=False,
+        network=network,
     )
 
 
-FORMAT = "nst-jax-vgg19"
-FORMAT_VERSION = 1
-LAYOUTS = ("keras", "torchvision", "caffe")
+FORMAT = "nst-jax-vgg"
+FORMAT_VERSION = 2
+#: The format name of version 1 files, which held VGG-19 only.
+LEGACY_FORMAT = "nst-jax-vgg19"
+LAYOUTS = ("keras", "torchvision", "caffe", "onnx")
 
 #: Environment variable naming a weights file (or a directory holding one, or ``random``).
 ENV_WEIGHTS = "NST_JAX_WEIGHTS"
@@ -129,32 +141,38 @@ ENV_CACHE = "NST_JAX_CACHE"
 REPO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
-def converted_filename(source: str) -> str:
-    """Name of the file ``nst-jax weights download --source SOURCE`` writes.
+def converted_filename(source: str, network: str = "vgg19") -> str:
+    """Name of the file ``nst-jax weights download --model NETWORK --source SOURCE`` writes.
 
-    E.g. ``vgg19-keras.nst.h5``.
+    E.g. ``vgg19-keras.nst.h5``, ``vgg16-onnx.nst.h5``.
     """
-    return f"vgg19-{source}.nst.h5"
+    return f"{network}-{source}.nst.h5"
 
 
-#: Converted files that default discovery looks for in each directory, in order of preference.
-WEIGHT_FILENAMES: tuple[str, ...] = tuple(converted_filename(s) for s in LAYOUTS)
+#: Converted files that default discovery looks for in each directory, in order of preference:
+#: VGG-19 (the paper's network) before VGG-16.
+WEIGHT_FILENAMES: tuple[str, ...] = tuple(
+    converted_filename(s, n) for n in ("vgg19", "vgg16") for s in LAYOUTS
+)
 
 
 class WeightsNotFound(NstError):
-    """No pretrained VGG-19 weights were found anywhere default discovery looks."""
+    """No pretrained VGG weights were found anywhere default discovery looks."""
 
 
 # --------------------------------------------------------------------------- structure checks
 
 
 def param_problems(
-    params: Mapping[str, Mapping[str, Any]], *, source_names: Mapping[str, str] | None = None
+    params: Mapping[str, Mapping[str, Any]],
+    *,
+    network: str = "vgg19",
+    source_names: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Every way ``params`` differs from :func:`expected_shapes`, one phrase per problem.
+    """Every way ``params`` differs from :func:`expected_shapes` of ``network``, one phrase each.
 
     Reports missing and unexpected layers, missing and unexpected entries inside a layer, shapes
-    that differ from the HWIO/``(C,)`` shapes of ``VGG19.init`` and dtypes other than float32.
+    that differ from the HWIO/``(C,)`` shapes of ``VGG.init`` and dtypes other than float32.
     ``source_names`` maps a layer to the name it has in the source file (e.g. ``block1_conv1``),
     which is added in parentheses so the user can find it.
     """
@@ -164,7 +182,7 @@ def param_problems(
             return f"{layer} ({source_names[layer]})"
         return layer
 
-    expected = expected_shapes()
+    expected = expected_shapes(network)
     problems = []
     missing = [name(layer) for layer in expected if layer not in params]
     if missing:
@@ -196,20 +214,33 @@ def param_problems(
     return problems
 
 
+def infer_network(params: Mapping[str, Any]) -> str:
+    """``"vgg16"`` when ``params`` has VGG-16's last layer and none of VGG-19's own layers
+    (``conv3_4``, ``conv4_4``, ``conv5_4``), else ``"vgg19"`` (problems are then named against it)."""
+    own19 = set(conv_layers("vgg19")) - set(conv_layers("vgg16"))
+    if "conv5_3" in params and not own19 & set(params):
+        return "vgg16"
+    return "vgg19"
+
+
 def check_params(
     params: Mapping[str, Mapping[str, Any]],
     *,
+    network: str | None = None,
     what: str = "parameters",
     source_names: Mapping[str, str] | None = None,
-) -> None:
-    """Raises ``NstError`` naming every problem :func:`param_problems` finds in ``params``.
+) -> str:
+    """Raises ``NstError`` naming every problem :func:`param_problems` finds; returns the network.
 
     ``params`` must be ``{"conv1_1": {"kernel": (3, 3, 3, 64) float32, "bias": (64,) float32},
-    ..., "conv5_4": {...}}`` with exactly the layers of :data:`nst_jax.vgg.CONV_LAYERS`.
+    ...}`` with exactly the layers of :func:`nst_jax.vgg.conv_layers` of ``network`` (``None``:
+    whichever of VGG-16 and VGG-19 it fits best, :func:`infer_network`).
     """
-    problems = param_problems(params, source_names=source_names)
+    network = network or infer_network(params)
+    problems = param_problems(params, network=network, source_names=source_names)
     if problems:
-        raise NstError(f"{what} do not fit VGG-19: " + "; ".join(problems))
+        raise NstError(f"{what} do not fit {NETWORK_NAMES[network]}: " + "; ".join(problems))
+    return network
 
 
 # --------------------------------------------------------------------------- the nst-jax file
@@ -272,10 +303,12 @@ def save_weights(
     source_file: str,
     source_sha256: str,
     layout: str,
+    network: str | None = None,
 ) -> Path:
     """Writes ``params`` and their preprocessing as an nst-jax weight file; returns the path.
 
-    ``params`` is checked with :func:`check_params` first. The file is written to a temporary
+    ``params`` is checked with :func:`check_params` first (against ``network``, or the network
+    it fits when ``None``); the network is recorded in the file. The file is written to a temporary
     file in the destination directory and moved into place with ``os.replace``, so ``path`` is
     either the old file or the complete new one, never a partial write.
     """
@@ -286,7 +319,7 @@ def save_weights(
         )
     if layout not in LAYOUTS:
         raise NstError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    check_params(params, what=f"parameters for {path.name}")
+    network = check_params(params, network=network, what=f"parameters for {path.name}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -297,6 +330,7 @@ def save_weights(
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["network"] = network
             f.attrs["source_file"] = source_file
             f.attrs["source_sha256"] = source_sha256
             f.attrs["layout"] = layout
@@ -304,7 +338,7 @@ def save_weights(
             f.attrs["scale"] = preprocessing.scale
             f.attrs["mean"] = np.asarray(preprocessing.mean, np.float64)
             f.attrs["std"] = np.asarray(preprocessing.std, np.float64)
-            for layer in CONV_LAYERS:
+            for layer in conv_layers(network):
                 group = f.create_group(layer)
                 for leaf in ("kernel", "bias"):
                     group.create_dataset(leaf, data=np.asarray(params[layer][leaf], np.float32))
@@ -328,10 +362,14 @@ class WeightsFileInfo:
     source_file: str
     source_sha256: str
     preprocessing: prep_lib.Preprocessing
+    network: str = "vgg19"
 
     @property
     def label(self) -> str:
-        return f"pretrained VGG-19 ({self.layout} layout, from {self.source_file})"
+        return (
+            f"pretrained {NETWORK_NAMES[self.network]} ({self.layout} layout, "
+            f"from {self.source_file})"
+        )
 
 
 _REQUIRED_ATTRS = (
@@ -349,7 +387,7 @@ _REQUIRED_ATTRS = (
 def _read_info(path: Path, f: h5py.File) -> WeightsFileInfo:
     attrs = f.attrs
     fmt = _str_attr(attrs, "format") if "format" in attrs else None
-    if fmt != FORMAT:
+    if fmt not in (FORMAT, LEGACY_FORMAT):
         if "layer_names" in attrs or "model_weights" in f:
             raise NstError(
                 f"{path} is a Keras weight file, not an nst-jax one; convert it first: "
@@ -357,7 +395,7 @@ def _read_info(path: Path, f: h5py.File) -> WeightsFileInfo:
             )
         found = "no 'format' attribute" if fmt is None else f"format {fmt!r}"
         raise NstError(
-            f"{path} is not an nst-jax VGG-19 weight file ({found}, expected {FORMAT!r})"
+            f"{path} is not an nst-jax VGG weight file ({found}, expected {FORMAT!r})"
         )
     missing = [key for key in _REQUIRED_ATTRS if key not in attrs]
     if missing:
@@ -372,7 +410,14 @@ def _read_info(path: Path, f: h5py.File) -> WeightsFileInfo:
                 f"{path} has format version {version}, newer than this nst-jax reads "
                 f"({FORMAT_VERSION}); upgrade nst-jax"
             )
+        network = _str_attr(attrs, "network") if "network" in attrs else "vgg19"
+        if network not in NETWORKS:
+            raise NstError(
+                f"{path} is for network {network!r}, which this nst-jax does not know "
+                f"(it knows {', '.join(NETWORKS)})"
+            )
         return WeightsFileInfo(
+            network=network,
             path=path,
             format_version=version,
             layout=_str_attr(attrs, "layout"),
@@ -405,16 +450,27 @@ def read_info(path: str | os.PathLike) -> WeightsFileInfo:
         return _read_info(path, f)
 
 
-def load_weights(path: str | os.PathLike) -> VGGWeights:
+def require_network(found: str, required: str | None, what: str) -> None:
+    """Raises ``NstError`` when ``required`` names a network other than ``found``."""
+    if required is not None and check_network(required) != found:
+        raise NstError(
+            f"{what} holds {NETWORK_NAMES[found]} weights, but {NETWORK_NAMES[required]} is "
+            f"required here; use {NETWORK_NAMES[required]} weights or drop the requirement"
+        )
+
+
+def load_weights(path: str | os.PathLike, *, network: str | None = None) -> VGGWeights:
     """Loads an nst-jax weight file (see the module docstring) as :class:`VGGWeights`.
 
-    Checks that the file is HDF5, that its ``format`` attribute is ``"nst-jax-vgg19"`` and that
-    its layers match ``expected_shapes()`` exactly (names, shapes, float32); every problem is named
-    in a single ``NstError``.
+    Checks that the file is HDF5, that its ``format`` attribute is ``"nst-jax-vgg"`` (or the
+    VGG-19-only version 1 ``"nst-jax-vgg19"``), that its layers match ``expected_shapes`` of its
+    recorded network exactly (names, shapes, float32), and, when ``network`` is given, that it is
+    that network; every problem is named in a single ``NstError``.
     """
     path = Path(path)
     with open_hdf5(path) as f, _damaged_as_error(path):
         info = _read_info(path, f)
+        require_network(info.network, network, str(path))
         params: dict[str, Any] = {}
         for layer, obj in f.items():
             if isinstance(obj, h5py.Group):
@@ -424,12 +480,13 @@ def load_weights(path: str | os.PathLike) -> VGGWeights:
                 }
             else:
                 params[layer] = None
-    check_params(params, what=f"the weights in {path}")
+    check_params(params, network=info.network, what=f"the weights in {path}")
     return VGGWeights(
         params=jax.tree.map(jnp.asarray, params),
         preprocessing=info.preprocessing,
         label=info.label,
         pretrained=True,
+        network=info.network,
     )
 
 
@@ -459,8 +516,10 @@ def search_dirs() -> list[Path]:
     return dirs
 
 
-def _find_in_dir(directory: Path) -> Path | None:
+def _find_in_dir(directory: Path, network: str | None = None) -> Path | None:
     for name in WEIGHT_FILENAMES:
+        if network is not None and not name.startswith(f"{network}-"):
+            continue
         candidate = directory / name
         if candidate.is_file():
             return candidate
@@ -481,18 +540,19 @@ def _from_spec(spec: str, origin: str) -> Path:
     return path
 
 
-def find_weights() -> Path | None:
+def find_weights(network: str | None = None) -> Path | None:
     """Path of the weights default discovery would use, or None if there are none.
 
     ``$NST_JAX_WEIGHTS`` (a file or a directory) wins when set, and a path there that does not
     exist raises ``NstError`` rather than being skipped; when it is ``random`` this returns None.
-    Otherwise the first of :data:`WEIGHT_FILENAMES` found in :func:`search_dirs`.
+    Otherwise the first of :data:`WEIGHT_FILENAMES` (of ``network``, when given) found in
+    :func:`search_dirs`.
     """
     env = os.environ.get(ENV_WEIGHTS)
     if env:
         return None if env == "random" else _from_spec(env, f"${ENV_WEIGHTS} names")
     for directory in search_dirs():
-        found = _find_in_dir(directory)
+        found = _find_in_dir(directory, network)
         if found is not None:
             return found
     return None
@@ -500,49 +560,48 @@ def find_weights() -> Path | None:
 
 def not_found_message() -> str:
     """The :class:`WeightsNotFound` message: where discovery looked and how to get weights."""
-    from nst_jax.download import SOURCES  # lazy: download imports this module
+    from nst_jax.download import all_sources  # lazy: download imports this module
 
     dirs = ", ".join(str(d) for d in search_dirs())
     message = (
-        f"NO PRETRAINED VGG-19 WEIGHTS FOUND (looked for {', '.join(WEIGHT_FILENAMES)} via "
+        f"NO PRETRAINED VGG WEIGHTS FOUND (looked for {', '.join(WEIGHT_FILENAMES)} via "
         f"${ENV_WEIGHTS} (unset) and in {dirs}); get them with `nst-jax weights download` "
         f"(about 80 MB, saved to {cache_dir()}), or pass `--weights random` to run with untrained "
         "random weights"
     )
-    raw = [
-        d / s.filename
-        for d in search_dirs()
-        for s in SOURCES.values()
-        if (d / s.filename).is_file()
-    ]
+    raw = [(d / s.filename, s) for d in search_dirs() for s in all_sources() if (d / s.filename).is_file()]
     if raw:
-        src = raw[0]
-        layout = next(s.layout for s in SOURCES.values() if s.filename == src.name)
+        src, source = raw[0]
+        out = src.parent / converted_filename(source.layout, source.network)
         message += (
             f"; {src} is an unconverted published file, convert it with `nst-jax weights convert "
-            f"{src} -o {src.parent / converted_filename(layout)} --layout {layout}`"
+            f"{src} -o {out} --layout {source.layout}`"
         )
     return message
 
 
-def resolve_weights(spec: str | None, *, seed: int = 0) -> VGGWeights:
+def resolve_weights(
+    spec: str | None, *, seed: int = 0, network: str | None = None
+) -> VGGWeights:
     """The weights to use: ``spec`` is a path, ``"random"`` or None for default discovery.
 
     Order: ``spec`` (a weights file or a directory holding one), then ``$NST_JAX_WEIGHTS`` (same,
     or ``random``), then the first converted file in :func:`search_dirs`. ``"random"`` gives
     :func:`random_weights` with ``seed`` (its label says RANDOM). Raises :class:`WeightsNotFound`
     when nothing is found; its message lists where it looked and says to run
-    ``nst-jax weights download``.
+    ``nst-jax weights download``. ``network`` (``"vgg16"``/``"vgg19"``) requires that network:
+    discovery looks only for its files, random weights are of it, and a file of the other
+    network is refused in one sentence.
     """
     if spec is not None:
         origin = "weights"
     else:
         spec, origin = os.environ.get(ENV_WEIGHTS) or None, f"${ENV_WEIGHTS} names"
     if spec == "random":
-        return random_weights(seed)
+        return random_weights(seed, network=network or "vgg19")
     if spec is not None:
-        return load_weights(_from_spec(spec, origin))
-    found = find_weights()
+        return load_weights(_from_spec(spec, origin), network=network)
+    found = find_weights(network)
     if found is None:
         raise WeightsNotFound(not_found_message())
-    return load_weights(found)
+    return load_weights(found, network=network)

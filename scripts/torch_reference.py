@@ -36,6 +36,8 @@ import torch.nn.functional as F
 
 #: Output channels per conv, per block (VGG-19 "E").
 BLOCKS = ((64, 64), (128, 128), (256, 256, 256, 256), (512, 512, 512, 512), (512, 512, 512, 512))
+#: The same for VGG-16 ("D").
+VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 #: name -> (gram_norm, content, style, tv, tv_scale, average_layers); see nst_jax.losses.
 CONVENTIONS = {
@@ -45,10 +47,10 @@ CONVENTIONS = {
 }
 
 
-def layer_sequence() -> list[str]:
+def layer_sequence(blocks=BLOCKS) -> list[str]:
     """``conv1_1, relu1_1, conv1_2, ..., pool5``: torchvision's ``features`` order."""
     names = []
-    for b, block in enumerate(BLOCKS):
+    for b, block in enumerate(blocks):
         for i in range(len(block)):
             names += [f"conv{b + 1}_{i + 1}", f"relu{b + 1}_{i + 1}"]
         names.append(f"pool{b + 1}")
@@ -84,11 +86,12 @@ class Spec:
 
 
 class VGGTrunk(torch.nn.Module):
-    """VGG-19 ``features`` up to the deepest of ``layers``; ``forward`` returns ``{name: NCHW}``."""
+    """VGG-19 (or VGG-16, when ``params`` has no ``conv3_4``) ``features`` up to the deepest of
+    ``layers``; ``forward`` returns ``{name: NCHW}``."""
 
     def __init__(self, params: Mapping[str, Mapping[str, np.ndarray]], layers: Sequence[str], pooling: str):
         super().__init__()
-        seq = layer_sequence()
+        seq = layer_sequence(BLOCKS if "conv3_4" in params else VGG16_BLOCKS)
         self.wanted = {canonical(n): n for n in layers}
         last = max(seq.index(n) for n in self.wanted)
         self.names = seq[: last + 1]

@@ -8,15 +8,15 @@ import h5py
 import numpy as np
 import pytest
 
-from nst_jax.vgg import BLOCKS, CONV_LAYERS, conv_kernel_shape
+from nst_jax.vgg import NETWORKS, conv_kernel_shape, conv_layers
 
 
-def _random_vgg_params(seed: int) -> dict[str, dict[str, np.ndarray]]:
-    # He-normal kernels and small biases keep activations O(1)-relative through all 16 layers.
+def _random_vgg_params(seed: int, network: str = "vgg19") -> dict[str, dict[str, np.ndarray]]:
+    # He-normal kernels and small biases keep activations O(1)-relative through all layers.
     rng = np.random.default_rng(seed)
     params = {}
-    for layer in CONV_LAYERS:
-        shape = conv_kernel_shape(layer)
+    for layer in conv_layers(network):
+        shape = conv_kernel_shape(layer, network)
         kernel = rng.standard_normal(shape, dtype=np.float32) * np.sqrt(2.0 / (9 * shape[2]))
         bias = rng.standard_normal(shape[-1:], dtype=np.float32) * 0.1
         params[layer] = {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
@@ -39,6 +39,7 @@ def write_keras_h5(
     compression: str | None = None,
     drop: tuple[str, ...] = (),
     replace: dict[str, list[np.ndarray]] | None = None,
+    network: str = "vgg19",
 ) -> Path:
     """Writes ``params`` in the Keras applications legacy HDF5 layout.
 
@@ -49,10 +50,12 @@ def write_keras_h5(
     adds ``flatten`` and small stand-ins for ``fc1``/``fc2``/``predictions`` (the converter must
     ignore them). ``model_weights`` nests everything under a ``model_weights`` group, as a full
     model save does. ``drop`` omits Keras layers; ``replace`` swaps a layer's arrays.
+    ``network`` picks the block structure (``"vgg16"``: the layout of
+    ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``).
     """
     rng = np.random.default_rng(1)
     layers: dict[str, list[np.ndarray]] = {"input_1": []}
-    for b, block in enumerate(BLOCKS):
+    for b, block in enumerate(NETWORKS[network]):
         for i in range(len(block)):
             p = params[f"conv{b + 1}_{i + 1}"]
             layers[f"block{b + 1}_conv{i + 1}"] = [p["kernel"], p["bias"]]
@@ -100,3 +103,83 @@ def weights():
     from nst_jax.weights import random_weights
 
     return random_weights(0)
+
+
+@pytest.fixture(scope="session")
+def vgg16_params() -> dict[str, dict[str, np.ndarray]]:
+    """Seeded random VGG-16 parameters, ``{"conv1_1": {...}, ..., "conv5_3": {...}}``."""
+    return _random_vgg_params(3, "vgg16")
+
+
+def write_onnx(
+    path: Path,
+    params: dict[str, dict[str, np.ndarray]],
+    *,
+    network: str = "vgg19",
+    style: str = "zoo",
+    batch_norm: bool = False,
+) -> Path:
+    """Writes ``params`` as an ONNX model of a VGG with a classification head.
+
+    ``style="zoo"``: as the ONNX model zoo's ``vgg16-7.onnx`` (NCHW input, initializers named
+    ``vgg0_conv{k}_weight``/``_bias``, Flatten, Gemm, Relu, Dropout head);
+    ``style="tf2onnx"``: as tf2onnx exports a Keras model (NHWC input and a Transpose, names like
+    ``functional_1/block1_conv1_1/convolution/ReadVariableOp:0``, MatMul/Add/Softmax head).
+    ``batch_norm`` inserts BatchNormalization after every convolution (a vgg16_bn export).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+    x = "data"
+    if style == "tf2onnx":
+        inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 32, 32, 3])]
+        nodes.append(helper.make_node("Transpose", ["input"], ["data"], perm=[0, 3, 1, 2]))
+    else:
+        inputs = [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 32, 32])]
+    k = 0
+    for b, block in enumerate(NETWORKS[network]):
+        for i in range(len(block)):
+            p = params[f"conv{b + 1}_{i + 1}"]
+            if style == "tf2onnx":
+                base = f"functional_1/block{b + 1}_conv{i + 1}_1"
+                wname, bname = f"{base}/convolution/ReadVariableOp:0", f"{base}/Squeeze:0"
+            else:
+                base = f"vgg0_conv{k}"
+                wname, bname = f"{base}_weight", f"{base}_bias"
+            inits.append(numpy_helper.from_array(p["kernel"].transpose(3, 2, 0, 1).copy(), wname))
+            inits.append(numpy_helper.from_array(p["bias"].copy(), bname))
+            nodes.append(helper.make_node("Conv", [x, wname, bname], [f"{base}_out"], name=base,
+                                          kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1]))
+            x = f"{base}_out"
+            if batch_norm:
+                c = p["bias"].shape[0]
+                names = [f"{base}_bn_{n}" for n in ("scale", "b", "mean", "var")]
+                for n, v in zip(names, (np.ones(c), np.zeros(c), np.zeros(c), np.ones(c))):
+                    inits.append(numpy_helper.from_array(v.astype(np.float32), n))
+                nodes.append(helper.make_node("BatchNormalization", [x, *names], [f"{base}_bn"]))
+                x = f"{base}_bn"
+            nodes.append(helper.make_node("Relu", [x], [f"{base}_relu"]))
+            x = f"{base}_relu"
+            k += 1
+        nodes.append(helper.make_node("MaxPool", [x], [f"pool{b}"], kernel_shape=[2, 2],
+                                      strides=[2, 2]))
+        x = f"pool{b}"
+    inits.append(numpy_helper.from_array(np.zeros((512, 4), np.float32), "fc_w"))
+    inits.append(numpy_helper.from_array(np.zeros((4,), np.float32), "fc_b"))
+    nodes.append(helper.make_node("Flatten", [x], ["flat"]))
+    nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"]))
+    nodes.append(helper.make_node("Softmax", ["logits"], ["prob"]))
+    graph = helper.make_graph(nodes, "vgg", inputs,
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 4])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def onnx_writer():
+    """:func:`write_onnx`, as a fixture (skips when the onnx package is missing)."""
+    pytest.importorskip("onnx")
+    return write_onnx

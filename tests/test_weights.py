@@ -62,10 +62,10 @@ def test_save_load_roundtrip(nst_file, vgg_params):
         "torchvision",
         "vgg19-dcbb9e9d.pth",
         SHA,
-        1,
+        2,
     )
     with h5py.File(nst_file) as f:
-        assert f.attrs["format"] == "nst-jax-vgg19"
+        assert f.attrs["format"] == "nst-jax-vgg" and f.attrs["network"] == "vgg19"
         assert f.attrs["channel_order"] == "RGB"
         np.testing.assert_allclose(f.attrs["std"], [0.229, 0.224, 0.225])
         assert sorted(f) == sorted(CONV_LAYERS)
@@ -153,7 +153,7 @@ def _make_bad(kind: str, src, dst):
         ("missing_layer", "missing layer conv4_2"),
         ("wrong_shape", "conv2_2 kernel has shape (3, 3, 64, 128), expected (3, 3, 128, 128)"),
         ("wrong_dtype", "conv1_1 kernel has dtype int32, expected float32"),
-        ("wrong_format", "is not an nst-jax VGG-19 weight file (format 'something-else'"),
+        ("wrong_format", "is not an nst-jax VGG weight file (format 'something-else'"),
         ("keras_file", "is a Keras weight file, not an nst-jax one; convert it first"),
         ("missing_attribute", "lacks the attribute 'channel_order'"),
     ],
@@ -244,7 +244,7 @@ def test_not_found_message(places, capsys):
         weights_lib.resolve_weights(None)
     msg = str(err.value)
     assert isinstance(err.value, NstError)
-    assert "NO PRETRAINED VGG-19 WEIGHTS FOUND" in msg
+    assert "NO PRETRAINED VGG WEIGHTS FOUND" in msg
     assert "`nst-jax weights download`" in msg and "--weights random" in msg
     for place in ("repo", "cwd", "cache"):
         assert str(places[place]) in msg

@@ -169,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"nst-jax batch{who}: {len(pairs)} outputs, {skipped} already written, "
           f"{sum(map(len, mine))} to do here in {len(chunks)} chunk(s)", file=sys.stderr)
 
-    weights = common.load_weights_for_cli(args)
+    weights = common.load_weights_for_cli(args, network=config.network)
+    config = common.config_from_args(args, network=weights.network)
     mesh = sharding.batch_mesh()
     weights = sharding.replicate(weights, mesh)
 

@@ -61,6 +61,8 @@ _CONFIG_FLAGS = [
     ("--preserve-colors", "preserve_colors", str,
      "none, luminance (stylize luminance, keep content chroma) or match (colour-match the style)"),
     ("--ema-decay", "ema_decay", float, "output an exponential moving average of the iterates"),
+    ("--network", "network", str,
+     "require weights of this network: vgg16 or vgg19 (default: whichever the weights are)"),
 ]
 _ALIASES = {"--size": ["--image-size"], "--steps": ["--num-iterations"]}
 
@@ -80,17 +82,18 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
 
 def add_weights_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, metavar="PATH|random",
-                   help="converted VGG-19 weights (.h5 from 'nst-jax weights'), or 'random' for a "
+                   help="converted VGG-16/VGG-19 weights (.h5 from 'nst-jax weights'), or 'random' for a "
                    "seeded random-weight network; default: $NST_JAX_WEIGHTS, ./weights, the cache")
 
 
-def config_from_args(args: argparse.Namespace) -> StyleConfig:
-    """The preset named by ``--preset`` with every given flag applied (validated)."""
+def config_from_args(args: argparse.Namespace, network: str | None = None) -> StyleConfig:
+    """The preset named by ``--preset`` (tuned for ``network`` when known, see
+    :func:`nst_jax.config.get_preset`) with every given flag applied (validated)."""
     changes = {field: getattr(args, field, None) for _, field, _, _ in _CONFIG_FLAGS}
     changes["remat"] = getattr(args, "remat", None)
     if changes.get("style_scale") is not None and len(changes["style_scale"]) == 1:
         changes["style_scale"] = changes["style_scale"][0]
-    return get_preset(args.preset).replace(**changes)
+    return get_preset(args.preset, network).replace(**changes)
 
 
 def init_is_path(config: StyleConfig) -> bool:
@@ -112,19 +115,22 @@ def check_blend(args: argparse.Namespace, n_styles: int):
 
 RANDOM_NOTICE = """\
 ==============================================================================
-  WARNING: using RANDOM VGG-19 weights (seed {seed}), not a pretrained network.
+  WARNING: using RANDOM VGG weights (seed {seed}), not a pretrained network.  
   The output will match colours and fine texture only; it is NOT real style
   transfer. Get pretrained weights with:   nst-jax weights download
 ==============================================================================
 """
 
 
-def load_weights_for_cli(args: argparse.Namespace, *, seed: int | None = None):
-    """Resolves ``--weights`` (or the defaults); prints a loud notice for random weights."""
+def load_weights_for_cli(
+    args: argparse.Namespace, *, seed: int | None = None, network: str | None = None
+):
+    """Resolves ``--weights`` (or the defaults), of ``network`` when one is required; prints a
+    loud notice for random weights."""
     from nst_jax.weights import resolve_weights
 
     seed = seed if seed is not None else (getattr(args, "seed", None) or 0)
-    weights = resolve_weights(args.weights, seed=seed)
+    weights = resolve_weights(args.weights, seed=seed, network=network)
     announce_weights(weights, seed)
     return weights
 

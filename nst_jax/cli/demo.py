@@ -49,7 +49,7 @@ def _weights(args: argparse.Namespace):
     if found is not None:
         return common.load_weights_for_cli(argparse.Namespace(weights=str(found), seed=0))
     if not args.no_download:
-        print("nst-jax: no pretrained VGG-19 weights found; trying to download them "
+        print("nst-jax: no pretrained VGG weights found; trying to download them "
               "(nst-jax weights download) ...", file=sys.stderr)
         try:
             from nst_jax import download
@@ -86,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     content = image_io.load_image(image_io.sample_path(image_io.SAMPLE_CONTENT))
     style = image_io.load_image(style_path)
     weights = _weights(args)
+    config = get_preset("tf-tutorial", weights.network).replace(
+        size=config.size, steps=config.steps, chunk_size=config.chunk_size
+    )
     if not weights.pretrained:
         # The tutorial's content weight is tuned for pretrained features; random features are
         # far more sensitive to pixel changes, so the demo lowers it to let the style through.
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     label = "result" if weights.pretrained else "result (RANDOM weights)"
     figures.side_by_side(shown, ["content", "style", label], files["figure"])
     figures.loss_curve(result.history, files["loss"],
-                       title=f"nst-jax demo loss ({'pretrained' if weights.pretrained else 'random'} VGG-19)")
+                       title=f"nst-jax demo loss ({weights.label})")
     common.print_summary(result, files["result"])
     print(f"figure: {files['figure']}\nloss plot: {files['loss']}")
     if not weights.pretrained:

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                     f"{content.shape[1]}x{content.shape[0]}; masks must match the content size"
                 )
     init_image = image_io.load_image(config.init) if common.init_is_path(config) else None
-    weights = common.load_weights_for_cli(args)
+    weights = common.load_weights_for_cli(args, network=config.network)
+    config = common.config_from_args(args, network=weights.network)
 
     out = Path(args.output)
 

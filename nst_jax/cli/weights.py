@@ -1,4 +1,4 @@
-"""`nst-jax weights {download,convert,info,path}`: get, convert and inspect VGG-19 weights."""
+"""`nst-jax weights {download,convert,info,path}`: get, convert and inspect VGG-16/19 weights."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 
 from nst_jax import convert, download
 from nst_jax import weights as weights_lib
-from nst_jax.vgg import CONV_LAYERS
+from nst_jax.vgg import NETWORK_NAMES, NETWORKS, conv_layers
 
 
 def register(sub) -> None:
     parser = sub.add_parser(
         "weights",
-        help="download, convert and inspect the pretrained VGG-19 weights",
-        description="Download, convert and inspect the pretrained VGG-19 weights that style "
+        help="download, convert and inspect the pretrained VGG-16/VGG-19 weights",
+        description="Download, convert and inspect the pretrained VGG weights that style "
         "transfer needs. Converted files are found automatically in $NST_JAX_WEIGHTS, the "
         "repository's weights/ directory, ./weights and the per-user cache.",
     )
@@ -25,8 +25,14 @@ def register(sub) -> None:
     p = actions.add_parser(
         "download",
         help="fetch, verify and convert published weights",
-        description="Fetch published VGG-19 weights, verify their checksum, convert them and save "
-        "vgg19-SOURCE.nst.h5. Does nothing if a valid converted file is already there.",
+        description="Fetch published VGG weights, verify their checksum, convert them and save "
+        "MODEL-SOURCE.nst.h5. Does nothing if a valid converted file is already there.",
+    )
+    p.add_argument(
+        "--model",
+        choices=tuple(NETWORKS),
+        default="vgg19",
+        help="vgg19 (default; the paper's network) or vgg16 (faster, less memory)",
     )
     p.add_argument(
         "--source",
@@ -51,17 +57,30 @@ def register(sub) -> None:
 
     p = actions.add_parser(
         "convert",
-        help="convert a published .h5/.pth file to the nst-jax format",
-        description="Convert a published VGG-19 weight file (Keras .h5, torchvision or Caffe "
-        ".pth) to an nst-jax weight file.",
+        help="convert a published .h5/.pth/.onnx file to the nst-jax format",
+        description="Convert a published VGG-16 or VGG-19 weight file (Keras .h5, torchvision "
+        "or Caffe .pth, or an ONNX model whose trunk is a VGG) to an nst-jax weight file. The "
+        "network is recognised from the file's convolutions.",
     )
     p.add_argument("src", type=Path, metavar="SRC", help="the published weight file")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DST", help="output file")
     p.add_argument(
         "--layout",
         choices=convert.LAYOUTS,
-        help="layout of SRC (default: keras for .h5, torchvision for .pth; Caffe .pth files have "
-        "torchvision's keys, so --layout caffe must be given explicitly)",
+        help="layout of SRC (default: keras for .h5, torchvision for .pth, onnx for .onnx; "
+        "Caffe .pth files have torchvision's keys, so --layout caffe must be given explicitly)",
+    )
+    p.add_argument(
+        "--model",
+        choices=tuple(NETWORKS),
+        help="require this network (default: whichever SRC holds)",
+    )
+    p.add_argument(
+        "--preprocessing",
+        choices=tuple(convert.PREPROCESSING),
+        help="input encoding the network was trained with; required for ONNX files, which do "
+        "not record it: caffe (= keras: BGR, 0-255, minus the ImageNet mean; Keras, Caffe and "
+        "their tf2onnx exports) or torchvision (RGB, mean/std; PyTorch and the ONNX model zoo)",
     )
     p.set_defaults(func=_convert)
 
@@ -86,14 +105,25 @@ def _download(args: argparse.Namespace) -> int:
     elif args.md5:
         expected = f"md5:{args.md5}"
     path = download.download_weights(
-        args.source, args.dest, url=args.url, expected_hash=expected, progress=not args.quiet
+        args.source,
+        args.dest,
+        url=args.url,
+        expected_hash=expected,
+        progress=not args.quiet,
+        model=args.model,
     )
     print(path)
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
-    path = convert.convert_weights(args.src, args.output, layout=args.layout)
+    path = convert.convert_weights(
+        args.src,
+        args.output,
+        layout=args.layout,
+        network=args.model,
+        preprocessing=args.preprocessing,
+    )
     info = weights_lib.read_info(path)
     print(f"wrote {path}: {info.label}")
     return 0
@@ -106,6 +136,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"file:          {args.path}")
     print(f"sha256:        {weights_lib.file_digest(args.path)}")
     print(f"weights:       {weights.label}")
+    print(f"network:       {NETWORK_NAMES[weights.network]} ({weights.network})")
     print(f"format:        {weights_lib.FORMAT} version {info.format_version}")
     print(f"layout:        {info.layout}")
     print(f"source file:   {info.source_file}")
@@ -114,7 +145,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"preprocessing: {p.channel_order}, x{p.scale:g}, mean {mean}, std {std}")
     print("layers:")
     total = 0
-    for layer in CONV_LAYERS:
+    for layer in conv_layers(weights.network):
         leaves = weights.params[layer]
         shapes = "  ".join(f"{leaf} {tuple(leaves[leaf].shape)}" for leaf in ("kernel", "bias"))
         total += sum(a.size for a in leaves.values())
@@ -127,7 +158,7 @@ def _path(args: argparse.Namespace) -> int:
     if os.environ.get(weights_lib.ENV_WEIGHTS) == "random":
         print("random")
         print(
-            f"{weights_lib.ENV_WEIGHTS}=random: RANDOM VGG-19 weights, not pretrained",
+            f"{weights_lib.ENV_WEIGHTS}=random: RANDOM VGG weights, not pretrained",
             file=sys.stderr,
         )
         return 0

