@@ -2,7 +2,7 @@
 """Every preset's documented command on the bundled samples with real weights: figure and numbers.
 
 For each preset this runs what ``nst-jax stylize chelsea.jpg strokes.jpg -o out.png --preset NAME
---size SIZE`` runs (the preset tuned for the weights' network, at ``--size``), then
+--size SIZE --steps STEPS`` runs (the preset tuned for the weights' network, at ``--size``), then
 
 * prints the two quality numbers of :mod:`nst_jax.quality` (content similarity, higher is better;
   style distance relative to the photo, lower is better) and the wall time (compilation included),
@@ -15,7 +15,7 @@ For each preset this runs what ``nst-jax stylize chelsea.jpg strokes.jpg -o out.
 
 Real weights: ``--weights PATH`` (default: what ``scripts/fetch_real_weights.py`` prints).
 
-    python scripts/real_results.py --size 256 --torch --figure docs/real_results.png
+    python scripts/real_results.py --size 256 --steps 300 --torch --figure docs/real_results.png
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", help="real weights (default: fetch_real_weights.py)")
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=300, help="--steps of each command")
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--style", default="strokes.jpg", help="bundled style sample")
     parser.add_argument("--torch", action="store_true", help="also run the PyTorch reference")
@@ -96,23 +97,25 @@ def main() -> int:
     photo = np.asarray(imageops.resize_longest(content, args.size))
     ends = (quality.measure(weights, photo, photo, style),
             quality.measure(weights, image_io.resize_image(style, photo.shape[:2]), photo, style))
-    print(f"{'':26} {'content':>8} {'style':>8} {'seconds':>8}")
-    print(f"{'content photo (reference)':26} {ends[0].content:8.3f} {ends[0].style:8.3f}")
-    print(f"{'style image (reference)':26} {ends[1].content:8.3f} {ends[1].style:8.3f}")
+    print(f"{'':26} {'content':>8} {'style':>8} {'rough':>6} {'seconds':>8}")
+    for label, q in zip(("content photo (reference)", "style image (reference)"), ends):
+        print(f"{label:26} {q.content:8.3f} {q.style:8.3f} {q.roughness:6.2f}")
     rows = []
     for name in args.presets.split(","):
-        config = nst_jax.get_preset(name, weights.network).replace(size=args.size)
+        config = nst_jax.get_preset(name, weights.network).replace(size=args.size,
+                                                                   steps=args.steps)
         start = time.perf_counter()
         result = nst_jax.stylize(content, style, config, weights)
         seconds = time.perf_counter() - start
         q = quality.measure(weights, result.image, photo, style)
-        print(f"{'nst-jax ' + name:26} {q.content:8.3f} {q.style:8.3f} {seconds:8.1f}", flush=True)
+        print(f"{'nst-jax ' + name:26} {q.content:8.3f} {q.style:8.3f} {q.roughness:6.2f} "
+              f"{seconds:8.1f}", flush=True)
         rows.append((name, result.image))
         if args.torch:
             image, seconds = run_torch(weights, config, content, style)
             qt = quality.measure(weights, image, photo, style)
-            print(f"{'pytorch ' + name:26} {qt.content:8.3f} {qt.style:8.3f} {seconds:8.1f}",
-                  flush=True)
+            print(f"{'pytorch ' + name:26} {qt.content:8.3f} {qt.style:8.3f} {qt.roughness:6.2f} "
+                  f"{seconds:8.1f}", flush=True)
     if args.figure:
         from nst_jax import figures
 

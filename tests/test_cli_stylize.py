@@ -88,7 +88,7 @@ def _empty(tmp_path):
         ("out_dir_missing", "does not exist"),
         ("out_parent_is_file", "not a directory"),
         ("bad_ext", "not a supported image format"),
-        ("unknown_layer", "unknown VGG-19 layer 'relu7_1'"),
+        ("unknown_layer", "unknown VGG layer 'relu7_1'"),
         ("negative_weight", "content weight must be a finite number >= 0"),
         ("blend_mismatch", "--style-blend has 2 weights but 1 style image"),
         ("missing_weights_file", "weights"),

@@ -123,13 +123,21 @@ def test_presets_follow_their_sources():
     g = PRESETS["gatys"]
     assert g.content_layers == ("relu4_2",) and g.optimizer == "lbfgs"
     assert (g.content_weight, g.style_weight, g.tv_weight, g.steps) == (5.0, 100.0, 1e-3, 1000)
+    assert g.init == "content"  # measured on real VGG-16: a noise start loses the content
+    assert get_preset("gatys", "vgg19") == g and get_preset("tf-tutorial", "vgg19") == tf
+    g16, tf16 = get_preset("gatys", "vgg16"), get_preset("tf-tutorial", "vgg16")
+    assert (g16.content_weight, g16.tv_weight) == (50.0, 1e-2)
+    assert (tf16.content_weight, tf16.tv_weight) == (3e4, 120.0)
+    assert g16.replace(content_weight=5.0).content_weight == 5.0  # flags still win
+    with pytest.raises(NstError, match="network must be one of vgg16, vgg19"):
+        get_preset("gatys", "vgg11")
 
 
 @pytest.mark.parametrize(
     "change,match",
     [
         (dict(style_weight=-1.0), "style weight must be a finite number >= 0"),
-        (dict(style_layers=("relu9_9",)), "unknown VGG-19 layer 'relu9_9'"),
+        (dict(style_layers=("relu9_9",)), "unknown VGG layer 'relu9_9'"),
         (dict(optimizer="sgd"), "optimizer must be"),
         (dict(style_layer_weights=(1.0,)), "1 style layer weights given for 5 style layers"),
         (dict(steps=0), "steps must be an integer >= 1"),

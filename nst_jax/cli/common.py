@@ -115,7 +115,7 @@ def check_blend(args: argparse.Namespace, n_styles: int):
 
 RANDOM_NOTICE = """\
 ==============================================================================
-  WARNING: using RANDOM VGG weights (seed {seed}), not a pretrained network.  
+  WARNING: using RANDOM {network} weights (seed {seed}), not a pretrained network.
   The output will match colours and fine texture only; it is NOT real style
   transfer. Get pretrained weights with:   nst-jax weights download
 ==============================================================================
@@ -137,7 +137,10 @@ def load_weights_for_cli(
 
 def announce_weights(weights, seed: int = 0) -> None:
     if not weights.pretrained:
-        print(RANDOM_NOTICE.format(seed=seed), file=sys.stderr, end="")
+        from nst_jax.vgg import NETWORK_NAMES
+
+        notice = RANDOM_NOTICE.format(seed=seed, network=NETWORK_NAMES[weights.network])
+        print(notice, file=sys.stderr, end="")
     else:
         print(f"nst-jax: weights: {weights.label}", file=sys.stderr)
 

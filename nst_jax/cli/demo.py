@@ -86,8 +86,15 @@ def run(args: argparse.Namespace) -> int:
     content = image_io.load_image(image_io.sample_path(image_io.SAMPLE_CONTENT))
     style = image_io.load_image(style_path)
     weights = _weights(args)
-    config = get_preset("tf-tutorial", weights.network).replace(
-        size=config.size, steps=config.steps, chunk_size=config.chunk_size
+    preset = get_preset("tf-tutorial", weights.network)
+    # TV is a sum over pixels while the content and style terms are means, so at the demo's
+    # smaller size the tutorial's TV weight (set for 512 px) would be (512 / size)^2 times
+    # weaker relative to them and leave grain; scaling it keeps the preset's balance.
+    config = preset.replace(
+        size=config.size,
+        steps=config.steps,
+        chunk_size=config.chunk_size,
+        tv_weight=preset.tv_weight * (preset.size / config.size) ** 2,
     )
     if not weights.pretrained:
         # The tutorial's content weight is tuned for pretrained features; random features are
