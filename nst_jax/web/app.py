@@ -1,0 +1,555 @@
+"""The studio's aiohttp application: routes, uploads, WebSocket sessions, and the server runner.
+
+Routes (nothing in a request is ever used as a file path: static files and samples come from
+fixed tables, results are found by their random job id):
+
+* ``GET /``, ``GET /static/{app.js,style.css}``: the page;
+* ``GET /samples/{name}``: a bundled sample image (``chelsea``, ``strokes``, ``hubble``);
+* ``GET /api/info``: weights in use, presets and their knobs, samples, limits;
+* ``GET /ws``: the page's live connection; the server pushes ``hello``, ``queued``, ``started``,
+  ``progress``, ``done``, ``cancelled`` and ``failed`` events. Closing it cancels the page's jobs;
+* ``POST /api/jobs`` (multipart: ``session``, ``content`` file or ``content_sample``, ``style``
+  files and/or ``style_sample``\\ s, and the knobs of :mod:`nst_jax.web.forms`) → ``{"job",
+  "position"}``;
+* ``POST /api/jobs/{job}/stop``: stop a running job (best image kept) or drop a waiting one;
+* ``GET /api/results/{job}.png``: a result, as a download;
+* ``GET /api/status``: the queue.
+
+Errors are JSON ``{"error": "one sentence"}`` with status 400 (bad input), 403, 404 or 413 (too
+large); the page shows the sentence. Everything the server writes goes under its work directory
+(``uploads/``, deleted right after decoding, and ``results/``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import importlib.resources
+import ipaddress
+import json
+import secrets
+import shutil
+import tempfile
+import threading
+import urllib.parse
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from nst_jax import image_io
+from nst_jax.config import PRESETS, StyleConfig
+from nst_jax.errors import NstError
+from nst_jax.weights import VGGWeights
+from nst_jax.web import engine, forms
+from nst_jax.web.forms import FormError, Limits
+from nst_jax.web.jobs import Job, JobQueue
+
+_STATIC = {
+    "index.html": "text/html",
+    "app.js": "text/javascript",
+    "style.css": "text/css",
+}
+_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+#: Results kept on disk (and downloadable) before the oldest are deleted.
+MAX_RESULTS = 100
+_FIELD_BYTES = 4096
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+class TooLarge(FormError):
+    """An upload over the limits (HTTP 413)."""
+
+
+def _token() -> str:
+    return secrets.token_hex(16)
+
+
+@functools.lru_cache(maxsize=None)
+def _static(name: str) -> bytes:
+    return importlib.resources.files("nst_jax.web").joinpath("static", name).read_bytes()
+
+
+@functools.lru_cache(maxsize=None)
+def _sample(name: str) -> np.ndarray:
+    image = image_io.load_image(image_io.sample_path(name))
+    image.setflags(write=False)
+    return image
+
+
+def _preset_knobs(config: StyleConfig) -> dict:
+    return {
+        "size": config.size,
+        "steps": config.steps,
+        "content_weight": config.content_weight,
+        "style_weight": config.style_weight,
+        "tv_weight": config.tv_weight,
+        "learning_rate": config.learning_rate,
+        "optimizer": config.optimizer,
+        "scales": config.scales,
+        "preserve_colors": config.preserve_colors,
+        "preview_every": config.chunk_size,
+    }
+
+
+class Session:
+    """One open page: events from any thread go to its WebSocket in order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.id = _token()
+        self.loop = loop
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.closed = False
+
+    def post(self, event: dict) -> None:
+        """Queues ``event`` for the page; callable from the worker thread."""
+        if not self.closed:
+            with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+                self.loop.call_soon_threadsafe(self.outbox.put_nowait, event)
+
+
+class Studio:
+    """Server state: weights, limits, the work directory, open pages, jobs and results."""
+
+    def __init__(self, weights: VGGWeights, workdir: Path, limits: Limits = Limits(), *,
+                 loopback_only: bool = True):
+        self.weights = weights
+        self.limits = limits
+        self.workdir = Path(workdir).resolve()
+        self.uploads = self.workdir / "uploads"
+        self.results = self.workdir / "results"
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        self.results.mkdir(parents=True, exist_ok=True)
+        self.loopback_only = loopback_only
+        self.sessions: dict[str, Session] = {}
+        self.jobs: dict[str, Job] = {}
+        self._finished: list[str] = []
+        self.queue = JobQueue(self._execute, max_pending=limits.max_pending)
+
+    def _execute(self, job: Job) -> None:
+        try:
+            engine.run_job(job, weights=self.weights, results_dir=self.results)
+        finally:
+            job.content = job.styles = None  # free the pixels; only the result file stays
+            if job.result_path is not None:
+                self._keep_result(job)
+
+    def _keep_result(self, job: Job) -> None:
+        self._finished.append(job.id)
+        while len(self._finished) > MAX_RESULTS:
+            old = self.jobs.pop(self._finished.pop(0), None)
+            if old is not None and old.result_path is not None:
+                with contextlib.suppress(OSError):
+                    old.result_path.unlink()
+
+    def info(self) -> dict:
+        return {
+            "weights": {"label": self.weights.label, "pretrained": bool(self.weights.pretrained)},
+            "presets": {name: _preset_knobs(c) for name, c in PRESETS.items()},
+            "default_preset": "tiny" if not self.weights.pretrained else "tf-tutorial",
+            "choices": {"optimizer": list(forms.OPTIMIZERS), "preserve_colors": list(forms.COLOR_MODES)},
+            "samples": {"content": [image_io.SAMPLE_CONTENT], "style": list(image_io.SAMPLE_STYLES),
+                        "all": list(image_io.SAMPLES)},
+            "limits": {
+                "max_size": self.limits.max_size,
+                "max_steps": self.limits.max_steps,
+                "max_scales": self.limits.max_scales,
+                "max_styles": self.limits.max_styles,
+                "max_upload_bytes": self.limits.max_upload_bytes,
+                "max_pixels": self.limits.max_pixels,
+            },
+        }
+
+
+STUDIO = web.AppKey("studio", Studio)
+
+
+# --------------------------------------------------------------------------------------------
+# Middleware: one JSON sentence for every error; refuse other sites' pages.
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):
+    studio = request.app[STUDIO]
+    if studio.loopback_only and not _is_loopback_host(request.host):
+        # A page of another site that resolves its name to 127.0.0.1 (DNS rebinding).
+        return _error(403, f"requests for host {request.host[:60]!r} are refused")
+    origin = request.headers.get("Origin")
+    if origin is not None and (request.method != "GET" or request.path == "/ws"):
+        if urllib.parse.urlsplit(origin).netloc != request.host:
+            return _error(403, "cross-origin requests are refused")
+    try:
+        response = await handler(request)
+    except TooLarge as e:
+        return _error(413, str(e))
+    except NstError as e:
+        return _error(400, str(e))
+    except web.HTTPException as e:
+        if e.status >= 400:
+            return _error(e.status, e.reason)
+        raise
+    if isinstance(response, web.Response) and response.content_type == "text/html":
+        response.headers["Content-Security-Policy"] = _CSP
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _is_loopback_host(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    name = name.strip("[]").lower()
+    if name in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Routes
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.Response(body=_static("index.html"), content_type="text/html", charset="utf-8")
+
+
+async def static(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in _STATIC or name == "index.html":
+        raise web.HTTPNotFound(reason=f"no such file {name[:60]!r}")
+    return web.Response(body=_static(name), content_type=_STATIC[name], charset="utf-8")
+
+
+async def sample(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in image_io.SAMPLES:
+        raise web.HTTPNotFound(reason=f"no such sample {name[:60]!r}")
+    return web.Response(body=image_io.sample_path(name).read_bytes(), content_type="image/jpeg")
+
+
+async def info(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STUDIO].info())
+
+
+async def status(request: web.Request) -> web.Response:
+    studio = request.app[STUDIO]
+    return web.json_response({**studio.queue.snapshot(), "pages": len(studio.sessions)})
+
+
+async def result(request: web.Request) -> web.StreamResponse:
+    studio = request.app[STUDIO]
+    name = request.match_info["name"]
+    job_id = name[:-4] if name.endswith(".png") else ""
+    job = studio.jobs.get(job_id) if forms.TOKEN_RE.fullmatch(job_id) else None
+    if job is None or job.result_path is None or not job.result_path.exists():
+        raise web.HTTPNotFound(reason=f"no such result {name[:60]!r}")
+    return web.FileResponse(job.result_path, headers={
+        "Content-Type": "image/png",
+        "Content-Disposition": f'attachment; filename="nst-jax-{job_id[:8]}.png"',
+    })
+
+
+async def stop(request: web.Request) -> web.Response:
+    studio = request.app[STUDIO]
+    job_id = forms.check_token(request.match_info["job"], "job")
+    if not studio.queue.request_stop(job_id):
+        raise web.HTTPNotFound(reason="that job is not waiting or running")
+    return web.json_response({"job": job_id, "stopping": True})
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    studio = request.app[STUDIO]
+    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=_FIELD_BYTES)
+    await ws.prepare(request)
+    session = Session(asyncio.get_running_loop())
+    studio.sessions[session.id] = session
+
+    async def pump() -> None:
+        while True:
+            event = await session.outbox.get()
+            await ws.send_str(json.dumps(event))
+
+    sender = asyncio.create_task(pump())
+    session.post({"type": "hello", "session": session.id, **studio.info()})
+    try:
+        async for msg in ws:  # the page sends nothing we need; this waits for it to go away
+            if msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        session.closed = True
+        studio.sessions.pop(session.id, None)
+        studio.queue.cancel_session(session.id)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await sender
+    return ws
+
+
+async def submit(request: web.Request) -> web.Response:
+    studio = request.app[STUDIO]
+    limits = studio.limits
+    if request.content_length is not None and request.content_length > limits.max_request_bytes:
+        raise TooLarge(
+            f"the upload is {request.content_length / 2**20:.0f} MB; at most "
+            f"{limits.max_request_bytes / 2**20:.0f} MB per request "
+            f"({limits.max_upload_bytes / 2**20:.0f} MB per image)"
+        )
+    form = _Form(limits)
+    try:
+        if request.content_type.startswith("multipart/"):
+            await _read_multipart(request, studio, form)
+        elif request.content_type == "application/x-www-form-urlencoded":
+            for name, value in (await request.post()).items():  # samples only, no files
+                form.add_field(name, str(value))
+        else:
+            raise FormError("send the job as multipart/form-data")
+        session = studio.sessions.get(forms.check_token(form.fields.get("session", ""), "session"))
+        if session is None:
+            raise FormError("this page is not connected to the server; reload the page")
+        config = forms.config_from_form(form.fields, limits)
+        if form.content is None:
+            raise FormError("choose a content image")
+        if not form.styles:
+            raise FormError("choose at least one style image")
+        sources = [("content image", form.content)] + [
+            (f"style image {i + 1}", s) for i, s in enumerate(form.styles)
+        ]
+        loaded = await asyncio.to_thread(_decode_all, sources, limits)
+    finally:
+        for path in form.written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    job = Job(id=_token(), session=session.id, config=config, content=loaded[0],
+              styles=loaded[1:], notify=session.post)
+    studio.jobs[job.id] = job
+    position = studio.queue.submit(job)
+    return web.json_response({"job": job.id, "position": position})
+
+
+class _Form:
+    """What a job request carried: knob fields, and image sources ``("sample", name)`` or
+    ``("file", (path, filename))``."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.fields: dict[str, str] = {}
+        self.content: tuple[str, object] | None = None
+        self.styles: list[tuple[str, object]] = []
+        self.written: list[Path] = []
+
+    def add_field(self, name: str, value: str) -> None:
+        if len(value) > _FIELD_BYTES:
+            raise FormError(f"the field {name[:40]!r} is too long")
+        if name == "content_sample":
+            if value:
+                self.add_image("content", ("sample", forms.check_sample(value, image_io.SAMPLES)))
+        elif name == "style_sample":
+            if value:
+                self.add_image("style", ("sample", forms.check_sample(value, image_io.SAMPLES)))
+        else:
+            self.fields[name] = value
+
+    def add_image(self, role: str, source: tuple[str, object]) -> None:
+        if role == "content":
+            if self.content is not None:
+                raise FormError("give one content image")
+            self.content = source
+        else:
+            if len(self.styles) >= self.limits.max_styles:
+                raise FormError(f"at most {self.limits.max_styles} style images per job")
+            self.styles.append(source)
+
+
+async def _read_multipart(request: web.Request, studio: Studio, form: _Form) -> None:
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        name = part.name or ""
+        if part.filename is None:
+            form.add_field(name, await _read_field(part, name))
+            continue
+        if name not in ("content", "style"):
+            raise FormError(f"unexpected file field {name[:40]!r}")
+        path, size = await _save_upload(part, studio, form.written, name)
+        if size:  # an empty file input sends an empty part
+            form.add_image(name, ("file", (path, part.filename)))
+
+
+async def _read_field(part, name: str) -> str:
+    data = b""
+    while chunk := await part.read_chunk(1024):
+        data += chunk
+        if len(data) > _FIELD_BYTES:
+            raise FormError(f"the field {name[:40]!r} is too long")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormError(f"the field {name[:40]!r} is not UTF-8 text") from None
+
+
+async def _save_upload(part, studio: Studio, written: list[Path], role: str) -> tuple[Path, int]:
+    """Streams one file part to ``uploads/<random>`` (never its own name), bounded in size."""
+    limit = studio.limits.max_upload_bytes
+    path = studio.uploads / f"{_token()}.upload"
+    written.append(path)
+    size = 0
+    with open(path, "wb") as f:
+        while chunk := await part.read_chunk(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(
+                    f"the {role} image {part.filename[:60]!r} is larger than "
+                    f"{limit / 2**20:.0f} MB"
+                )
+            f.write(chunk)
+    return path, size
+
+
+def _decode_all(items, limits: Limits) -> list[np.ndarray]:
+    return [_decode(what, src, limits) for what, src in items]
+
+
+def _decode(what: str, src, limits: Limits) -> np.ndarray:
+    kind, value = src
+    if kind == "sample":
+        return _sample(value)
+    path, filename = value
+    shown = repr(filename[:60])
+    try:
+        width, height = image_io.image_size(path)
+        if width * height > limits.max_pixels:
+            raise TooLarge(
+                f"the {what} {shown} is {width}x{height} pixels; at most "
+                f"{limits.max_pixels / 1e6:.0f} megapixels"
+            )
+        image = image_io.load_image(path)
+    except TooLarge:
+        raise
+    except NstError as e:
+        problem = str(e).split(": ", 1)[-1]
+        raise FormError(f"the {what} {shown} cannot be used: {problem}") from None
+    # Keep queued jobs small: nothing bigger than twice the largest output is ever needed.
+    cap = 2 * limits.max_size
+    if max(image.shape[:2]) > cap:
+        hw = image_io.fit_longest_side(image.shape[:2], cap)
+        image = np.clip(image_io.resize_image(image, hw), 0.0, 1.0)
+    return image
+
+
+# --------------------------------------------------------------------------------------------
+# Application and server
+
+
+def create_app(studio: Studio) -> web.Application:
+    """The aiohttp application serving ``studio`` (its worker starts with the app)."""
+    app = web.Application(middlewares=[_errors], client_max_size=studio.limits.max_request_bytes)
+    app[STUDIO] = studio
+    app.router.add_get("/", index)
+    app.router.add_get("/static/{name}", static)
+    app.router.add_get("/samples/{name}", sample)
+    app.router.add_get("/api/info", info)
+    app.router.add_get("/api/status", status)
+    app.router.add_get("/api/results/{name}", result)
+    app.router.add_post("/api/jobs", submit)
+    app.router.add_post("/api/jobs/{job}/stop", stop)
+    app.router.add_get("/ws", websocket)
+
+    async def start_worker(app: web.Application) -> None:
+        studio.queue.start()
+
+    async def stop_worker(app: web.Application) -> None:
+        await asyncio.to_thread(studio.queue.close)
+
+    app.on_startup.append(start_worker)
+    app.on_cleanup.append(stop_worker)
+    return app
+
+
+@contextlib.contextmanager
+def work_directory(path: str | Path | None):
+    """``path`` (created if needed, kept), or a fresh temporary directory removed afterwards."""
+    if path is not None:
+        p = Path(path)
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise NstError(f"cannot create the work directory {str(p)!r}: {e.strerror or e}") from e
+        yield p
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="nst-jax-serve-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
+    """Starts serving ``app``; returns the runner and the URL (with the real port for port 0)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        raise NstError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    address = runner.addresses[0]
+    shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+    return runner, f"http://{shown}:{address[1]}/"
+
+
+def serve(weights: VGGWeights, *, host: str = "127.0.0.1", port: int = 8000,
+          workdir: str | Path | None = None, limits: Limits = Limits(),
+          announce: Callable[[str], None] = print) -> None:
+    """Runs the studio until Ctrl-C; ``announce(url)`` is called once it listens."""
+
+    async def main(root: Path) -> None:
+        studio = Studio(weights, root, limits, loopback_only=_is_loopback_host(host))
+        runner, url = await start_site(create_app(studio), host, port)
+        announce(url)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    with work_directory(workdir) as root:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main(root))
+
+
+class StudioServer:
+    """The studio on a background thread (tests, scripts): ``with StudioServer(w, dir) as s:``
+    ``s.url``, ``s.studio``. Port 0 picks a free port."""
+
+    def __init__(self, weights: VGGWeights, workdir: str | Path, *, host: str = "127.0.0.1",
+                 port: int = 0, limits: Limits = Limits()):
+        self.studio = Studio(weights, Path(workdir), limits)
+        self._host, self._port = host, port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def __enter__(self) -> "StudioServer":
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(
+            start_site(create_app(self.studio), self._host, self._port), self._loop
+        )
+        self._runner, self.url = fut.result(timeout=60)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=120)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
