@@ -56,7 +56,7 @@ _CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
-#: Results kept on disk (and downloadable) before the oldest are deleted.
+#: Ended jobs remembered, with their results on disk, before the oldest are forgotten.
 MAX_RESULTS = 100
 _FIELD_BYTES = 4096
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
@@ -64,6 +64,10 @@ _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 class TooLarge(FormError):
     """An upload over the limits (HTTP 413)."""
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n / 1024:.0f} KB"
 
 
 def _token() -> str:
@@ -127,8 +131,7 @@ class Studio:
         self.results.mkdir(parents=True, exist_ok=True)
         self.loopback_only = loopback_only
         self.sessions: dict[str, Session] = {}
-        self.jobs: dict[str, Job] = {}
-        self._finished: list[str] = []
+        self.jobs: dict[str, Job] = {}  # in arrival order
         self.queue = JobQueue(self._execute, max_pending=limits.max_pending)
 
     def _execute(self, job: Job) -> None:
@@ -136,16 +139,22 @@ class Studio:
             engine.run_job(job, weights=self.weights, results_dir=self.results)
         finally:
             job.content = job.styles = None  # free the pixels; only the result file stays
-            if job.result_path is not None:
-                self._keep_result(job)
 
-    def _keep_result(self, job: Job) -> None:
-        self._finished.append(job.id)
-        while len(self._finished) > MAX_RESULTS:
-            old = self.jobs.pop(self._finished.pop(0), None)
-            if old is not None and old.result_path is not None:
+    def add(self, job: Job) -> int:
+        """Records ``job`` and puts it in line (see :meth:`JobQueue.submit`); forgets the oldest
+        ended jobs, and deletes their results, beyond :data:`MAX_RESULTS`."""
+        self.jobs[job.id] = job
+        ended = [j for j in self.jobs.values() if j.state not in ("queued", "running")]
+        for old in ended[: max(0, len(ended) - MAX_RESULTS)]:
+            del self.jobs[old.id]
+            if old.result_path is not None:
                 with contextlib.suppress(OSError):
                     old.result_path.unlink()
+        try:
+            return self.queue.submit(job)
+        except FormError:
+            del self.jobs[job.id]
+            raise
 
     def info(self) -> dict:
         return {
@@ -300,9 +309,9 @@ async def submit(request: web.Request) -> web.Response:
     limits = studio.limits
     if request.content_length is not None and request.content_length > limits.max_request_bytes:
         raise TooLarge(
-            f"the upload is {request.content_length / 2**20:.0f} MB; at most "
-            f"{limits.max_request_bytes / 2**20:.0f} MB per request "
-            f"({limits.max_upload_bytes / 2**20:.0f} MB per image)"
+            f"the upload is {_bytes(request.content_length)}; at most "
+            f"{_bytes(limits.max_request_bytes)} per request "
+            f"({_bytes(limits.max_upload_bytes)} per image)"
         )
     form = _Form(limits)
     try:
@@ -331,8 +340,7 @@ async def submit(request: web.Request) -> web.Response:
                 path.unlink()
     job = Job(id=_token(), session=session.id, config=config, content=loaded[0],
               styles=loaded[1:], notify=session.post)
-    studio.jobs[job.id] = job
-    position = studio.queue.submit(job)
+    position = studio.add(job)
     return web.json_response({"job": job.id, "position": position})
 
 
@@ -407,8 +415,7 @@ async def _save_upload(part, studio: Studio, written: list[Path], role: str) -> 
             size += len(chunk)
             if size > limit:
                 raise TooLarge(
-                    f"the {role} image {part.filename[:60]!r} is larger than "
-                    f"{limit / 2**20:.0f} MB"
+                    f"the {role} image {part.filename[:60]!r} is larger than {_bytes(limit)}"
                 )
             f.write(chunk)
     return path, size
@@ -429,7 +436,7 @@ def _decode(what: str, src, limits: Limits) -> np.ndarray:
         if width * height > limits.max_pixels:
             raise TooLarge(
                 f"the {what} {shown} is {width}x{height} pixels; at most "
-                f"{limits.max_pixels / 1e6:.0f} megapixels"
+                f"{limits.max_pixels / 1e6:g} megapixels"
             )
         image = image_io.load_image(path)
     except TooLarge:

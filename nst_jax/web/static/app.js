@@ -197,9 +197,9 @@ async function stop() {
   }
   if (!target) return;
   $("stop").disabled = true;
+  if (target === state.current) $("status").textContent = "stopping…";
   const resp = await fetch(`/api/jobs/${target}/stop`, {method: "POST"});
   if (!resp.ok) say((await resp.json().catch(() => ({}))).error || "could not stop the job");
-  else if (target === state.current) $("status").textContent = "stopping…";
 }
 
 function jobOf(id) {
@@ -307,12 +307,12 @@ function drawLoss() {
   const pts = state.losses.map((v, i) => [i, v]).filter(([, v]) => v !== null && v > 0);
   g.fillStyle = "#678";
   g.font = "11px sans-serif";
-  g.fillText("total loss (log scale) per step", 8, 14);
+  g.fillText("total loss per step (log scale)", c.width - 190, 14);
   if (pts.length < 2) return;
   const ys = pts.map(([, v]) => Math.log10(v));
   const lo = Math.min(...ys), hi = Math.max(...ys);
   const n = state.losses.length;
-  const x = (i) => 40 + (c.width - 50) * i / Math.max(1, n - 1);
+  const x = (i) => 64 + (c.width - 74) * i / Math.max(1, n - 1);
   const y = (v) => c.height - 14 - (c.height - 34) * (hi > lo ? (v - lo) / (hi - lo) : 0.5);
   g.strokeStyle = "#2a7a4a";
   g.lineWidth = 1.5;
