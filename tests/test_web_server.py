@@ -8,6 +8,7 @@ preset ``tiny``, random weights) and share one configuration so they compile onc
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import json
@@ -16,7 +17,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +193,53 @@ def test_queue_cancels_a_gone_page_and_moves_the_others_up():
     assert queue.wait_idle(30)
     queue.close()
     assert (a.state, c.state) == ("cancelled", "finished")
+
+
+def test_studio_forgets_the_oldest_ended_jobs(weights, tmp_path, monkeypatch):
+    from nst_jax.web import app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_RESULTS", 2)
+    studio = Studio(weights, tmp_path)
+    old = []
+    for i in range(3):
+        job = _fake_job(i, "s", [])
+        job.state, job.result_path = "finished", studio.results / f"{job.id}.png"
+        job.result_path.write_bytes(b"png")
+        studio.jobs[job.id] = job
+        old.append(job)
+    new = _fake_job(9, "s", [])
+    assert studio.add(new) == 0
+    assert list(studio.jobs) == [old[1].id, old[2].id, new.id]
+    assert not old[0].result_path.exists() and old[1].result_path.exists()
+    studio.queue.close()
+
+
+def test_progress_events_rate_and_colour_preview():
+    """The first chunk has no rate (it includes compilation); with preserve-colours luminance
+    the preview gets the content's colours back, as the final result does."""
+    from nst_jax.stylize import ChunkReport
+    from nst_jax.web.engine import _Progress
+
+    content = np.zeros((8, 12, 3), np.float32)
+    content[..., 0] = 0.8  # a red picture
+    config = forms.get_preset("tiny").replace(preserve_colors="luminance")
+    job = Job(id="0" * 32, session="s", config=config, content=content, styles=[], notify=print)
+    progress = _Progress(job)
+    gray = np.full((8, 12, 3), 0.3, np.float32)
+
+    def report(step):
+        losses = {k: np.array([1.0, np.nan], np.float32) for k in ("total", "content", "style", "tv")}
+        return ChunkReport(step=step, total_steps=20, scale=0, n_scales=1, losses=losses,
+                           seconds=1.0, image=lambda: gray)
+
+    first = progress.event(report(5))
+    assert first["rate"] is None and first["eta"] is None
+    assert first["losses"] == [1.0, None]  # NaN is not JSON
+    second = progress.event(report(10))
+    assert second["rate"] > 0 and second["eta"] == pytest.approx(10 / second["rate"])
+    with Image.open(io.BytesIO(base64.b64decode(second["image"].split(",")[1]))) as im:
+        r, g, b = np.asarray(im, np.float32).mean(axis=(0, 1))
+    assert r > g + 20 and r > b + 20  # red again, not gray
 
 
 # --------------------------------------------------------------------------------------------

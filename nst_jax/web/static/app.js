@@ -222,6 +222,7 @@ function started(ev) {
   $("status").textContent = `running job ${job.n}`;
   $("step").textContent = `0 / ${ev.total}`;
   $("rate").textContent = "compiling…";
+  $("image-size").textContent = "–";
   $("eta").textContent = "–";
   $("loss").textContent = "–";
   $("download").hidden = true;
@@ -237,8 +238,9 @@ function progress(ev) {
   img.hidden = false;
   img.dataset.step = ev.step;
   state.losses.push(...ev.losses);
-  const scale = ev.n_scales > 1 ? ` (scale ${ev.scale + 1}/${ev.n_scales}, ${ev.width}×${ev.height})` : ` (${ev.width}×${ev.height})`;
-  $("step").textContent = `${ev.step} / ${ev.total}${scale}`;
+  $("step").textContent = `${ev.step} / ${ev.total}`;
+  $("image-size").textContent = `${ev.width}×${ev.height}` +
+    (ev.n_scales > 1 ? ` (scale ${ev.scale + 1} of ${ev.n_scales})` : "");
   $("rate").textContent = ev.rate ? `${ev.rate.toFixed(1)} steps/s` : "compiling…";
   $("eta").textContent = fmtSeconds(ev.eta);
   $("loss").textContent = fmtNumber(ev.losses[ev.losses.length - 1]);
@@ -267,8 +269,8 @@ function done(ev) {
   img.alt = `result ${job.n}`;
   link.append(img);
   const cap = document.createElement("figcaption");
-  cap.textContent = `#${job.n} ${ev.width}×${ev.height}, ${ev.steps} steps${stopped ? " (stopped)" : ""}, ` +
-                    `loss ${fmtNumber(ev.loss)}`;
+  cap.textContent = `#${job.n} · ${ev.width}×${ev.height} · ${ev.steps} steps${stopped ? " (stopped)" : ""}`;
+  cap.title = `loss ${fmtNumber(ev.loss)}, ${fmtSeconds(ev.seconds)}`;
   fig.append(link, cap);
   $("strip").prepend(fig);
   finished(ev.job, ev.status);
@@ -307,7 +309,7 @@ function drawLoss() {
   const pts = state.losses.map((v, i) => [i, v]).filter(([, v]) => v !== null && v > 0);
   g.fillStyle = "#678";
   g.font = "11px sans-serif";
-  g.fillText("total loss per step (log scale)", c.width - 190, 14);
+  g.fillText("total loss per step (log scale)", c.width - 170, 12);
   if (pts.length < 2) return;
   const ys = pts.map(([, v]) => Math.log10(v));
   const lo = Math.min(...ys), hi = Math.max(...ys);
