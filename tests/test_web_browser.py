@@ -87,6 +87,11 @@ def test_live_preview_stop_and_download(page, tmp_path):
     assert weights_badge.value_of_css_property("background-color") == "rgba(192, 22, 27, 1)"
 
     # Bad input gets a message in the page, and the server keeps serving.
+    big = tmp_path / "big.jpg"
+    with open(big, "wb") as f:
+        f.truncate(200 * 2**20)  # a sparse 200 MB file
+    d.find_element(By.ID, "content-file").send_keys(str(big))
+    assert _message(d, "big.jpg") == "big.jpg is 200 MB; the limit is 25 MB per image"
     notes = tmp_path / "notes.txt"
     notes.write_text("this is not an image")
     d.find_element(By.ID, "content-file").send_keys(str(notes))

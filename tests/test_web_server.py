@@ -136,6 +136,26 @@ def test_form_caps_a_preset_over_the_limits():
     assert (config.size, config.steps) == (256, 100)
 
 
+def test_image_size_reads_only_the_header_and_encode_png_round_trips(tmp_path):
+    from nst_jax import image_io
+    from nst_jax.errors import NstError
+
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(png_bytes(300, 200)[:100])  # header intact, pixels missing
+    assert image_io.image_size(cut) == (300, 200)
+    with pytest.raises(NstError, match="truncated or corrupt"):
+        image_io.load_image(cut)
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(NstError, match="not a recognised image file"):
+        image_io.image_size(tmp_path / "text.png")
+    img = np.random.default_rng(1).random((5, 7, 3)).astype(np.float32)
+    img[0, 0] = [np.nan, -1.0, 2.0]
+    with Image.open(io.BytesIO(image_io.encode_png(img))) as im:
+        back = np.asarray(im)
+    assert back.shape == (5, 7, 3) and tuple(back[0, 0]) == (0, 0, 255)
+    np.testing.assert_array_equal(back[1:], np.round(img[1:] * 255).astype(np.uint8))
+
+
 def _fake_job(i: int, session: str, events: list) -> Job:
     return Job(id=f"{i:032x}", session=session, config=None, content=None, styles=[],
                notify=lambda e: events.append(e))

@@ -30,6 +30,7 @@ import ipaddress
 import json
 import secrets
 import shutil
+import signal
 import tempfile
 import threading
 import urllib.parse
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from nst_jax import image_io
 from nst_jax.config import PRESETS, StyleConfig
@@ -104,9 +105,10 @@ def _preset_knobs(config: StyleConfig) -> dict:
 class Session:
     """One open page: events from any thread go to its WebSocket in order."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, ws: web.WebSocketResponse):
         self.id = _token()
         self.loop = loop
+        self.ws = ws
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.closed = False
 
@@ -280,7 +282,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     studio = request.app[STUDIO]
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=_FIELD_BYTES)
     await ws.prepare(request)
-    session = Session(asyncio.get_running_loop())
+    session = Session(asyncio.get_running_loop(), ws)
     studio.sessions[session.id] = session
 
     async def pump() -> None:
@@ -473,10 +475,15 @@ def create_app(studio: Studio) -> web.Application:
     async def start_worker(app: web.Application) -> None:
         studio.queue.start()
 
+    async def close_pages(app: web.Application) -> None:
+        for session in list(studio.sessions.values()):
+            await session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
     async def stop_worker(app: web.Application) -> None:
         await asyncio.to_thread(studio.queue.close)
 
     app.on_startup.append(start_worker)
+    app.on_shutdown.append(close_pages)
     app.on_cleanup.append(stop_worker)
     return app
 
@@ -522,9 +529,12 @@ def serve(weights: VGGWeights, *, host: str = "127.0.0.1", port: int = 8000,
     async def main(root: Path) -> None:
         studio = Studio(weights, root, limits, loopback_only=_is_loopback_host(host))
         runner, url = await start_site(create_app(studio), host, port)
+        stopped = asyncio.Event()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # SIGTERM ends it as Ctrl-C does
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
         announce(url)
         try:
-            await asyncio.Event().wait()
+            await stopped.wait()
         finally:
             await runner.cleanup()
 
