@@ -262,6 +262,22 @@ def test_progress_events_rate_and_colour_preview():
     assert r > g + 20 and r > b + 20  # red again, not gray
 
 
+def test_a_slow_page_gets_the_numbers_without_every_picture():
+    from nst_jax.web.app import Session
+
+    async def body():
+        session = Session(asyncio.get_running_loop(), ws=None)
+        for step in range(1, 8):
+            session._put({"type": "progress", "step": step, "losses": [1.0], "image": "data:"})
+        session._put({"type": "done", "job": "x"})
+        return [session.outbox.get_nowait() for _ in range(session.outbox.qsize())]
+
+    events = asyncio.run(body())
+    assert [e.get("step") for e in events] == [1, 2, 3, 4, 5, 6, 7, None]
+    assert [e.get("image") for e in events[:7]] == ["data:"] * 4 + [None] * 3
+    assert all(e["losses"] == [1.0] for e in events[:7]) and events[-1]["type"] == "done"
+
+
 # --------------------------------------------------------------------------------------------
 # The server: page, limits, errors, traversal
 

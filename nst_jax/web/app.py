@@ -60,6 +60,8 @@ _CSP = (
 #: Ended jobs remembered, with their results on disk, before the oldest are forgotten.
 MAX_RESULTS = 100
 _FIELD_BYTES = 4096
+#: Events waiting for a page beyond which progress events go without their image.
+_BACKLOG = 4
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -116,7 +118,13 @@ class Session:
         """Queues ``event`` for the page; callable from the worker thread."""
         if not self.closed:
             with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
-                self.loop.call_soon_threadsafe(self.outbox.put_nowait, event)
+                self.loop.call_soon_threadsafe(self._put, event)
+
+    def _put(self, event: dict) -> None:
+        if event["type"] == "progress" and self.outbox.qsize() >= _BACKLOG:
+            # A slow page: keep the numbers (the loss curve), skip this chunk's picture.
+            event = {**event, "image": None}
+        self.outbox.put_nowait(event)
 
 
 class Studio:
@@ -340,6 +348,8 @@ async def submit(request: web.Request) -> web.Response:
         for path in form.written:
             with contextlib.suppress(OSError):
                 path.unlink()
+    if session.closed:  # the page went away while its images were decoded
+        raise FormError("this page disconnected; reload the page")
     job = Job(id=_token(), session=session.id, config=config, content=loaded[0],
               styles=loaded[1:], notify=session.post)
     position = studio.add(job)

@@ -234,9 +234,11 @@ function started(ev) {
 function progress(ev) {
   if (ev.job !== state.current) return;
   const img = $("preview");
-  img.src = ev.image;
-  img.hidden = false;
-  img.dataset.step = ev.step;
+  if (ev.image) {  // left out when this page falls behind
+    img.src = ev.image;
+    img.hidden = false;
+    img.dataset.step = ev.step;
+  }
   state.losses.push(...ev.losses);
   $("step").textContent = `${ev.step} / ${ev.total}`;
   $("image-size").textContent = `${ev.width}×${ev.height}` +
