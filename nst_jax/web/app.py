@@ -89,10 +89,11 @@ def _sample(name: str) -> np.ndarray:
     return image
 
 
-def _preset_knobs(config: StyleConfig) -> dict:
+def _preset_knobs(config: StyleConfig, limits: Limits) -> dict:
+    """A preset's values of the page's knobs, within the server's limits."""
     return {
-        "size": config.size,
-        "steps": config.steps,
+        "size": min(config.size or limits.max_size, limits.max_size),
+        "steps": min(config.steps, limits.max_steps),
         "content_weight": config.content_weight,
         "style_weight": config.style_weight,
         "tv_weight": config.tv_weight,
@@ -169,7 +170,7 @@ class Studio:
     def info(self) -> dict:
         return {
             "weights": {"label": self.weights.label, "pretrained": bool(self.weights.pretrained)},
-            "presets": {name: _preset_knobs(c) for name, c in PRESETS.items()},
+            "presets": {name: _preset_knobs(c, self.limits) for name, c in PRESETS.items()},
             "default_preset": "tiny" if not self.weights.pretrained else "tf-tutorial",
             "choices": {"optimizer": list(forms.OPTIMIZERS), "preserve_colors": list(forms.COLOR_MODES)},
             "samples": {"content": [image_io.SAMPLE_CONTENT], "style": list(image_io.SAMPLE_STYLES),
