@@ -24,7 +24,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 from nst_jax import image_io  # noqa: E402
-from nst_jax.web.app import StudioServer  # noqa: E402
+from nst_jax.web.server import StudioServer  # noqa: E402
 
 TIMEOUT = 240  # a shared 2-core machine compiles slowly; this is a ceiling, not a measurement
 

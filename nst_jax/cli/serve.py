@@ -53,7 +53,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from nst_jax.web.app import serve
+        from nst_jax.web.server import serve
         from nst_jax.web.forms import Limits
     except ModuleNotFoundError as e:
         if e.name != "aiohttp":

@@ -9,8 +9,11 @@ loss and the rate. The server is small and split by concern:
 * :mod:`nst_jax.web.jobs`: the job queue and its single worker thread, which runs
   :func:`nst_jax.stylize` (the same engine as the CLI) with an ``on_chunk`` hook for previews,
   Stop and cancellation;
-* :mod:`nst_jax.web.app`: the aiohttp application (routes, uploads, WebSocket sessions) and the
-  server runner.
+* :mod:`nst_jax.web.uploads`: a job request's fields and images, streamed within the limits and
+  decoded with :mod:`nst_jax.image_io`'s checks;
+* :mod:`nst_jax.web.app`: the aiohttp application (routes, WebSocket sessions, errors);
+* :mod:`nst_jax.web.server`: the work directory, the listening site, ``serve`` and a
+  background-thread server for tests and scripts.
 
 Needs the ``web`` extra (``pip install 'nst-jax[web]'``, i.e. aiohttp).
 """

@@ -1,4 +1,4 @@
-"""The studio's aiohttp application: routes, uploads, WebSocket sessions, and the server runner.
+"""The studio's aiohttp application: routes, WebSocket sessions and errors.
 
 Routes (nothing in a request is ever used as a file path: static files and samples come from
 fixed tables, results are found by their random job id):
@@ -29,22 +29,16 @@ import importlib.resources
 import ipaddress
 import json
 import secrets
-import shutil
-import signal
-import tempfile
-import threading
 import urllib.parse
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from nst_jax import image_io
 from nst_jax.config import PRESETS, StyleConfig
 from nst_jax.errors import NstError
 from nst_jax.weights import VGGWeights
-from nst_jax.web import engine, forms
+from nst_jax.web import engine, forms, uploads
 from nst_jax.web.forms import FormError, Limits
 from nst_jax.web.jobs import Job, JobQueue
 
@@ -59,18 +53,10 @@ _CSP = (
 )
 #: Ended jobs remembered, with their results on disk, before the oldest are forgotten.
 MAX_RESULTS = 100
-_FIELD_BYTES = 4096
+uploads.FIELD_BYTES = 4096
 #: Events waiting for a page beyond which progress events go without their image.
 _BACKLOG = 4
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
-
-
-class TooLarge(FormError):
-    """An upload over the limits (HTTP 413)."""
-
-
-def _bytes(n: int) -> str:
-    return f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n / 1024:.0f} KB"
 
 
 def _token() -> str:
@@ -80,13 +66,6 @@ def _token() -> str:
 @functools.lru_cache(maxsize=None)
 def _static(name: str) -> bytes:
     return importlib.resources.files("nst_jax.web").joinpath("static", name).read_bytes()
-
-
-@functools.lru_cache(maxsize=None)
-def _sample(name: str) -> np.ndarray:
-    image = image_io.load_image(image_io.sample_path(name))
-    image.setflags(write=False)
-    return image
 
 
 def _preset_knobs(config: StyleConfig, limits: Limits) -> dict:
@@ -200,7 +179,7 @@ def _error(status: int, message: str) -> web.Response:
 @web.middleware
 async def _errors(request: web.Request, handler):
     studio = request.app[STUDIO]
-    if studio.loopback_only and not _is_loopback_host(request.host):
+    if studio.loopback_only and not is_loopback_host(request.host):
         # A page of another site that resolves its name to 127.0.0.1 (DNS rebinding).
         return _error(403, f"requests for host {request.host[:60]!r} are refused")
     origin = request.headers.get("Origin")
@@ -209,7 +188,7 @@ async def _errors(request: web.Request, handler):
             return _error(403, "cross-origin requests are refused")
     try:
         response = await handler(request)
-    except TooLarge as e:
+    except uploads.TooLarge as e:
         return _error(413, str(e))
     except NstError as e:
         return _error(400, str(e))
@@ -224,7 +203,7 @@ async def _errors(request: web.Request, handler):
     return response
 
 
-def _is_loopback_host(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
     name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
     name = name.strip("[]").lower()
     if name in _LOOPBACK_NAMES:
@@ -289,7 +268,7 @@ async def stop(request: web.Request) -> web.Response:
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     studio = request.app[STUDIO]
-    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=_FIELD_BYTES)
+    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=uploads.FIELD_BYTES)
     await ws.prepare(request)
     session = Session(asyncio.get_running_loop(), ws)
     studio.sessions[session.id] = session
@@ -319,15 +298,15 @@ async def submit(request: web.Request) -> web.Response:
     studio = request.app[STUDIO]
     limits = studio.limits
     if request.content_length is not None and request.content_length > limits.max_request_bytes:
-        raise TooLarge(
-            f"the upload is {_bytes(request.content_length)}; at most "
-            f"{_bytes(limits.max_request_bytes)} per request "
-            f"({_bytes(limits.max_upload_bytes)} per image)"
+        raise uploads.TooLarge(
+            f"the upload is {uploads.human_bytes(request.content_length)}; at most "
+            f"{uploads.human_bytes(limits.max_request_bytes)} per request "
+            f"({uploads.human_bytes(limits.max_upload_bytes)} per image)"
         )
-    form = _Form(limits)
+    form = uploads.Form(limits)
     try:
         if request.content_type.startswith("multipart/"):
-            await _read_multipart(request, studio, form)
+            await uploads.read_multipart(request, form, studio.uploads)
         elif request.content_type == "application/x-www-form-urlencoded":
             for name, value in (await request.post()).items():  # samples only, no files
                 form.add_field(name, str(value))
@@ -344,7 +323,7 @@ async def submit(request: web.Request) -> web.Response:
         sources = [("content image", form.content)] + [
             (f"style image {i + 1}", s) for i, s in enumerate(form.styles)
         ]
-        loaded = await asyncio.to_thread(_decode_all, sources, limits)
+        loaded = await asyncio.to_thread(uploads.decode_all, sources, limits)
     finally:
         for path in form.written:
             with contextlib.suppress(OSError):
@@ -357,116 +336,8 @@ async def submit(request: web.Request) -> web.Response:
     return web.json_response({"job": job.id, "position": position})
 
 
-class _Form:
-    """What a job request carried: knob fields, and image sources ``("sample", name)`` or
-    ``("file", (path, filename))``."""
-
-    def __init__(self, limits: Limits):
-        self.limits = limits
-        self.fields: dict[str, str] = {}
-        self.content: tuple[str, object] | None = None
-        self.styles: list[tuple[str, object]] = []
-        self.written: list[Path] = []
-
-    def add_field(self, name: str, value: str) -> None:
-        if len(value) > _FIELD_BYTES:
-            raise FormError(f"the field {name[:40]!r} is too long")
-        if name == "content_sample":
-            if value:
-                self.add_image("content", ("sample", forms.check_sample(value, image_io.SAMPLES)))
-        elif name == "style_sample":
-            if value:
-                self.add_image("style", ("sample", forms.check_sample(value, image_io.SAMPLES)))
-        else:
-            self.fields[name] = value
-
-    def add_image(self, role: str, source: tuple[str, object]) -> None:
-        if role == "content":
-            if self.content is not None:
-                raise FormError("give one content image")
-            self.content = source
-        else:
-            if len(self.styles) >= self.limits.max_styles:
-                raise FormError(f"at most {self.limits.max_styles} style images per job")
-            self.styles.append(source)
-
-
-async def _read_multipart(request: web.Request, studio: Studio, form: _Form) -> None:
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        name = part.name or ""
-        if part.filename is None:
-            form.add_field(name, await _read_field(part, name))
-            continue
-        if name not in ("content", "style"):
-            raise FormError(f"unexpected file field {name[:40]!r}")
-        path, size = await _save_upload(part, studio, form.written, name)
-        if size:  # an empty file input sends an empty part
-            form.add_image(name, ("file", (path, part.filename)))
-
-
-async def _read_field(part, name: str) -> str:
-    data = b""
-    while chunk := await part.read_chunk(1024):
-        data += chunk
-        if len(data) > _FIELD_BYTES:
-            raise FormError(f"the field {name[:40]!r} is too long")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise FormError(f"the field {name[:40]!r} is not UTF-8 text") from None
-
-
-async def _save_upload(part, studio: Studio, written: list[Path], role: str) -> tuple[Path, int]:
-    """Streams one file part to ``uploads/<random>`` (never its own name), bounded in size."""
-    limit = studio.limits.max_upload_bytes
-    path = studio.uploads / f"{_token()}.upload"
-    written.append(path)
-    size = 0
-    with open(path, "wb") as f:
-        while chunk := await part.read_chunk(1 << 16):
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(
-                    f"the {role} image {part.filename[:60]!r} is larger than {_bytes(limit)}"
-                )
-            f.write(chunk)
-    return path, size
-
-
-def _decode_all(items, limits: Limits) -> list[np.ndarray]:
-    return [_decode(what, src, limits) for what, src in items]
-
-
-def _decode(what: str, src, limits: Limits) -> np.ndarray:
-    kind, value = src
-    if kind == "sample":
-        return _sample(value)
-    path, filename = value
-    shown = repr(filename[:60])
-    try:
-        width, height = image_io.image_size(path)
-        if width * height > limits.max_pixels:
-            raise TooLarge(
-                f"the {what} {shown} is {width}x{height} pixels; at most "
-                f"{limits.max_pixels / 1e6:g} megapixels"
-            )
-        image = image_io.load_image(path)
-    except TooLarge:
-        raise
-    except NstError as e:
-        problem = str(e).split(": ", 1)[-1]
-        raise FormError(f"the {what} {shown} cannot be used: {problem}") from None
-    # Keep queued jobs small: nothing bigger than twice the largest output is ever needed.
-    cap = 2 * limits.max_size
-    if max(image.shape[:2]) > cap:
-        hw = image_io.fit_longest_side(image.shape[:2], cap)
-        image = np.clip(image_io.resize_image(image, hw), 0.0, 1.0)
-    return image
-
-
 # --------------------------------------------------------------------------------------------
-# Application and server
+# Application
 
 
 def create_app(studio: Studio) -> web.Application:
@@ -497,87 +368,3 @@ def create_app(studio: Studio) -> web.Application:
     app.on_shutdown.append(close_pages)
     app.on_cleanup.append(stop_worker)
     return app
-
-
-@contextlib.contextmanager
-def work_directory(path: str | Path | None):
-    """``path`` (created if needed, kept), or a fresh temporary directory removed afterwards."""
-    if path is not None:
-        p = Path(path)
-        try:
-            p.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise NstError(f"cannot create the work directory {str(p)!r}: {e.strerror or e}") from e
-        yield p
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="nst-jax-serve-"))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
-    """Starts serving ``app``; returns the runner and the URL (with the real port for port 0)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as e:
-        await runner.cleanup()
-        raise NstError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
-    address = runner.addresses[0]
-    shown = f"[{address[0]}]" if ":" in address[0] else address[0]
-    return runner, f"http://{shown}:{address[1]}/"
-
-
-def serve(weights: VGGWeights, *, host: str = "127.0.0.1", port: int = 8000,
-          workdir: str | Path | None = None, limits: Limits = Limits(),
-          announce: Callable[[str], None] = print) -> None:
-    """Runs the studio until Ctrl-C; ``announce(url)`` is called once it listens."""
-
-    async def main(root: Path) -> None:
-        studio = Studio(weights, root, limits, loopback_only=_is_loopback_host(host))
-        runner, url = await start_site(create_app(studio), host, port)
-        stopped = asyncio.Event()
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # SIGTERM ends it as Ctrl-C does
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
-        announce(url)
-        try:
-            await stopped.wait()
-        finally:
-            await runner.cleanup()
-
-    with work_directory(workdir) as root:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(main(root))
-
-
-class StudioServer:
-    """The studio on a background thread (tests, scripts): ``with StudioServer(w, dir) as s:``
-    ``s.url``, ``s.studio``. Port 0 picks a free port."""
-
-    def __init__(self, weights: VGGWeights, workdir: str | Path, *, host: str = "127.0.0.1",
-                 port: int = 0, limits: Limits = Limits()):
-        self.studio = Studio(weights, Path(workdir), limits)
-        self._host, self._port = host, port
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    def __enter__(self) -> "StudioServer":
-        self._thread.start()
-        fut = asyncio.run_coroutine_threadsafe(
-            start_site(create_app(self.studio), self._host, self._port), self._loop
-        )
-        self._runner, self.url = fut.result(timeout=60)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=120)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
