@@ -349,3 +349,45 @@ def sample_path(name: str) -> Path:
     if key not in _SAMPLE_FILES:
         raise NstError(f"unknown sample image {name!r}; available samples: {', '.join(SAMPLES)}")
     return _SAMPLES_DIR / _SAMPLE_FILES[key]
+
+
+# --------------------------------------------------------------------------------------------
+# In memory and header-only (the web studio)
+
+
+def image_size(path: PathLike) -> tuple[int, int]:
+    """``(width, height)`` of an image file, read from its header only (nothing is decoded).
+
+    Lets a caller refuse a huge picture (e.g. a small PNG that inflates to gigapixels) before
+    :func:`load_image` decodes it.
+
+    Raises:
+      NstError: as :func:`load_image` for a missing, empty or unrecognised file.
+    """
+    p = Path(path)
+    if p.is_dir() or not p.exists():
+        raise NstError(f"cannot read image {str(p)!r}: no such file")
+    if p.stat().st_size == 0:
+        raise NstError(f"cannot read image {str(p)!r}: the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError as e:
+        raise NstError(f"cannot read image {str(p)!r}: it exceeds Pillow's decompression-bomb limit") from e
+    except UnidentifiedImageError as e:
+        raise NstError(f"cannot read image {str(p)!r}: not a recognised image file") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise NstError(f"cannot read image {str(p)!r}: the file is truncated or corrupt ({e})") from e
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """PNG bytes of a float image in ``[0, 1]``, ``(H, W, 3)``: clipped, NaN as 0, 8 bits."""
+    arr = np.asarray(img, dtype=np.float32)
+    if arr.ndim != 3 or arr.shape[-1] != 3 or 0 in arr.shape:
+        raise ValueError(f"expected a non-empty (H, W, 3) image, got shape {arr.shape}")
+    u8 = np.round(np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(u8).save(buf, format="PNG")
+    return buf.getvalue()

@@ -17,14 +17,14 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nst_jax.cli import batch, demo, stylize, weights
+    from nst_jax.cli import batch, demo, serve, stylize, weights
 
     parser = argparse.ArgumentParser(
         prog="nst-jax",
         description="Neural style transfer (Gatys et al.) in JAX.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (stylize, batch, demo, weights):
+    for module in (stylize, batch, demo, weights, serve):
         module.register(sub)
     return parser
 
