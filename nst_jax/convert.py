@@ -107,6 +107,8 @@ def _as_float32(value: Any) -> np.ndarray:
     """Floating arrays become float32; anything else is left for the dtype check to report."""
     array = np.asarray(value)
     if np.issubdtype(array.dtype, np.floating):
+        if array.ndim and not any(array.strides):  # a shape-only stand-in (read_dataset)
+            return np.broadcast_to(np.zeros((), np.float32), array.shape)
         return array.astype(np.float32)
     return array
 
@@ -169,11 +171,13 @@ def read_keras_h5(path: str | os.PathLike, *, name: str | None = None) -> Params
                             "which is not in the file"
                         )
                         continue
-                    leaves[leaf] = _as_float32(dataset[()])
+                    expected = weights_lib.expected_shapes().get(layer, {}).get(leaf)
+                    leaves[leaf] = _as_float32(weights_lib.read_dataset(dataset, expected))
                 params[layer] = leaves
         except (OSError, KeyError, ValueError, TypeError) as err:
             raise NstError(f"{name} is truncated or damaged ({_first_line(err)})") from None
     problems += weights_lib.param_problems(params, source_names=source_names)
+    problems += weights_lib.nonfinite_problems(params)
     if problems and set(params) == set(CONV_LAYERS) - _VGG16_MISSING:
         problems.append("this looks like VGG-16, but nst-jax needs VGG-19")
     if problems:
@@ -276,6 +280,7 @@ def read_torch_state_dict(path: str | os.PathLike, *, name: str | None = None) -
         problems.append(f"unexpected keys {', '.join(unexpected)}{hint}")
     source_names = {layer: f"features.{index}" for layer, index in TORCH_FEATURE_INDEX.items()}
     problems += weights_lib.param_problems(params, source_names=source_names)
+    problems += weights_lib.nonfinite_problems(params)
     if problems:
         raise NstError(
             f"{name} (torchvision key layout, kernels shown as HWIO) does not hold VGG-19 weights: "
