@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import imageops
+from nst_jax import imageops, memory
 from nst_jax.config import StyleConfig
 from nst_jax.errors import NstError
 from nst_jax.objective import LossSpec, Targets, assemble_targets, style_grams, style_transfer_loss
@@ -386,6 +386,7 @@ def _check_masks(masks, content_hw, n_styles: int) -> np.ndarray | None:
     return m
 
 
+@memory.oom_as_error("stylizing")
 def stylize(
     content,
     style,
@@ -456,6 +457,11 @@ def stylize(
     interrupted = False
     sizes = config.scale_sizes(content0.shape[:2])
     total_steps = sum(config.steps_at(i) for i in range(len(sizes)))
+    final_hw = imageops.fit_longest(content0.shape[:2], sizes[-1])
+    memory.check_fits(final_hw, [
+        imageops.fit_longest(s.shape[:2], max(8, round(max(final_hw) * config.style_scale_for(j, len(styles0)))))
+        for j, s in enumerate(styles0)
+    ], config)  # before anything is resized or compiled
     for i, size in enumerate(sizes):
         content_x, styles_x = prepare_inputs(work_content, styles0, config, size=size)
         hw = content_x.shape[:2]

@@ -102,14 +102,14 @@ def drop_earlier_outputs(inputs: list[Path], outputs_of) -> tuple[list[Path], li
     A batch that writes into its own input folder with another ``--ext`` thus never takes its
     outputs for inputs on a re-run (two genuine inputs named like that would clash anyway).
     """
-    produced: dict[str, Path] = {}
+    produced: dict[str, list[Path]] = {}
     for p in inputs:
         for o in outputs_of(p):
-            produced.setdefault(os.path.realpath(o), p)
+            produced.setdefault(os.path.realpath(o), []).append(p)
     kept, dropped = [], []
     for p in inputs:
-        src = produced.get(os.path.realpath(p))
-        (dropped if src is not None and not same_file(src, p) else kept).append(p)
+        others = [src for src in produced.get(os.path.realpath(p), []) if not same_file(src, p)]
+        (dropped if others else kept).append(p)
     return kept, dropped
 
 
