@@ -80,7 +80,9 @@ def load_image(
       NstError: the file is missing, a directory, unreadable, not an image, truncated or corrupt,
         has zero size, or has more than ``MAX_PIXELS`` pixels.
     """
-    if reduce_to is not None and (isinstance(reduce_to, bool) or not isinstance(reduce_to, int) or reduce_to < 1):
+    if reduce_to is not None and (
+        isinstance(reduce_to, bool) or not isinstance(reduce_to, int) or reduce_to < 1
+    ):
         raise NstError(f"the image size must be a positive number of pixels, got {reduce_to!r}")
     if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
         raise NstError(f"the image size must be a positive number of pixels, got {max_size!r}")

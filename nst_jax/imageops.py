@@ -71,7 +71,8 @@ def as_rgb01(image, name: str = "image") -> np.ndarray:
         )
     lo, hi = float(a.min()), float(a.max())
     if lo < -FLOAT_TOLERANCE or hi > 1.0 + FLOAT_TOLERANCE:
-        hint = " (divide 0..255 data by 255)" if hi > 1.0 + FLOAT_TOLERANCE and lo >= -FLOAT_TOLERANCE else ""
+        scaled = hi > 1.0 + FLOAT_TOLERANCE and lo >= -FLOAT_TOLERANCE
+        hint = " (divide 0..255 data by 255)" if scaled else ""
         raise NstError(
             f"{name} has values from {lo:g} to {hi:g}, but float images must lie in [0, 1]{hint}"
         )

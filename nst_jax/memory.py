@@ -178,14 +178,37 @@ def available_bytes(device=None) -> tuple[int | None, str]:
 
 def host_available_bytes() -> int | None:
     """``MemAvailable`` of ``/proc/meminfo`` (what can be allocated without swapping), else the
-    free physical pages; None when neither is known."""
+    free physical pages, capped by a container's cgroup limit; None when nothing is known."""
+    free = None
     with contextlib.suppress(OSError, ValueError):
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    with contextlib.suppress(ValueError, OSError, AttributeError):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+                    free = int(line.split()[1]) * 1024
+    if free is None:
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    room = _cgroup_room()
+    if room is not None:
+        free = room if free is None else min(free, room)
+    return free
+
+
+def _cgroup_room() -> int | None:
+    # cgroup v2, then v1: the limit minus what the group uses (a container's OOM killer acts
+    # on this, whatever the host has free).
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+         "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        with contextlib.suppress(OSError, ValueError):
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            if limit == "max" or int(limit) >= 1 << 60:
+                return None
+            with open(usage_file) as f:
+                return max(0, int(limit) - int(f.read().strip()))
     return None
 
 
@@ -238,7 +261,8 @@ def check_fits(
     if not config.remat and est(content_hw, style_hws, remat=True) <= limit:
         fits.append("--remat")
     if batch_flag and batch > 1 and est(content_hw, style_hws, batch=1) <= limit:
-        fits.append(f"a smaller --batch-size (at most {_largest_batch(est, content_hw, style_hws, limit, batch)})")
+        most = _largest_batch(est, content_hw, style_hws, limit, batch)
+        fits.append(f"a smaller --batch-size (at most {most})")
     side = _largest_size(est, content_hw, style_hws, limit)
     if side:
         fits.append(f"--size {side} or less")

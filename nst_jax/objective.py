@@ -77,7 +77,7 @@ class LossSpec:
                     f"{len(w)} style layer weights given for {len(self.style_layers)} style layers"
                 )
             if any(not (0 <= v < float("inf")) for v in w):
-                raise NstError(f"style layer weights must be finite numbers >= 0, got {list(w)}")
+                raise NstError(f"style layer weights must be >= 0 and finite, got {list(w)}")
             object.__setattr__(self, "style_layer_weights", w)
         losses.get_convention(self.convention)
         if self.pooling not in POOLINGS:
@@ -143,7 +143,7 @@ def blend_grams(
         raise NstError(f"{len(blend)} blend weights given for {len(grams)} style images")
     if any(not (0 <= b < float("inf")) for b in blend) or not 0 < total < float("inf"):
         raise NstError(
-            f"style blend weights must be finite numbers >= 0, not all zero, got {list(blend)}"
+            f"style blend weights must be >= 0, finite and not all zero, got {list(blend)}"
         )
     return {
         k: sum((b / total) * g[k] for b, g in zip(blend, grams)) for k in grams[0]

@@ -458,10 +458,10 @@ def stylize(
     sizes = config.scale_sizes(content0.shape[:2])
     total_steps = sum(config.steps_at(i) for i in range(len(sizes)))
     final_hw = imageops.fit_longest(content0.shape[:2], sizes[-1])
-    memory.check_fits(final_hw, [
-        imageops.fit_longest(s.shape[:2], max(8, round(max(final_hw) * config.style_scale_for(j, len(styles0)))))
-        for j, s in enumerate(styles0)
-    ], config)  # before anything is resized or compiled
+    style_sides = [max(8, round(max(final_hw) * config.style_scale_for(j, len(styles0))))
+                   for j in range(len(styles0))]
+    style_hws = [imageops.fit_longest(s.shape[:2], n) for s, n in zip(styles0, style_sides)]
+    memory.check_fits(final_hw, style_hws, config)  # before anything is resized or compiled
     for i, size in enumerate(sizes):
         content_x, styles_x = prepare_inputs(work_content, styles0, config, size=size)
         hw = content_x.shape[:2]

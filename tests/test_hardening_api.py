@@ -102,6 +102,6 @@ def test_15_targets_missing_a_layer_are_named(weights):
 
 
 def test_11_infinite_blend_through_the_api(weights):
-    with pytest.raises(NstError, match="style blend weights must be finite"):
+    with pytest.raises(NstError, match="style blend weights must be >= 0, finite"):
         nst_jax.stylize(IMG, [IMG, IMG], get_preset("tiny").replace(steps=1, size=16), weights,
                         style_blend=(1.0, float("inf")))

@@ -281,9 +281,9 @@ def test_10_non_utf8_output_name_on_strict_stdout(tmp_path, vgg_params, keras_h5
 # 11. inf weights ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flags, needle", [
-    (["--style-layer-weights", "1,inf,1"], "style layer weights must be finite"),
-    (["--style-layer-weights", "1,nan,1"], "style layer weights must be finite"),
-    (["--style-blend", "inf"], "--style-blend weights must be finite"),
+    (["--style-layer-weights", "1,inf,1"], "style layer weights must be >= 0 and finite"),
+    (["--style-layer-weights", "1,nan,1"], "style layer weights must be >= 0 and finite"),
+    (["--style-blend", "inf"], "--style-blend weights must be >= 0, finite"),
     (["--content-weight", "inf"], "content weight must be a finite number"),
 ])
 def test_11_infinite_weights_are_refused(tmp_path, pair, capsys, flags, needle):

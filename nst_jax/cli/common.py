@@ -115,7 +115,7 @@ def check_blend(args: argparse.Namespace, n_styles: int):
         )
     if any(not (0 <= b < float("inf")) for b in blend) or sum(blend) <= 0:
         raise NstError(
-            f"--style-blend weights must be finite numbers >= 0, not all zero, got {blend}"
+            f"--style-blend weights must be >= 0, finite and not all zero, got {blend}"
         )
     return tuple(blend)
 
