@@ -355,12 +355,17 @@ def save_weights(
 
 
 def _fsync_path(path: str | os.PathLike) -> None:
+    if os.path.isdir(path):  # makes the rename durable; not possible everywhere: best effort
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:
-        if not os.path.isdir(path):  # directories cannot be fsynced everywhere: best effort
-            raise
     finally:
         os.close(fd)
 

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     except NstError as err:
         print(f"nst-jax: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except MemoryError as err:  # a device out-of-memory that the memory guard did not foresee
+    except MemoryError as err:  # a host allocation the memory guard did not foresee
         print(f"nst-jax: error: {err or 'out of memory'}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

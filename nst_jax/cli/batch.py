@@ -85,8 +85,8 @@ def list_inputs(specs: list[str]) -> list[Path]:
 
 def output_names(contents: list[Path], styles: list[str], pairs, ext: str) -> list[str]:
     """``<content stem>.<ext>``, or ``<content stem>__<style stem>.<ext>`` with several styles."""
-    names = [_name(contents[c], styles[s], len(styles) > 1, ext) for c, s in pairs]
     several = len(styles) > 1
+    names = [_name(contents[c], styles[s], several, ext) for c, s in pairs]
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if name in seen:
@@ -159,12 +159,12 @@ def run(args: argparse.Namespace) -> int:
     safety.make_dir(out_dir)
     image_io.check_output_path(outputs[0])  # a writable directory and an encoder for --ext
     init_image = image_io.load_image(config.init) if common.init_is_path(config) else None
-    with safety.folder_lock(out_dir) if me_first() else contextlib.nullcontext():
+    with safety.folder_lock(out_dir) if _holds_lock() else contextlib.nullcontext():
         return _run_locked(args, config, start, contents, styles, pairing, pairs, names, outputs,
                            out_dir, init_image)
 
 
-def me_first() -> bool:
+def _holds_lock() -> bool:
     """Process 0 holds the output folder's lock for all processes of one run."""
     import jax
 
