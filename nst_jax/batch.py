@@ -76,7 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from nst_jax import imageops, sharding
+from nst_jax import imageops, memory, sharding
 from nst_jax.config import StyleConfig
 from nst_jax.errors import NstError
 from nst_jax.objective import LossSpec, features_for, style_grams, style_transfer_loss
@@ -317,6 +317,7 @@ def _nan_terms(spec: LossSpec) -> dict[str, Any]:
             "style_layers": {k: nan for k in spec.style_layers}}
 
 
+@memory.oom_as_error("stylizing a batch")
 def stylize_batch(
     contents: Sequence,
     styles,
@@ -371,6 +372,13 @@ def stylize_batch(
     shared = pairing == "broadcast" and config.preserve_colors == "none"
 
     items = _prepare_items(contents, styles, pairs, config)
+    if items:  # before compiling: the largest group of one shape, per device
+        big = max(items, key=lambda it: it.shapes[-1][0] * it.shapes[-1][1])
+        hw, side = big.shapes[-1], max(8, round(max(big.shapes[-1]) * big.style_scale))
+        n = sum(it.key == big.key for it in items)
+        memory.check_fits(hw, [imageops.fit_longest(big.style.shape[:2], side)], config,
+                          batch=-(-n // mesh.devices.size), batch_flag=True,
+                          network=weights.network)
     width = 2 * config.scales
     groups = sharding.gather_counts([it.key for it in items], width)
     runner = _GroupRunner(config, spec, optim, mesh, local_weights, mesh_weights, shared,

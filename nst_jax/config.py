@@ -10,6 +10,8 @@ import dataclasses
 import os
 from typing import Any
 
+import numpy as np
+
 from nst_jax.errors import NstError
 from nst_jax.objective import LossSpec
 from nst_jax.vgg import NETWORKS, min_side
@@ -78,6 +80,8 @@ class StyleConfig:
     network: str | None = None
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # NumPy scalars (np.float32(1.0), np.int64(5)) count
+            object.__setattr__(self, f.name, _plain(getattr(self, f.name)))
         self.loss_spec()  # validates the loss fields
         if self.optimizer not in OPTIMIZERS:
             raise NstError(f"optimizer must be 'adam' or 'lbfgs', got {self.optimizer!r}")
@@ -183,6 +187,15 @@ class StyleConfig:
             if k in changes and isinstance(changes[k], list):
                 changes[k] = tuple(changes[k])
         return dataclasses.replace(self, **changes)
+
+
+def _plain(v: Any) -> Any:
+    """NumPy scalars become Python numbers/strings and lists become tuples, recursively."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return tuple(_plain(x) for x in v)
+    return v
 
 
 def _check_int(v, name: str, *, minimum: int) -> None:

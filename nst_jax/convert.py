@@ -122,6 +122,8 @@ def _as_float32(value: Any) -> np.ndarray:
     """Floating arrays become float32; anything else is left for the dtype check to report."""
     array = np.asarray(value)
     if np.issubdtype(array.dtype, np.floating):
+        if array.ndim and not any(array.strides):  # a shape-only stand-in (read_dataset)
+            return np.broadcast_to(np.zeros((), np.float32), array.shape)
         return array.astype(np.float32)
     return array
 
@@ -192,13 +194,15 @@ def read_keras_h5(
                             "which is not in the file"
                         )
                         continue
-                    leaves[leaf] = _as_float32(dataset[()])
+                    expected = weights_lib.expected_shapes().get(layer, {}).get(leaf)
+                    leaves[leaf] = _as_float32(weights_lib.read_dataset(dataset, expected))
                 params[layer] = leaves
         except (OSError, KeyError, ValueError, TypeError) as err:
             raise NstError(f"{name} is truncated or damaged ({_first_line(err)})") from None
     _check_network_of(params, network, name)
     network, more = _network_problems(params, network, source_names)
     problems += more
+    problems += weights_lib.nonfinite_problems(params)
     if problems:
         raise NstError(
             f"{name} (keras layout) does not hold {NETWORK_NAMES[network]} weights: "
@@ -324,6 +328,7 @@ def read_torch_state_dict(
     source_names = {layer: f"features.{index}" for layer, index in feature_index.items()}
     network = network or found
     problems += weights_lib.param_problems(params, network=network, source_names=source_names)
+    problems += weights_lib.nonfinite_problems(params)
     if problems:
         raise NstError(
             f"{name} (torchvision key layout, kernels shown as HWIO) does not hold "

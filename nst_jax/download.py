@@ -23,6 +23,11 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO
 
+try:
+    import fcntl
+except ImportError:  # Windows: stale .part files are not detected there
+    fcntl = None
+
 from tqdm import tqdm
 
 from nst_jax import convert
@@ -31,6 +36,9 @@ from nst_jax.errors import NstError
 from nst_jax.vgg import NETWORK_NAMES
 
 _CHUNK = 1 << 20
+#: Most bytes any download may have (the published files are at most ~575 MB): a server that
+#: sends no Content-Length, or a huge one, cannot fill the disk.
+MAX_DOWNLOAD_BYTES = 2 << 30
 HASH_ALGORITHMS = ("md5", "sha256")
 
 
@@ -39,7 +47,8 @@ class Source:
     """One official download: where it lives, how to verify it and which layout it has.
 
     ``hash`` is the hex digest under ``hash_algorithm``, or a prefix of it (then only the prefix
-    is compared). ``size`` is the published size in bytes, when known.
+    is compared: only for the Caffe file, whose publisher gives nothing more). ``size`` is the
+    published size in bytes, when known.
     """
 
     name: str
@@ -80,7 +89,10 @@ SOURCES: dict[str, Source] = {
         name="caffe",
         url="https://web.eecs.umich.edu/~justincj/models/vgg19-d01eb7cb.pth",
         # Only a prefix is published: like torchvision's ``check_hash``, the file name carries
-        # the first 8 hex digits of the file's SHA-256, and that prefix is what is checked.
+        # the first 8 hex digits of the file's SHA-256, and that prefix is what is checked. The
+        # full digest is not pinned because it was never published and this project could not
+        # fetch the file to compute it (no network here); pin it with --sha256 FULL_HEX once
+        # known. User-given hashes must be full digests (parse_hash).
         hash_algorithm="sha256",
         hash="d01eb7cb",
         layout="caffe",
@@ -140,6 +152,7 @@ def parse_hash(expected_hash: str | None, source: Source) -> tuple[str, str]:
     the full digest is checked as a prefix.
     """
     if expected_hash is None:
+        # The only prefix allowed: the Caffe file's published hash IS a prefix (see SOURCES).
         return source.hash_algorithm, source.hash
     algorithm, sep, digest = expected_hash.partition(":")
     if not sep:
@@ -149,11 +162,59 @@ def parse_hash(expected_hash: str | None, source: Source) -> tuple[str, str]:
     if algorithm not in HASH_ALGORITHMS:
         raise NstError(f"hash algorithm must be md5 or sha256, got {algorithm!r}")
     full = hashlib.new(algorithm).digest_size * 2
-    if not re.fullmatch(r"[0-9a-f]+", digest) or not 8 <= len(digest) <= full:
+    if not re.fullmatch(r"[0-9a-f]+", digest) or len(digest) != full:
+        # A user-given hash must be complete: a short prefix (8 hex digits = 32 bits) is easy to
+        # forge and proves little.
         raise NstError(
-            f"expected {algorithm} must be 8 to {full} hexadecimal digits, got {digest!r}"
+            f"expected {algorithm} must be all {full} hexadecimal digits of the digest, "
+            f"got {digest!r}"
         )
     return algorithm, digest
+
+
+PART_SUFFIX = ".part"
+
+
+def safe_filename(url: str) -> str:
+    """The base name of ``url``'s path, percent-decoded FIRST so ``%2F..%2F`` cannot climb out of
+    the destination; characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``.
+    Empty when nothing usable is left."""
+    name = posixpath.basename(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name.replace("\\", "/").rsplit("/", 1)[-1])
+    return "" if name.strip(".") == "" else name
+
+
+def _lock(fd: int) -> None:
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def remove_stale_parts(dest: Path) -> list[Path]:
+    """Deletes the hidden ``.*.part`` files of killed downloads in ``dest``; returns them.
+
+    A running download holds a lock on its ``.part`` file, so only abandoned ones (whose lock
+    died with their process, even under ``kill -9``) are removed.
+    """
+    removed = []
+    if fcntl is None:
+        return removed
+    for p in dest.glob(f".*{PART_SUFFIX}"):
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live download
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _say(message: str, enabled: bool) -> None:
@@ -181,6 +242,12 @@ def _fetch(
     with response:
         header = response.headers.get("Content-Length")
         total = int(header) if header and header.isdigit() else None
+        limit = expected_size or MAX_DOWNLOAD_BYTES
+        if total is not None and total > MAX_DOWNLOAD_BYTES:
+            raise NstError(
+                f"{url} is {total} bytes, more than the {MAX_DOWNLOAD_BYTES} bytes any VGG "
+                "weight file has; wrong file or mirror"
+            )
         if expected_size is not None and total is not None and total != expected_size:
             raise NstError(
                 f"{url} is {total} bytes, but the published file is {expected_size} bytes; "
@@ -209,6 +276,11 @@ def _fetch(
                     ) from None
                 if not chunk:
                     break
+                if received + len(chunk) > limit:
+                    raise NstError(
+                        f"download of {url} exceeds {limit} bytes, more than the weight file "
+                        "can be; stopped and deleted it"
+                    )
                 try:
                     out.write(chunk)
                 except OSError as err:
@@ -277,12 +349,16 @@ def download_weights(
             _say(f"{target} is already present and valid; nothing to download", progress)
             return target
 
-    raw_name = urllib.parse.unquote(posixpath.basename(urllib.parse.urlparse(url).path))
-    raw_name = raw_name or src.filename
+    raw_name = safe_filename(url) or src.filename
+    removed = remove_stale_parts(dest)
+    if removed:
+        _say(f"removed {len(removed)} unfinished download(s) of killed runs from {dest}", progress)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{raw_name}.", suffix=".part", dir=dest)
+        fd, tmp = tempfile.mkstemp(prefix=f".{raw_name}.", suffix=PART_SUFFIX, dir=dest)
     except OSError as err:
         raise NstError(f"cannot write to {dest}: {err.strerror or err}") from None
+    _lock(fd)  # marks the .part file as live for remove_stale_parts of other runs ...
+    keep_locked = os.dup(fd)  # ... until it is read (HDF5's own lock protects it from then on)
     try:
         with os.fdopen(fd, "wb") as out:
             # The published size is only known for the official file (or a faithful mirror).
@@ -296,6 +372,8 @@ def download_weights(
                 f"checksum mismatch for {url}: expected {algorithm} {kind}{want}, got {got}; "
                 "the download was deleted"
             )
+        os.close(keep_locked)
+        keep_locked = -1
         params = convert.read_published(
             tmp, src.layout, name=f"the file downloaded from {url}", network=model
         )
@@ -311,5 +389,7 @@ def download_weights(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if keep_locked >= 0:
+            os.close(keep_locked)
     _say(f"saved {src.layout} {NETWORK_NAMES[model]} weights to {target}", progress)
     return target

@@ -62,19 +62,28 @@ SAMPLE_STYLES = ("strokes", "hubble")
 # Reading
 
 
-def load_image(path: PathLike, *, max_size: int | None = None) -> np.ndarray:
+def load_image(
+    path: PathLike, *, max_size: int | None = None, reduce_to: int | None = None
+) -> np.ndarray:
     """Reads an image file as float32 RGB of shape ``(H, W, 3)`` with values in ``[0, 1]``.
 
     The EXIF orientation tag is applied. Grayscale, palette, CMYK and other modes become RGB;
     transparency (RGBA, LA, palette or tRNS) is composited over white; 16-bit grayscale is scaled
     by 1/65535 so its full range is kept. With ``max_size``, the image is resized (Lanczos) so its
     longest side equals ``max_size`` exactly, up or down, keeping the aspect ratio (the
-    ``-image_size`` rule of jcjohnson/neural-style).
+    ``-image_size`` rule of jcjohnson/neural-style). With ``reduce_to``, a much larger image is
+    decoded at reduced size (JPEG's DCT scaling, else an integer box reduction of the 8-bit
+    pixels) while its longest side stays at least ``2 * reduce_to``, so a 13000×13000 file needed
+    at 512 px never exists in memory as float32 at full size.
 
     Raises:
       NstError: the file is missing, a directory, unreadable, not an image, truncated or corrupt,
         has zero size, or has more than ``MAX_PIXELS`` pixels.
     """
+    if reduce_to is not None and (
+        isinstance(reduce_to, bool) or not isinstance(reduce_to, int) or reduce_to < 1
+    ):
+        raise NstError(f"the image size must be a positive number of pixels, got {reduce_to!r}")
     if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
         raise NstError(f"the image size must be a positive number of pixels, got {max_size!r}")
     p = Path(path)
@@ -101,7 +110,13 @@ def load_image(path: PathLike, *, max_size: int | None = None) -> np.ndarray:
                         f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS:,} pixels "
                         "(possible decompression bomb)"
                     )
+                if reduce_to is not None and im.format == "JPEG":
+                    factor = max(width, height) // (2 * reduce_to)
+                    if factor >= 2:
+                        im.draft(im.mode, (-(-width // factor), -(-height // factor)))
                 im.load()  # full decode now, so truncation is detected here
+                if reduce_to is not None:
+                    im = _reduce(im, reduce_to)
                 im = _exif_transpose(im)
                 rgb = _to_float_rgb(im)
     except NstError:
@@ -117,6 +132,26 @@ def load_image(path: PathLike, *, max_size: int | None = None) -> np.ndarray:
     if max_size is not None:
         rgb = np.clip(resize_image(rgb, fit_longest_side(rgb.shape[:2], max_size)), 0.0, 1.0)
     return rgb
+
+
+def _reduce(im: Image.Image, reduce_to: int) -> Image.Image:
+    """Box-reduces ``im`` by the largest integer factor that keeps its longest side
+    ``>= 2 * reduce_to`` (the later Lanczos resize then still antialiases)."""
+    factor = max(im.size) // (2 * reduce_to)
+    if factor < 2:
+        return im
+    try:
+        small = im.reduce(factor)
+    except (ValueError, NotImplementedError):  # modes reduce() lacks ("1", "P"): go via RGB(A)
+        small = im.convert("RGBA" if _has_alpha(im) else "RGB").reduce(factor)
+    small.info.update(im.info)
+    with contextlib.suppress(Exception):
+        small.getexif().update(im.getexif())  # keeps the EXIF orientation for the transpose
+    return small
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
 
 
 def _exif_transpose(im: Image.Image) -> Image.Image:
@@ -157,6 +192,22 @@ def _to_float_rgb(im: Image.Image) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------
 # Resizing
+
+
+def is_complete_image(path: PathLike) -> bool:
+    """True when ``path`` is a non-empty image file that decodes without error (cheap check that
+    a resumed batch can trust an existing output)."""
+    p = Path(path)
+    try:
+        if not p.is_file() or p.stat().st_size == 0:
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                im.load()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not a finished output"
+        return False
 
 
 def load_mask(path: PathLike) -> np.ndarray:

@@ -34,16 +34,49 @@ def resize_longest(image, size: int | None) -> jax.Array:
     return resize(image, fit_longest(image.shape[:2], size))
 
 
+#: Float images may stray this far outside ``[0, 1]`` (resampling overshoot) and are clipped;
+#: anything further out is refused rather than silently clipped (see :func:`as_rgb01`).
+FLOAT_TOLERANCE = 0.1
+
+
 def as_rgb01(image, name: str = "image") -> np.ndarray:
-    """Checks an array is an ``(H, W, 3)`` image and returns it as float32 (values clipped)."""
+    """Checks an array is an ``(H, W, 3)`` image and returns it as float32 in ``[0, 1]``.
+
+    The conversion rule of the Python API: ``uint8`` is divided by 255 and ``uint16`` by 65535
+    (their full ranges); floating arrays must be finite and lie in ``[0, 1]``, where values up
+    to :data:`FLOAT_TOLERANCE` outside (resampling overshoot) are clipped. Anything else (other
+    integer or boolean types, NaN or infinity, 0..255 floats, negative values such as ``[-1, 1]``
+    data) raises ``NstError`` naming the problem and the fix, never a silent clip.
+    """
     from nst_jax.errors import NstError
 
     a = np.asarray(image)
     if a.ndim != 3 or a.shape[-1] != 3 or min(a.shape[:2]) < 1:
         raise NstError(f"{name} must be an (H, W, 3) RGB array, got shape {a.shape}")
     if a.dtype == np.uint8:
-        a = a.astype(np.float32) / 255.0
-    return np.clip(a.astype(np.float32), 0.0, 1.0)
+        return a.astype(np.float32) / np.float32(255.0)
+    if a.dtype == np.uint16:
+        return (a.astype(np.float32) / np.float32(65535.0)).astype(np.float32)
+    if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
+        raise NstError(
+            f"{name} has dtype {a.dtype}; give uint8 (0..255), uint16 (0..65535) or floats in "
+            "[0, 1]"
+        )
+    a = a.astype(np.float32)
+    finite = np.isfinite(a)
+    if not finite.all():
+        raise NstError(
+            f"{name} has {a.size - int(finite.sum())} values that are NaN or infinite; "
+            "images must be finite"
+        )
+    lo, hi = float(a.min()), float(a.max())
+    if lo < -FLOAT_TOLERANCE or hi > 1.0 + FLOAT_TOLERANCE:
+        scaled = hi > 1.0 + FLOAT_TOLERANCE and lo >= -FLOAT_TOLERANCE
+        hint = " (divide 0..255 data by 255)" if scaled else ""
+        raise NstError(
+            f"{name} has values from {lo:g} to {hi:g}, but float images must lie in [0, 1]{hint}"
+        )
+    return np.clip(a, 0.0, 1.0)
 
 
 # --- colour -----------------------------------------------------------------------------------

@@ -89,6 +89,7 @@ def gram_matrix(
     weighted first, ``G = (m·F)ᵀ(m·F)``, and ``M`` becomes the mask's effective size ``Σ m²``; an
     all-ones mask gives the plain Gram matrix.
     """
+    _check_map(features, "gram_matrix")
     h, w, c = features.shape
     f = features.reshape(h * w, c)
     positions = h * w
@@ -135,6 +136,7 @@ def style_layer_loss(
     and ``M = Σ m²``, so the loss and its gradient vanish outside the region.
     """
     conv = get_convention(convention)
+    _check_map(features, "style_layer_loss")
     h, w, c = features.shape
     g = gram_matrix(features, normalization=conv.gram_norm, mask=mask)
     d = g - target_gram.astype(g.dtype)
@@ -169,6 +171,12 @@ def style_loss(
       ``(total, {layer: w_l E_l})``, float32 scalars.
     """
     layers = tuple(target_grams)
+    missing = [layer for layer in layers if layer not in features]
+    if missing:
+        raise NstError(
+            f"style_loss: the features lack the target layer(s) {', '.join(missing)} "
+            f"(features hold {', '.join(features) or 'nothing'})"
+        )
     if layer_weights is None:
         layer_weights = dict(zip(layers, default_layer_weights(layers, convention)))
     terms = {
@@ -196,6 +204,16 @@ def total_variation_loss(
         dx = x[:-1, 1:] - x[:-1, :-1]
         return 0.5 * (jnp.sum(dx * dx) + jnp.sum(dy * dy))
     raise NstError(f"unknown total-variation kind {kind!r}; choose 'l1' or 'half_l2'")
+
+
+def _check_map(features, what: str) -> None:
+    # Shapes are static under jit, so this check costs nothing in compiled code.
+    shape = getattr(features, "shape", None)
+    if shape is None or len(shape) != 3:
+        raise ValueError(
+            f"{what} takes ONE (H, W, C) feature map, got shape {shape}; "
+            "batch with jax.vmap, and give 2-D maps a channel axis"
+        )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))

@@ -12,6 +12,7 @@ object, so the loss stays a pure function that ``jit``, ``grad`` and ``vmap`` se
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -66,7 +67,7 @@ class LossSpec:
             raise NstError("at least one content or style layer is needed")
         for field in ("content_weight", "style_weight", "tv_weight"):
             v = getattr(self, field)
-            if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
+            if not (_is_real(v) and 0 <= v < float("inf")):
                 raise NstError(f"{field.replace('_', ' ')} must be a finite number >= 0, got {v}")
             object.__setattr__(self, field, float(v))
         if self.style_layer_weights is not None:
@@ -75,8 +76,8 @@ class LossSpec:
                 raise NstError(
                     f"{len(w)} style layer weights given for {len(self.style_layers)} style layers"
                 )
-            if any(not (v >= 0) for v in w):
-                raise NstError(f"style layer weights must be >= 0, got {list(w)}")
+            if any(not (0 <= v < float("inf")) for v in w):
+                raise NstError(f"style layer weights must be >= 0 and finite, got {list(w)}")
             object.__setattr__(self, "style_layer_weights", w)
         losses.get_convention(self.convention)
         if self.pooling not in POOLINGS:
@@ -110,6 +111,11 @@ class LossSpec:
         return jnp.dtype(self.dtype)
 
 
+def _is_real(v: Any) -> bool:
+    """A real number: Python or NumPy (``np.float32(1.0)``), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 def features_for(weights: VGGWeights, image: jax.Array, layers: Sequence[str], spec: LossSpec):
     """:func:`extract_features` with the spec's pooling, dtype and remat."""
     return extract_features(
@@ -135,8 +141,10 @@ def blend_grams(
     total = float(sum(blend))
     if len(grams) != len(blend):
         raise NstError(f"{len(blend)} blend weights given for {len(grams)} style images")
-    if any(not (b >= 0) for b in blend) or total <= 0:
-        raise NstError(f"style blend weights must be >= 0 and not all zero, got {list(blend)}")
+    if any(not (0 <= b < float("inf")) for b in blend) or not 0 < total < float("inf"):
+        raise NstError(
+            f"style blend weights must be >= 0, finite and not all zero, got {list(blend)}"
+        )
     return {
         k: sum((b / total) * g[k] for b, g in zip(blend, grams)) for k in grams[0]
     }
@@ -216,6 +224,21 @@ def assemble_targets(
     return targets
 
 
+def check_targets(targets: Targets, spec: LossSpec) -> None:
+    """Raises ``NstError`` naming every layer of ``spec`` that ``targets`` lacks."""
+    if not isinstance(targets, Mapping) or not {"content", "style"} <= set(targets):
+        raise NstError(
+            "targets must be the {'content': ..., 'style': ...} dict of compute_targets"
+        )
+    missing = [f"content {k}" for k in spec.content_layers if k not in targets["content"]]
+    missing += [f"style {k}" for k in spec.style_layers if k not in targets["style"]]
+    if missing:
+        raise NstError(
+            f"the targets lack the layer(s) {', '.join(missing)} that the loss needs; compute "
+            "them with compute_targets for the same LossSpec"
+        )
+
+
 def _style_term(f: jax.Array, targets: Targets, layer: str, conv) -> jax.Array:
     if "masks" not in targets:
         return losses.style_layer_loss(f, targets["style"][layer], convention=conv)
@@ -235,6 +258,7 @@ def style_transfer_loss(
       "content_layers": {layer: α c_l L^l}, "style_layers": {layer: β w_l E_l}}``.
     """
     conv = losses.get_convention(spec.convention)
+    check_targets(targets, spec)
     feats = features_for(weights, image, spec.all_layers, spec)
     cw = spec.content_layer_weights
     content_terms = {

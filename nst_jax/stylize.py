@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import imageops
+from nst_jax import imageops, memory
 from nst_jax.config import StyleConfig
 from nst_jax.errors import NstError
 from nst_jax.objective import LossSpec, Targets, assemble_targets, style_grams, style_transfer_loss
@@ -190,33 +190,48 @@ def initial_image(content: jax.Array, style: jax.Array, config: StyleConfig, ini
     raise NstError(f"init {config.init!r} needs the image passed as init_image")
 
 
+#: The signal of the last stop request (``signal.SIGINT`` or ``signal.SIGTERM``), or None; the
+#: CLI turns it into the conventional exit status ``128 + signal`` (130 or 143).
+last_stop_signal: int | None = None
+
+#: Signals handled like Ctrl-C: SIGTERM is what ``timeout``, schedulers and container stops send.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def deferred_interrupt():
-    """First Ctrl-C asks the loop to stop after the running chunk; a second one aborts.
+    """First Ctrl-C (or SIGTERM) asks the loop to stop after the running chunk; a second aborts.
 
-    Yields a zero-argument function telling whether a stop was requested. Outside the main
-    thread (where signals cannot be caught) it never requests a stop.
+    Yields a zero-argument function telling whether a stop was requested; the signal is kept in
+    :data:`last_stop_signal`. Outside the main thread (where signals cannot be caught) it never
+    requests a stop.
     """
+    global last_stop_signal
     requested = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield requested.is_set
         return
+    last_stop_signal = None
 
     def handler(signum, frame):
+        global last_stop_signal
+        last_stop_signal = signum
         if requested.is_set():
             raise KeyboardInterrupt
         requested.set()
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(
-            "\nnst-jax: stopping after the current chunk and keeping the best image "
+            f"\nnst-jax: {what}: stopping after the current chunk and keeping the best image "
             "(Ctrl-C again to abort)",
             file=sys.stderr,
         )
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield requested.is_set
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _floats(tree) -> Any:
@@ -379,6 +394,7 @@ def _check_masks(masks, content_hw, n_styles: int) -> np.ndarray | None:
     return m
 
 
+@memory.oom_as_error("stylizing")
 def stylize(
     content,
     style,
@@ -450,6 +466,11 @@ def stylize(
     interrupted = False
     sizes = config.scale_sizes(content0.shape[:2])
     total_steps = sum(config.steps_at(i) for i in range(len(sizes)))
+    final_hw = imageops.fit_longest(content0.shape[:2], sizes[-1])
+    style_sides = [max(8, round(max(final_hw) * config.style_scale_for(j, len(styles0))))
+                   for j in range(len(styles0))]
+    style_hws = [imageops.fit_longest(s.shape[:2], n) for s, n in zip(styles0, style_sides)]
+    memory.check_fits(final_hw, style_hws, config, network=weights.network)  # before any work
     for i, size in enumerate(sizes):
         content_x, styles_x = prepare_inputs(work_content, styles0, config, size=size)
         hw = content_x.shape[:2]

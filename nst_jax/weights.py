@@ -223,6 +223,37 @@ def infer_network(params: Mapping[str, Any]) -> str:
     return "vgg19"
 
 
+def nonfinite_problems(params: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``"conv1_1 kernel holds 3 NaN or infinite values"`` for every array that is not finite."""
+    problems = []
+    for layer, leaves in params.items():
+        if not isinstance(leaves, Mapping):
+            continue
+        for leaf, value in leaves.items():
+            if value is None or not hasattr(value, "dtype"):
+                continue
+            a = np.asarray(value)
+            if a.dtype.kind != "f" or a.strides == (0,) * a.ndim:  # stand-ins of read_dataset
+                continue
+            bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+            if bad:
+                problems.append(f"{layer} {leaf} holds {bad} NaN or infinite values")
+    return problems
+
+
+def read_dataset(ds: h5py.Dataset, expected_shape: tuple[int, ...] | None) -> np.ndarray:
+    """``ds[()]`` when its shape is ``expected_shape``; otherwise a zero-copy stand-in with the
+    dataset's shape and dtype, so structure checks report the mismatch without the file's
+    declared size (e.g. 50000×50000 in an 8 KB file) ever being allocated."""
+    if expected_shape is not None and tuple(ds.shape) == tuple(expected_shape):
+        return ds[()]
+    try:
+        dtype = np.dtype(ds.dtype)
+    except TypeError:
+        dtype = np.dtype("V1")
+    return np.broadcast_to(np.zeros((), dtype), tuple(ds.shape))
+
+
 def check_params(
     params: Mapping[str, Mapping[str, Any]],
     *,
@@ -240,6 +271,9 @@ def check_params(
     problems = param_problems(params, network=network, source_names=source_names)
     if problems:
         raise NstError(f"{what} do not fit {NETWORK_NAMES[network]}: " + "; ".join(problems))
+    problems = nonfinite_problems(params)
+    if problems:
+        raise NstError(f"{what} are not usable: " + "; ".join(problems))
     return network
 
 
@@ -343,13 +377,31 @@ def save_weights(
                 for leaf in ("kernel", "bias"):
                     group.create_dataset(leaf, data=np.asarray(params[layer][leaf], np.float32))
         os.chmod(tmp, 0o644)
+        _fsync_path(tmp)  # the bytes reach the disk before the rename makes them the file
         os.replace(tmp, path)
+        _fsync_path(path.parent)
     except OSError as err:
         raise NstError(f"cannot write {path}: {_first_line(err)}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return path
+
+
+def _fsync_path(path: str | os.PathLike) -> None:
+    if os.path.isdir(path):  # makes the rename durable; not possible everywhere: best effort
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -472,10 +524,12 @@ def load_weights(path: str | os.PathLike, *, network: str | None = None) -> VGGW
         info = _read_info(path, f)
         require_network(info.network, network, str(path))
         params: dict[str, Any] = {}
+        shapes = expected_shapes(info.network)
         for layer, obj in f.items():
             if isinstance(obj, h5py.Group):
                 params[layer] = {
-                    leaf: ds[()] if isinstance(ds, h5py.Dataset) else None
+                    leaf: read_dataset(ds, shapes.get(layer, {}).get(leaf))
+                    if isinstance(ds, h5py.Dataset) else None
                     for leaf, ds in obj.items()
                 }
             else:

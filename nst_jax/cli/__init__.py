@@ -30,13 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nst_jax.cli import safety
+
+    safety.tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        return safety.interrupted_status() if status == EXIT_INTERRUPTED else status
     except NstError as err:
         print(f"nst-jax: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except MemoryError as err:  # a host allocation the memory guard did not foresee
+        print(f"nst-jax: error: {err or 'out of memory'}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("nst-jax: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return safety.interrupted_status()

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from nst_jax.cli import common
+from nst_jax.cli import common, safety
 from nst_jax.errors import NstError
 
 EXIT_FAILED = 1
@@ -86,11 +86,7 @@ def list_inputs(specs: list[str]) -> list[Path]:
 def output_names(contents: list[Path], styles: list[str], pairs, ext: str) -> list[str]:
     """``<content stem>.<ext>``, or ``<content stem>__<style stem>.<ext>`` with several styles."""
     several = len(styles) > 1
-    names = [
-        f"{contents[c].stem}__{Path(styles[s]).stem}.{ext}" if several
-        else f"{contents[c].stem}.{ext}"
-        for c, s in pairs
-    ]
+    names = [_name(contents[c], styles[s], several, ext) for c, s in pairs]
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if name in seen:
@@ -101,6 +97,10 @@ def output_names(contents: list[Path], styles: list[str], pairs, ext: str) -> li
             )
         seen[name] = i
     return names
+
+
+def _name(content: Path, style: str, several: bool, ext: str) -> str:
+    return f"{content.stem}__{Path(style).stem}.{ext}" if several else f"{content.stem}.{ext}"
 
 
 def _remove_stale_temps(out_dir: Path, names: set[str]) -> None:
@@ -117,12 +117,8 @@ def run(args: argparse.Namespace) -> int:
 
     sharding.initialize(args.coordinator, args.num_processes, args.process_id)
 
-    import jax
-    import numpy as np
-
     from nst_jax import image_io
-    from nst_jax.batch import pair_indices, stylize_batch
-    from nst_jax.stylize import deferred_interrupt
+    from nst_jax.batch import pair_indices
 
     start = time.perf_counter()
     config = common.config_from_args(args)
@@ -142,7 +138,16 @@ def run(args: argparse.Namespace) -> int:
                        f"{', '.join(e[1:] for e in image_io.SUPPORTED_EXTENSIONS)})")
 
     contents = list_inputs(args.inputs)
-    styles = [image_io.load_image(s) for s in args.styles]
+    several = len(args.styles) > 1
+    contents, earlier = safety.drop_earlier_outputs(
+        contents, lambda c: [out_dir / _name(c, s, several, ext) for s in args.styles])
+    if earlier:
+        print(f"nst-jax batch: not reading {len(earlier)} earlier output(s) of this batch as "
+              f"inputs (e.g. {str(earlier[0])!r})", file=sys.stderr)
+    if not contents:
+        raise NstError("no content images left: every input is an output of this batch")
+    styles = [image_io.load_image(s, reduce_to=common.style_side(config, i, len(args.styles)))
+              for i, s in enumerate(args.styles)]
     pairing = args.pairing or ("broadcast" if len(styles) == 1 else "product")
     pairs = pair_indices(len(contents), len(styles), pairing)
     names = output_names(contents, args.styles, pairs, ext)
@@ -151,14 +156,36 @@ def run(args: argparse.Namespace) -> int:
     for o in outputs:
         if os.path.realpath(o) in inputs:
             raise NstError(f"output {str(o)!r} would overwrite an input image; choose another -o")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    safety.make_dir(out_dir)
     image_io.check_output_path(outputs[0])  # a writable directory and an encoder for --ext
     init_image = image_io.load_image(config.init) if common.init_is_path(config) else None
+    with safety.folder_lock(out_dir) if _holds_lock() else contextlib.nullcontext():
+        return _run_locked(args, config, start, contents, styles, pairing, pairs, names, outputs,
+                           out_dir, init_image)
+
+
+def _holds_lock() -> bool:
+    """Process 0 holds the output folder's lock for all processes of one run."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _run_locked(args, config, start, contents, styles, pairing, pairs, names, outputs, out_dir,
+                init_image) -> int:
+    import jax
+    import numpy as np
+
+    from nst_jax import image_io, sharding
+    from nst_jax.batch import stylize_batch
+    from nst_jax.stylize import deferred_interrupt
 
     # Which outputs exist, agreed by all processes (any process seeing a file counts), before
     # anyone writes; stale temporary files of killed runs go first.
     _remove_stale_temps(out_dir, set(names))
-    done_mask = sharding.allgather(np.array([o.exists() for o in outputs], bool)).any(axis=0)
+    # A 0-byte or undecodable file (e.g. written by another tool that died) is not finished.
+    done_mask = sharding.allgather(
+        np.array([image_io.is_complete_image(o) for o in outputs], bool)).any(axis=0)
     todo = [i for i in range(len(pairs)) if not done_mask[i]]
     skipped = len(pairs) - len(todo)
 
@@ -188,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
                     c = pairs[i][0]
                     if c not in cache:
                         try:
-                            cache[c] = image_io.load_image(contents[c])
+                            cache[c] = image_io.load_image(contents[c], reduce_to=config.size)
                         except NstError as err:
                             cache[c] = None
                             tqdm.write(f"nst-jax: skipped: {err}", file=sys.stderr)

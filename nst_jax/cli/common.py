@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from nst_jax.config import PRESETS, StyleConfig, get_preset
@@ -100,6 +101,13 @@ def init_is_path(config: StyleConfig) -> bool:
     return config.init not in ("content", "noise", "style")
 
 
+def style_side(config: StyleConfig, index: int, n_styles: int) -> int | None:
+    """Longest side style image ``index`` is used at (the size it may be decoded down to)."""
+    if config.size is None:
+        return None
+    return max(8, math.ceil(config.size * config.style_scale_for(index, n_styles)))
+
+
 def check_blend(args: argparse.Namespace, n_styles: int):
     blend = getattr(args, "style_blend", None)
     if blend is None:
@@ -108,8 +116,10 @@ def check_blend(args: argparse.Namespace, n_styles: int):
         raise NstError(
             f"--style-blend has {len(blend)} weights but {n_styles} style image(s) were given"
         )
-    if any(not (b >= 0) for b in blend) or sum(blend) <= 0:
-        raise NstError(f"--style-blend weights must be >= 0 and not all zero, got {blend}")
+    if any(not (0 <= b < float("inf")) for b in blend) or sum(blend) <= 0:
+        raise NstError(
+            f"--style-blend weights must be >= 0, finite and not all zero, got {blend}"
+        )
     return tuple(blend)
 
 

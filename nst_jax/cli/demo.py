@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nst_jax.cli import common
+from nst_jax.cli import common, safety
 
 
 def register(sub) -> None:
@@ -76,8 +76,7 @@ def run(args: argparse.Namespace) -> int:
     for f in ("size", "steps"):
         if getattr(args, f) is not None and getattr(args, f) < 1:
             raise NstError(f"--{f} must be a positive integer")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = safety.make_dir(args.out_dir)
     files = {k: out / f"{k}.png" for k in ("result", "figure", "loss")}
     for f in files.values():
         image_io.check_output_path(f)

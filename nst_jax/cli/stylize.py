@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-from nst_jax.cli import common
+from nst_jax.cli import common, safety
 from nst_jax.errors import NstError
 
 
@@ -40,8 +41,12 @@ def run(args: argparse.Namespace) -> int:
     image_io.check_output_path(args.output)
     if args.loss_log:
         image_io.check_writable(args.loss_log, "loss log")
-    content = image_io.load_image(args.content)
-    styles = [image_io.load_image(s) for s in args.styles]
+    safety.check_outputs(args, config)
+    # Decoded at reduced size where the run is smaller (masks must match the full content size).
+    side = None if args.style_masks else config.size
+    content = image_io.load_image(args.content, reduce_to=side)
+    styles = [image_io.load_image(s, reduce_to=common.style_side(config, i, len(args.styles)))
+              for i, s in enumerate(args.styles)]
     blend = common.check_blend(args, len(styles))
     masks = None
     if args.style_masks:
@@ -57,15 +62,15 @@ def run(args: argparse.Namespace) -> int:
                     f"mask {path!r} is {m.shape[1]}x{m.shape[0]} but the content image is "
                     f"{content.shape[1]}x{content.shape[0]}; masks must match the content size"
                 )
-    init_image = image_io.load_image(config.init) if common.init_is_path(config) else None
+    init_image = (image_io.load_image(config.init, reduce_to=side)
+                  if common.init_is_path(config) else None)
     weights = common.load_weights_for_cli(args, network=config.network)
     config = common.config_from_args(args, network=weights.network)
 
     out = Path(args.output)
 
     def save_intermediate(step: int, image, loss: float) -> None:
-        path = out.with_name(f"{out.stem}_{step:05d}{out.suffix}")
-        image_io.save_image(path, image)
+        image_io.save_image(safety.intermediate_path(out, step), image)
 
     result = stylize(
         content,
@@ -80,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
     )
     image_io.save_image(out, result.image)
     if args.loss_log:
-        log = {k: [None if v != v else float(v) for v in h] for k, h in result.history.items()}
-        log["final_terms"] = result.terms
-        image_io.atomic_write_bytes(args.loss_log, json.dumps(log).encode(), what="loss log")
+        image_io.atomic_write_bytes(args.loss_log, loss_log_json(result), what="loss log")
     common.print_summary(result, out)
     if result.diverged:
         print(f"nst-jax: warning: {result.diverged}", file=sys.stderr)
@@ -91,3 +94,19 @@ def run(args: argparse.Namespace) -> int:
         return common.EXIT_INTERRUPTED
     return 0
 
+
+
+def loss_log_json(result) -> bytes:
+    """The loss history and final terms as strict JSON: non-finite values become ``null``."""
+
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)) or getattr(v, "ndim", 0):
+            return [plain(x) for x in v]
+        v = float(v)
+        return v if math.isfinite(v) else None
+
+    log = {k: plain(h) for k, h in result.history.items()}
+    log["final_terms"] = plain(result.terms)
+    return json.dumps(log, allow_nan=False).encode()

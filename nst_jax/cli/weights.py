@@ -50,8 +50,8 @@ def register(sub) -> None:
     )
     p.add_argument("--url", help="download from this mirror instead of the official URL")
     digest = p.add_mutually_exclusive_group()
-    digest.add_argument("--sha256", metavar="HEX", help="expected SHA-256 (or a prefix of it)")
-    digest.add_argument("--md5", metavar="HEX", help="expected MD5 (or a prefix of it)")
+    digest.add_argument("--sha256", metavar="HEX", help="expected SHA-256 (all 64 hex digits)")
+    digest.add_argument("--md5", metavar="HEX", help="expected MD5 (all 32 hex digits)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
     p.set_defaults(func=_download)
 

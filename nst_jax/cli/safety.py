@@ -1,0 +1,187 @@
+"""Checks that keep the CLI from losing a user's file: each one raises ``NstError`` (one sentence,
+exit status 2) before any work starts.
+
+* an output may not be one of the inputs, by path or by inode (hard links, ``./x`` vs ``x``);
+* an output that is a symbolic link is refused rather than its target replaced;
+* the loss log may not name an input or output image;
+* ``--save-every`` may not replace files that already exist;
+* directories are created with one clear sentence on failure;
+* ``batch`` never reads its own earlier outputs as inputs, and holds a lock on its output folder
+  so two runs cannot clobber each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from nst_jax.errors import NstError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent batches are not detected there
+    fcntl = None
+
+#: Lock file ``batch`` holds in its output folder while it runs.
+BATCH_LOCK = ".nst-jax-batch.lock"
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name the same file: same real path, or same inode."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_an_input(output: str | os.PathLike, inputs: Mapping[str, str | os.PathLike],
+                       what: str = "output", flag: str = "-o") -> None:
+    """Refuses ``output`` when it is one of ``inputs`` (``{"content image": path, ...}``)."""
+    for label, path in inputs.items():
+        if path is not None and same_file(output, path):
+            raise NstError(
+                f"{what} {str(output)!r} is the {label} {str(path)!r}; writing it would destroy "
+                f"that input, so choose another {flag}"
+            )
+
+
+def check_not_a_link(path: str | os.PathLike, what: str = "output", flag: str = "-o") -> None:
+    """Refuses a symbolic link as an output: writing would replace the file it points to."""
+    if os.path.islink(path):
+        raise NstError(
+            f"{what} {str(path)!r} is a symbolic link to {os.readlink(path)!r}; nst-jax does not "
+            f"replace a link's target, so remove the link or choose another {flag}"
+        )
+
+
+def intermediate_path(out: str | os.PathLike, step: int) -> Path:
+    """Where ``--save-every`` writes the image of ``step``: ``OUT_<step:05d>.<ext>``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_{step:05d}{out.suffix}")
+
+
+def check_save_every(out: str | os.PathLike, save_every: int, total_steps: int) -> None:
+    """Refuses a ``--save-every`` run whose intermediate files exist already (or are links)."""
+    if not save_every:
+        return
+    clash = [p for step in range(save_every, total_steps + 1, save_every)
+             if (p := intermediate_path(out, step)).exists() or p.is_symlink()]
+    if clash:
+        more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
+        raise NstError(
+            f"--save-every would overwrite the existing file {str(clash[0])!r}{more}; move them "
+            "away or choose another -o"
+        )
+
+
+def make_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """``mkdir -p path``; every failure (a file in the way, read-only, no permission) is one
+    ``NstError`` sentence."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise NstError(f"cannot use {what} {str(p)!r}: it is a file, not a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NstError(f"cannot create {what} {str(p)!r}: {err.strerror or err}") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise NstError(f"cannot write in {what} {str(p)!r}: permission denied")
+    return p
+
+
+def drop_earlier_outputs(inputs: list[Path], outputs_of) -> tuple[list[Path], list[Path]]:
+    """``(inputs, dropped)``: inputs that are the output of ANOTHER input are dropped.
+
+    ``outputs_of(path)`` gives the output paths the batch would write for one content file.
+    A batch that writes into its own input folder with another ``--ext`` thus never takes its
+    outputs for inputs on a re-run (two genuine inputs named like that would clash anyway).
+    """
+    produced: dict[str, list[Path]] = {}
+    for p in inputs:
+        for o in outputs_of(p):
+            produced.setdefault(os.path.realpath(o), []).append(p)
+    kept, dropped = [], []
+    for p in inputs:
+        others = [src for src in produced.get(os.path.realpath(p), []) if not same_file(src, p)]
+        (dropped if others else kept).append(p)
+    return kept, dropped
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Holds an exclusive advisory lock on ``folder`` (file :data:`BATCH_LOCK`), or refuses.
+
+    The lock dies with the process (even under ``kill -9``); the lock file is removed on exit.
+    """
+    if fcntl is None:
+        yield
+        return
+    path = Path(folder) / BATCH_LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise NstError(f"cannot lock {str(folder)!r}: {err.strerror or err}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise NstError(
+                f"another nst-jax batch is writing to {str(folder)!r}; wait for it to finish or "
+                "choose another -o"
+            ) from None
+        try:  # the holder before us may have removed the file between our open and our lock
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def tolerant_streams() -> None:
+    """Lets stdout/stderr print any file name: characters the console's encoding cannot show
+    (e.g. a non-UTF-8 name under strict UTF-8) are escaped instead of raising after the work."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(Exception):
+                stream.reconfigure(errors="backslashreplace")
+
+
+def interrupted_status() -> int:
+    """``128 + signal`` of the stop request: 130 for Ctrl-C, 143 for SIGTERM."""
+    stylize = sys.modules.get("nst_jax.stylize")
+    signum = getattr(stylize, "last_stop_signal", None) or signal.SIGINT
+    return 128 + int(signum)
+
+
+def check_outputs(args, config) -> None:
+    """All of the above for ``nst-jax stylize``: ``-o``, ``--loss-log`` and ``--save-every``."""
+    inputs: dict[str, str] = {"content image": args.content}
+    several = len(args.styles) > 1
+    for i, s in enumerate(args.styles):
+        inputs[f"style image {i + 1}" if several else "style image"] = s
+    for i, m in enumerate(getattr(args, "style_masks", None) or []):
+        inputs[f"mask {i + 1}"] = m
+    if config.init not in ("content", "noise", "style"):
+        inputs["init image"] = config.init
+    check_not_a_link(args.output)
+    check_not_an_input(args.output, inputs)
+    log = getattr(args, "loss_log", None)
+    if log:
+        check_not_a_link(log, "loss log", "--loss-log")
+        check_not_an_input(log, {**inputs, "output image": args.output}, "loss log", "--loss-log")
+    total = sum(config.steps_at(i) for i in range(config.scales))
+    check_save_every(args.output, config.save_every, total)

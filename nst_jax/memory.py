@@ -1,0 +1,338 @@
+"""The memory guard: estimate a run's peak memory before compiling, compare it with what the
+device has, and refuse in one sentence when it cannot fit.
+
+The estimate (:func:`estimate_bytes`) is a model of what a compiled optimisation step keeps
+alive, calibrated against measured peaks on CPU (``scripts/measure_memory.py``;
+``tests/test_memory.py`` checks it stays within ±25% at two sizes):
+
+* **activations**: every conv output up to the deepest loss layer, ``Σ_l C_l · H_l · W_l``
+  elements (``H_l = H / 2^(block-1)``), kept for the backward pass together with the relu masks,
+  pools and the gradient buffers: :data:`ACTIVATION_FACTOR` times that, in the activation dtype.
+  With ``remat`` only block boundaries are kept plus one block's working set.
+* **image-sized state**: the iterate, its gradient, the best, EMA and diverged images, Adam's two
+  moments (L-BFGS: ``2 · memory`` history vectors and its line-search copies), float32.
+* **targets**: content features, and the forward pass over each style image at its own size
+  (a separate program: only the larger of the two phases counts).
+* **weights**: the kernels prepared for the loop (cast, flipped for the backward pass, Winograd
+  forms on CPU), besides the parameters already loaded.
+* **runtime**: a fixed allowance for XLA's compiler and workspace (:data:`RUNTIME_BYTES`).
+
+Limits (:func:`available_bytes`): on CPU the host's ``MemAvailable`` (``/proc/meminfo``, else
+``sysconf``); on a GPU/TPU ``bytes_limit - bytes_in_use`` of ``device.memory_stats()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+
+from nst_jax.errors import NstError
+from nst_jax.vgg import NETWORKS, canonical_layer, conv_kernel_shape, conv_layers, layer_depth
+
+#: Bytes kept per activation element for the backward pass, per element of all conv outputs
+#: (conv output, relu output/mask, gradient buffers). Calibrated on CPU (scripts/measure_memory.py).
+ACTIVATION_FACTOR = 2.6
+#: Fixed allowance for XLA's compiler, runtime and convolution workspace (calibrated on CPU).
+RUNTIME_BYTES = 250 << 20
+#: Environment variable that turns the guard off (``0``), e.g. where swap makes more room.
+ENV_SWITCH = "NST_JAX_MEMORY_CHECK"
+
+
+class OutOfMemory(NstError):
+    """The run does not fit in the device's memory (refused before, or failed while running)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """Peak-memory estimate of one run, bytes per device (see the module docstring)."""
+
+    activations: int
+    state: int
+    targets: int
+    weights: int
+    runtime: int
+
+    @property
+    def total(self) -> int:
+        return self.activations + self.state + self.targets + self.weights + self.runtime
+
+
+def _conv_layers_through(layers: Sequence[str], network: str = "vgg19") -> list[str]:
+    deepest = max(layer_depth(n, network) for n in layers)
+    return [c for c in conv_layers(network) if layer_depth(c, network) <= deepest]
+
+
+def _block(conv: str) -> int:
+    return int(conv[len("conv"):].split("_")[0])
+
+
+def activation_elements(hw: tuple[int, int], layers: Sequence[str], network: str = "vgg19") -> int:
+    """``Σ_l C_l H_l W_l`` over the conv layers up to the deepest of ``layers`` at ``hw``."""
+    h, w = hw
+    total = 0
+    for conv in _conv_layers_through(layers, network):
+        s = 2 ** (_block(conv) - 1)
+        total += conv_kernel_shape(conv, network)[-1] * (h // s) * (w // s)
+    return total
+
+
+def _largest_block_elements(hw: tuple[int, int], layers: Sequence[str], network: str) -> int:
+    h, w = hw
+    per_block: dict[int, int] = {}
+    for conv in _conv_layers_through(layers, network):
+        b = _block(conv)
+        s = 2 ** (b - 1)
+        c = conv_kernel_shape(conv, network)[-1]
+        per_block[b] = per_block.get(b, 0) + c * (h // s) * (w // s)
+    return max(per_block.values())
+
+
+def prepared_weight_bytes(
+    layers: Sequence[str], dtype_bytes: int, cpu: bool, network: str = "vgg19"
+) -> int:
+    """Bytes of :func:`nst_jax.vgg.prepare_kernels` for every layer (it prepares them all)."""
+    total = 0
+    for conv in conv_layers(network):
+        kh, kw, cin, cout = conv_kernel_shape(conv, network)
+        n = kh * kw * cin * cout
+        copies = 2  # the cast forward kernel (free when float32 already) and the flipped one
+        total += n * dtype_bytes * (copies - (dtype_bytes == 4))
+        if cpu and cin + cout >= 384 and min(cin, cout) >= 128:
+            total += 2 * 16 * cin * cout * dtype_bytes
+    return total
+
+
+def estimate_bytes(
+    content_hw: tuple[int, int],
+    style_hws: Sequence[tuple[int, int]],
+    *,
+    content_layers: Sequence[str],
+    style_layers: Sequence[str],
+    dtype: str = "float32",
+    remat: bool = False,
+    optimizer: str = "adam",
+    lbfgs_memory: int = 20,
+    batch: int = 1,
+    cpu: bool = True,
+    network: str = "vgg19",
+) -> Estimate:
+    """Peak memory of a run at ``content_hw`` (the optimised size) with styles at ``style_hws``.
+
+    ``batch`` images run at once on one device (``stylize_batch``: images per device);
+    ``network`` is the weights' (``"vgg16"`` or ``"vgg19"``).
+    """
+    layers = tuple(canonical_layer(n, network) for n in (*content_layers, *style_layers))
+    blocks = NETWORKS[network]
+    b = 2 if dtype == "bfloat16" else 4
+    h, w = content_hw
+    pixels = h * w
+    if remat:
+        kept = sum(
+            conv_kernel_shape(c, network)[-1]
+            * (h // 2 ** (_block(c) - 1))
+            * (w // 2 ** (_block(c) - 1))
+            for c in _conv_layers_through(layers, network)
+            if c == f"conv{_block(c)}_{len(blocks[_block(c) - 1])}"
+        )
+        largest = _largest_block_elements(content_hw, layers, network)
+        act = ACTIVATION_FACTOR * b * largest + b * kept
+    else:
+        act = ACTIVATION_FACTOR * b * activation_elements(content_hw, layers, network)
+    image_vectors = 7 + (2 * lbfgs_memory + 4 if optimizer == "lbfgs" else 2)
+    state = image_vectors * 3 * 4 * pixels
+    content_feats = b * sum(
+        conv_kernel_shape(c, network)[-1]
+        * (h // 2 ** (_block(c) - 1))
+        * (w // 2 ** (_block(c) - 1))
+        for c in (_as_conv(n, network) for n in content_layers)
+    )
+    grams = sum(conv_kernel_shape(_as_conv(n, network), network)[-1] ** 2 for n in style_layers) * 4
+    per_image = act + state + content_feats + grams
+    # Targets: forward-only passes (no backward buffers), one style image at a time.
+    forward = max(
+        [b * activation_elements(hw, layers, network) for hw in [*style_hws, content_hw]],
+        default=0,
+    )
+    return Estimate(
+        activations=int(batch * act),
+        state=int(batch * (state + content_feats + grams)),
+        targets=int(max(0, forward - batch * per_image)),
+        weights=prepared_weight_bytes(layers, b, cpu, network),
+        runtime=RUNTIME_BYTES,
+    )
+
+
+def _as_conv(name: str, network: str = "vgg19") -> str:
+    n = canonical_layer(name, network)
+    if n.startswith("pool"):
+        b = int(n[len("pool"):])
+        return f"conv{b}_{len(NETWORKS[network][b - 1])}"
+    return n.replace("relu", "conv")
+
+
+def available_bytes(device=None) -> tuple[int | None, str]:
+    """``(bytes, what)``: memory the run may still use on ``device`` (default: the first)."""
+    import jax
+
+    device = device or jax.devices()[0]
+    if device.platform != "cpu":
+        stats = {}
+        with contextlib.suppress(Exception):
+            stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+            return free, f"free memory of {device.device_kind}"
+        return None, device.device_kind
+    return host_available_bytes(), "available host RAM"
+
+
+def host_available_bytes() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` (what can be allocated without swapping), else the
+    free physical pages, capped by a container's cgroup limit; None when nothing is known."""
+    free = None
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    if free is None:
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    room = _cgroup_room()
+    if room is not None:
+        free = room if free is None else min(free, room)
+    return free
+
+
+def _cgroup_room() -> int | None:
+    # cgroup v2, then v1: the limit minus what the group uses (a container's OOM killer acts
+    # on this, whatever the host has free).
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+         "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        with contextlib.suppress(OSError, ValueError):
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            if limit == "max" or int(limit) >= 1 << 60:
+                return None
+            with open(usage_file) as f:
+                return max(0, int(limit) - int(f.read().strip()))
+    return None
+
+
+def gib(n: float) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
+
+
+def check_fits(
+    content_hw: tuple[int, int],
+    style_hws: Sequence[tuple[int, int]],
+    config,
+    *,
+    batch: int = 1,
+    batch_flag: bool = False,
+    limit: int | None = None,
+    network: str = "vgg19",
+) -> Estimate:
+    """Raises :class:`OutOfMemory` (one sentence: estimate, limit, what would fit) when the run
+    of ``config`` (a :class:`~nst_jax.config.StyleConfig`) cannot fit; returns the estimate.
+
+    ``limit`` overrides the device's available memory (tests). ``NST_JAX_MEMORY_CHECK=0``
+    turns the check off.
+    """
+    import jax
+
+    cpu = jax.default_backend() == "cpu"
+
+    def est(hw, shws, **changes) -> int:
+        kw = dict(content_layers=config.content_layers, style_layers=config.style_layers,
+                  dtype=config.dtype, remat=config.remat, optimizer=config.optimizer,
+                  lbfgs_memory=config.lbfgs_memory, batch=batch, cpu=cpu, network=network)
+        kw.update(changes)
+        return estimate_bytes(hw, shws, **kw).total
+
+    estimate = estimate_bytes(
+        content_hw, style_hws, content_layers=config.content_layers,
+        style_layers=config.style_layers, dtype=config.dtype, remat=config.remat,
+        optimizer=config.optimizer, lbfgs_memory=config.lbfgs_memory, batch=batch, cpu=cpu,
+        network=network)
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return estimate
+    what = "the given limit"
+    if limit is None:
+        limit, what = available_bytes()
+        if limit is None:
+            return estimate
+    if estimate.total <= limit:
+        return estimate
+    fits = []
+    if config.dtype != "bfloat16" and est(content_hw, style_hws, dtype="bfloat16") <= limit:
+        fits.append("--dtype bfloat16")
+    if not config.remat and est(content_hw, style_hws, remat=True) <= limit:
+        fits.append("--remat")
+    if batch_flag and batch > 1 and est(content_hw, style_hws, batch=1) <= limit:
+        most = _largest_batch(est, content_hw, style_hws, limit, batch)
+        fits.append(f"a smaller --batch-size (at most {most})")
+    side = _largest_size(est, content_hw, style_hws, limit)
+    if side:
+        fits.append(f"--size {side} or less")
+    advice = (" it would fit with " + " or ".join(fits)) if fits else " nothing smaller fits either"
+    raise OutOfMemory(
+        f"this run needs about {gib(estimate.total)} at {content_hw[1]}x{content_hw[0]} px but "
+        f"only {gib(limit)} is free ({what});{advice}"
+    )
+
+
+def _largest_size(est, hw, style_hws, limit) -> int | None:
+    longest = max(hw)
+    lo, hi = 8, longest
+    if est(_scaled(hw, lo), [_scaled(s, lo / longest) for s in style_hws]) > limit:
+        return None
+    while lo < hi:  # the estimate grows with the size: bisect the longest side
+        mid = (lo + hi + 1) // 2
+        f = mid / longest
+        if est(_scaled(hw, mid), [_scaled(s, f) for s in style_hws]) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo if lo < longest else None
+
+
+def _largest_batch(est, hw, style_hws, limit, batch) -> int:
+    n = batch
+    while n > 1 and est(hw, style_hws, batch=n) > limit:
+        n -= 1
+    return n
+
+
+def _scaled(hw, target):
+    if isinstance(target, float):
+        return max(1, round(hw[0] * target)), max(1, round(hw[1] * target))
+    s = target / max(hw)
+    return max(1, round(hw[0] * s)), max(1, round(hw[1] * s))
+
+
+@contextlib.contextmanager
+def oom_as_error(where: str) -> Iterator[None]:
+    """An XLA ``RESOURCE_EXHAUSTED`` (or a host ``MemoryError``) inside becomes one
+    :class:`OutOfMemory` sentence instead of a traceback."""
+    try:
+        yield
+    except MemoryError:
+        raise OutOfMemory(
+            f"ran out of host memory while {where}; try --dtype bfloat16, --remat or a smaller "
+            "--size"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - only XLA's out-of-memory is translated
+        if "RESOURCE_EXHAUSTED" not in str(err) and "Out of memory" not in str(err):
+            raise
+        first = str(err).strip().splitlines()[0][:200]
+        raise OutOfMemory(
+            f"the device ran out of memory while {where} ({first}); try --dtype bfloat16, "
+            "--remat or a smaller --size or --batch-size"
+        ) from None
+
