@@ -1,8 +1,9 @@
 """Measures the peak memory of ``stylize`` on CPU and prints it next to the memory guard's estimate.
 
 Each measurement runs in a fresh subprocess: after imports, random weights and the input images
-exist, the resident set size is the baseline; the peak (``ru_maxrss``) after a short run minus
-that baseline is what the run itself needed. This calibrated :data:`nst_jax.memory.ACTIVATION_FACTOR`
+exist, the resident set size is the baseline and the peak RSS is reset to it
+(``/proc/self/clear_refs``); the peak (``VmHWM``) after a short run minus that baseline is what the
+run itself needed (without the reset, a transient peak of the imports could be measured instead). This calibrated :data:`nst_jax.memory.ACTIVATION_FACTOR`
 and :data:`nst_jax.memory.RUNTIME_BYTES`; ``tests/test_memory.py`` runs :func:`measure`.
 
     python scripts/measure_memory.py --preset tiny --sizes 128 256 384 [--remat] [--dtype bfloat16]
@@ -37,10 +38,21 @@ def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
+def high_water():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
 base = rss()
-peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak_before = high_water()
+# Reset the peak RSS to the current RSS (Linux: clear_refs "5"), so that a transient peak of
+# the imports or the weights' creation, which can exceed the run's own, is not measured.
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
 result = nst_jax.stylize(content, style, config, weights)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = high_water()
 hw = result.image.shape[:2]
 est = memory.estimate_bytes(hw, [(size, size)], content_layers=config.content_layers,
                             style_layers=config.style_layers, dtype=dtype, remat=remat)
