@@ -17,6 +17,7 @@ from nst_jax.cli import common
 def register(sub) -> None:
     p = sub.add_parser(
         "demo",
+        formatter_class=common.HelpFormatter,
         help="stylize the bundled sample images and write a figure and a loss plot",
         description="Stylize the bundled sample photo with the bundled style image; writes "
         "result.png, figure.png (content | style | result) and loss.png to --out-dir.",
