@@ -77,8 +77,6 @@ def translate(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[st
         single = not tok.startswith("--")
         if single and name in JJ_FLAGS and JJ_FLAGS[name] in known:
             flag = JJ_FLAGS[name]
-        elif dashed in known and (single or "_" in name):
-            flag = dashed
         elif single and name == "original_colors" and "--original-colors" in known:
             # jcjohnson takes a value: -original_colors 1 (on) or 0 (off).
             if not eq and i < len(argv) and argv[i] in ("0", "1"):
@@ -88,6 +86,8 @@ def translate(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[st
             if value != "0":
                 out.append("--original-colors")
             continue
+        elif dashed in known and (single or "_" in name):
+            flag = dashed
         elif single and name in JJ_IGNORED:
             if JJ_IGNORED[name] and not eq and i < len(argv):
                 i += 1

@@ -41,7 +41,11 @@ def _json_tree(tree: Any) -> Any:
         return {k: _json_tree(v) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
         return [_json_tree(v) for v in tree]
-    if isinstance(tree, (float, int, np.floating, np.integer)) and not isinstance(tree, bool):
+    if isinstance(tree, (bool, np.bool_)):
+        return bool(tree)
+    if isinstance(tree, (int, np.integer)):
+        return int(tree)
+    if isinstance(tree, (float, np.floating)):
         return _num(tree)
     return tree
 

@@ -94,12 +94,11 @@ def enable_compile_cache(disabled: bool = False) -> Path | None:
     """
     import os
 
-    import jax
-
+    config = _jax_config()
     env = os.environ.get(ENV_COMPILE_CACHE)
     if disabled or (env is not None and env.strip().lower() in _OFF):
         return None
-    current = jax.config.jax_compilation_cache_dir
+    current = config.jax_compilation_cache_dir
     if current:
         return Path(current)
     if env:
@@ -112,7 +111,13 @@ def enable_compile_cache(disabled: bool = False) -> Path | None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None
-    jax.config.update("jax_compilation_cache_dir", str(path))
+    config.update("jax_compilation_cache_dir", str(path))
     # Every program of a run is worth keeping: the small ones add up to seconds too.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return path
+
+
+def _jax_config():
+    import jax
+
+    return jax.config

@@ -64,7 +64,10 @@ def output_path(out: str | None, content: str) -> Path:
     """``-o`` resolved: the default name, or a default name inside a directory."""
     if out is None:
         return Path(DEFAULT_OUTPUT)
-    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+    from nst_jax.image_io import SUPPORTED_EXTENSIONS
+
+    named_like_image = Path(out).suffix.lower() in SUPPORTED_EXTENSIONS
+    if out.endswith(("/", os.sep)) or (Path(out).is_dir() and not named_like_image):
         d = Path(out)
         if not d.is_dir():
             raise NstError(f"output directory {out!r} does not exist")
