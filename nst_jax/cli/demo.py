@@ -8,6 +8,7 @@ Settings fit about two minutes on a 2-core CPU; on a GPU/TPU it uses fuller ones
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -44,8 +45,8 @@ def _weights(args: argparse.Namespace):
     from nst_jax import weights as wlib
     from nst_jax.errors import NstError
 
-    if args.weights is not None:
-        return common.load_weights_for_cli(args)
+    if args.weights is not None or os.environ.get(wlib.ENV_WEIGHTS) == "random":
+        return common.load_weights_for_cli(argparse.Namespace(weights=args.weights, seed=0))
     found = wlib.find_weights()
     if found is not None:
         return common.load_weights_for_cli(argparse.Namespace(weights=str(found), seed=0))
