@@ -160,10 +160,7 @@ def _plot_pillow(series, title: str, size: tuple[int, int] = (640, 400)) -> np.n
     x0, x1 = (float(xs.min()), float(xs.max())) if xs.size else (0.0, 1.0)
     if x1 <= x0:
         x0, x1 = x0 - 1.0, x1 + 1.0
-    # As the matplotlib plot: at most 8 decades below the largest value, so a term that starts
-    # near zero (content loss from the content image) does not squeeze the rest flat.
-    floor = max(float(ys.min()), float(ys.max()) * 1e-8) if ys.size else 1.0
-    lo, hi = (math.floor(np.log10(floor)), math.ceil(np.log10(ys.max()))) if ys.size else (0, 1)
+    lo, hi = log_decades(ys)
     if hi <= lo:
         lo, hi = lo - 1, hi + 1
 
@@ -197,6 +194,16 @@ def _plot_pillow(series, title: str, size: tuple[int, int] = (640, 400)) -> np.n
         draw.text((right + 35, legend_y), name, fill="black", font=font)
         legend_y += 16
     return np.asarray(img, dtype=np.float32) / np.float32(255.0)
+
+
+def log_decades(ys: np.ndarray) -> tuple[int, int]:
+    """Decade range ``(lo, hi)`` of a log axis for positive values ``ys``: at most 8 decades
+    below the largest value (as the matplotlib plot), so a term that starts near zero (content
+    loss from the content image) does not squeeze the other curves flat."""
+    if not ys.size:
+        return 0, 1
+    floor = max(float(ys.min()), float(ys.max()) * 1e-8)
+    return math.floor(np.log10(floor)), math.ceil(np.log10(ys.max()))
 
 
 def _nice_ticks(x0: float, x1: float, target: int = 5) -> list[float]:

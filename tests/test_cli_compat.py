@@ -242,3 +242,35 @@ def test_compile_cache_setting(tmp_path, monkeypatch):
     monkeypatch.delenv("NST_JAX_COMPILE_CACHE")
     monkeypatch.setenv("NST_JAX_CACHE", str(tmp_path / "nc"))
     assert runtime.enable_compile_cache() == tmp_path / "nc" / "jax-compile"
+
+
+def test_env_caps_apply_and_are_reported(monkeypatch, capsys):
+    monkeypatch.setenv("NST_JAX_MAX_SIZE", "32")
+    monkeypatch.setenv("NST_JAX_MAX_STEPS", "3")
+    assert main(["stylize", "--print-config", "--size", "1024", "--scales", "3", "--min-size",
+                 "128", "--scale-steps", "500,300,2"]) == 0
+    cap = capsys.readouterr()
+    lines = {ln.lstrip("* ").split()[0]: ln.split()[-1] for ln in cap.out.splitlines()[1:]}
+    assert (lines["size"], lines["min_size"], lines["scale_steps"], lines["steps"]) == (
+        "32", "32", "3,3,2", "3")
+    assert "$NST_JAX_MAX_SIZE=32 and $NST_JAX_MAX_STEPS=3 caps this run" in cap.err
+    monkeypatch.setenv("NST_JAX_MAX_STEPS", "many")
+    assert main(["stylize", "--print-config"]) == 2
+    assert "$NST_JAX_MAX_STEPS must be a positive integer, got 'many'" in capsys.readouterr().err
+
+
+def test_pillow_loss_plot_keeps_legend_off_the_curves_and_a_readable_axis():
+    from nst_jax import figures
+
+    n = 50
+    history = {"total": np.linspace(5e5, 1e5, n), "style": np.linspace(4e5, 5e4, n),
+               "content": np.r_[0.0, np.geomspace(1e-9, 3e4, n - 1)]}
+    img = figures._plot_pillow(figures._series(history), "t", size=(640, 400))
+    rgb = (img * 255).round().astype(int)
+    # The frame's right edge: the rightmost column that is dark over most of the height.
+    dark = (rgb.max(axis=-1) < 60).mean(axis=0) > 0.7
+    frame_right = int(np.nonzero(dark)[0].max())
+    colourful = np.ptp(rgb, axis=-1) > 60
+    assert colourful[:, frame_right + 2:].sum() > 30  # the legend's swatches: outside the frame
+    # The axis spans at most ~8 decades below the maximum (not 15 down to the ~0 start).
+    assert figures.log_decades(np.array([1e-9, 3e4, 5e5])) == (-3, 6)
