@@ -2,8 +2,8 @@
 
 Uses pretrained weights when found; otherwise tries ``nst-jax weights download`` once (skipped
 with ``--no-download`` or when offline) and falls back to random weights with a loud notice.
-Settings fit a few minutes on a 2-core CPU (3.5 min measured on a shared one); on a GPU/TPU it
-uses fuller ones.
+On a 2-core CPU it takes minutes (3.5 to 9 measured on a shared one); on a GPU/TPU it uses
+fuller settings.
 """
 
 from __future__ import annotations
