@@ -18,6 +18,11 @@ from nst_jax.vgg import NETWORKS, min_side
 
 OPTIMIZERS = ("adam", "lbfgs")
 COLOR_MODES = ("none", "luminance", "match")
+#: Which image a run reports: lowest loss seen, the final iterate, or the moving average.
+OUTPUT_ITERATES = ("best", "last", "ema")
+#: Environment variables capping every size and step count (documentation tests, smoke runs).
+ENV_MAX_SIZE = "NST_JAX_MAX_SIZE"
+ENV_MAX_STEPS = "NST_JAX_MAX_STEPS"
 KERAS_STYLE = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
 CAFFE_STYLE = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
@@ -43,7 +48,9 @@ class StyleConfig:
     ``min_size``, default ``size / 2^(scales-1)``, to ``size``), ``scale_steps`` (steps per scale,
     default ``steps`` at each), ``preserve_colors`` (``"none"``, ``"luminance"``: stylize the
     luminance and keep the content's chroma, or ``"match"``: colour-match the style image to the
-    content first), ``ema_decay`` (report an exponential moving average of the iterates, 0 = off).
+    content first), ``ema_decay`` (keep an exponential moving average of the iterates, 0 = off),
+    ``output_iterate`` (the image reported: ``"best"``, ``"last"`` or ``"ema"``; ``None`` means
+    ``"ema"`` when ``ema_decay`` > 0, else ``"best"``).
 
     Network: ``network`` (``"vgg16"``/``"vgg19"``) requires weights of that network; ``None``
     (default) runs on whichever the weights are.
@@ -77,6 +84,7 @@ class StyleConfig:
     scale_steps: tuple[int, ...] | None = None
     preserve_colors: str = "none"
     ema_decay: float = 0.0
+    output_iterate: str | None = None
     network: str | None = None
 
     def __post_init__(self):
@@ -116,6 +124,13 @@ class StyleConfig:
             )
         if not 0 <= self.ema_decay < 1:
             raise NstError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
+        if self.output_iterate is not None and self.output_iterate not in OUTPUT_ITERATES:
+            raise NstError(
+                f"output iterate must be one of {', '.join(OUTPUT_ITERATES)}, "
+                f"got {self.output_iterate!r}"
+            )
+        if self.output_iterate == "ema" and self.ema_decay == 0:
+            raise NstError("output iterate 'ema' needs an EMA decay > 0 (e.g. --ema-decay 0.95)")
         scales = self.style_scale if isinstance(self.style_scale, tuple) else (self.style_scale,)
         for v in scales:
             if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
@@ -148,6 +163,13 @@ class StyleConfig:
             dtype=self.dtype,
             remat=self.remat,
         )
+
+    @property
+    def reported_iterate(self) -> str:
+        """``output_iterate`` resolved: ``"best"``, ``"last"`` or ``"ema"``."""
+        if self.output_iterate is not None:
+            return self.output_iterate
+        return "ema" if self.ema_decay > 0 else "best"
 
     def scale_sizes(self, content_hw: tuple[int, int]) -> list[int]:
         """Longest side at each scale, coarse to fine (the last is ``size``)."""
@@ -238,6 +260,43 @@ PRESETS: dict[str, StyleConfig] = {
         size=48,
     ),
 }
+
+
+def apply_env_caps(config: StyleConfig) -> tuple[StyleConfig, str | None]:
+    """``config`` with ``size``/``min_size`` capped at ``$NST_JAX_MAX_SIZE`` and ``steps``/
+    ``scale_steps`` at ``$NST_JAX_MAX_STEPS`` (both unset: unchanged).
+
+    Meant for documentation tests and smoke runs that execute commands written for real
+    sizes; returns the capped config and a sentence saying what was capped (or ``None``).
+    """
+    caps = {}
+    for env in (ENV_MAX_SIZE, ENV_MAX_STEPS):
+        text = os.environ.get(env, "").strip()
+        if text:
+            try:
+                caps[env] = int(text)
+                if caps[env] < 1:
+                    raise ValueError
+            except ValueError:
+                raise NstError(f"${env} must be a positive integer, got {text!r}") from None
+    changes: dict[str, Any] = {}
+    if ENV_MAX_SIZE in caps:
+        cap = max(8, caps[ENV_MAX_SIZE])
+        if config.size is None or config.size > cap:
+            changes["size"] = cap
+        if config.min_size is not None and config.min_size > cap:
+            changes["min_size"] = cap
+    if ENV_MAX_STEPS in caps:
+        cap = caps[ENV_MAX_STEPS]
+        if config.steps > cap:
+            changes["steps"] = cap
+        if config.scale_steps is not None and max(config.scale_steps) > cap:
+            changes["scale_steps"] = tuple(min(n, cap) for n in config.scale_steps)
+    if not changes:
+        return config, None
+    said = ", ".join(f"{k} {getattr(config, k)} -> {v}" for k, v in changes.items())
+    env = " and ".join(f"${k}={v}" for k, v in caps.items())
+    return config.replace(**changes), f"{env} caps this run: {said}"
 
 
 #: Per-network changes to a preset, applied by :func:`get_preset` when the network is known.

@@ -150,7 +150,8 @@ def _plot_pillow(series, title: str, size: tuple[int, int] = (640, 400)) -> np.n
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
     font = _font(12)
-    left, right, top, bottom = 70, width - 20, 36, height - 45
+    # The legend sits in a column right of the plot, never over the curves.
+    left, right, top, bottom = 70, width - 130, 36, height - 45
     draw.text((width // 2, 10), title, fill="black", font=font, anchor="mt")
     draw.text(((left + right) // 2, height - 8), "step", fill="black", font=font, anchor="mb")
 
@@ -159,13 +160,13 @@ def _plot_pillow(series, title: str, size: tuple[int, int] = (640, 400)) -> np.n
     x0, x1 = (float(xs.min()), float(xs.max())) if xs.size else (0.0, 1.0)
     if x1 <= x0:
         x0, x1 = x0 - 1.0, x1 + 1.0
-    lo, hi = (math.floor(np.log10(ys.min())), math.ceil(np.log10(ys.max()))) if ys.size else (0, 1)
+    lo, hi = log_decades(ys)
     if hi <= lo:
         lo, hi = lo - 1, hi + 1
 
     def px(x: np.ndarray, y: np.ndarray) -> list[tuple[float, float]]:
         u = left + (x - x0) / (x1 - x0) * (right - left)
-        v = bottom - (np.log10(y) - lo) / (hi - lo) * (bottom - top)
+        v = bottom - (np.log10(np.maximum(y, 10.0**lo)) - lo) / (hi - lo) * (bottom - top)
         return list(zip(u.tolist(), v.tolist()))
 
     step = max(1, math.ceil((hi - lo) / 8))
@@ -189,10 +190,20 @@ def _plot_pillow(series, title: str, size: tuple[int, int] = (640, 400)) -> np.n
         elif points:
             (u, v), r = points[0], 3
             draw.ellipse([u - r, v - r, u + r, v + r], fill=colour)
-        draw.line([(right - 120, legend_y + 6), (right - 100, legend_y + 6)], fill=colour, width=3)
-        draw.text((right - 95, legend_y), name, fill="black", font=font)
+        draw.line([(right + 10, legend_y + 6), (right + 30, legend_y + 6)], fill=colour, width=3)
+        draw.text((right + 35, legend_y), name, fill="black", font=font)
         legend_y += 16
     return np.asarray(img, dtype=np.float32) / np.float32(255.0)
+
+
+def log_decades(ys: np.ndarray) -> tuple[int, int]:
+    """Decade range ``(lo, hi)`` of a log axis for positive values ``ys``: at most 8 decades
+    below the largest value (as the matplotlib plot), so a term that starts near zero (content
+    loss from the content image) does not squeeze the other curves flat."""
+    if not ys.size:
+        return 0, 1
+    floor = max(float(ys.min()), float(ys.max()) * 1e-8)
+    return math.floor(np.log10(floor)), math.ceil(np.log10(ys.max()))
 
 
 def _nice_ticks(x0: float, x1: float, target: int = 5) -> list[float]:

@@ -37,7 +37,10 @@ class OptimSpec:
     """Static optimiser settings (hashable; part of the compiled program's identity).
 
     ``ema_decay`` > 0 keeps an exponential moving average of the iterate,
-    ``x̄ ← d x̄ + (1 - d) x``, reported instead of the best iterate (iterate averaging).
+    ``x̄ ← d x̄ + (1 - d) x`` (iterate averaging). ``output`` picks the image
+    :func:`result_image` reports: ``"best"`` (lowest loss seen), ``"last"`` (the final iterate)
+    or ``"ema"`` (the average; needs ``ema_decay`` > 0); ``None``: ``"ema"`` when
+    ``ema_decay`` > 0, else ``"best"``.
     """
 
     optimizer: str = "adam"
@@ -47,6 +50,7 @@ class OptimSpec:
     eps: float = 0.1
     lbfgs_memory: int = 20
     ema_decay: float = 0.0
+    output: str | None = None
 
 
 def make_optimizer(spec: OptimSpec) -> optax.GradientTransformationExtraArgs:
@@ -184,10 +188,14 @@ def run_chunk(
 
 
 def result_image(state: RunState, spec: OptimSpec) -> jax.Array:
-    """The image to report: the averaged iterate if enabled, else the best one seen.
+    """The image to report (``spec.output``): the best iterate seen, the last one, or the
+    averaged one.
 
-    Before any step has run (``best_loss`` is inf) this is the current iterate.
+    Before any step has run (``best_loss`` is inf) the best iterate is the current one.
     """
-    if spec.ema_decay > 0:
+    output = spec.output or ("ema" if spec.ema_decay > 0 else "best")
+    if output == "ema":
         return jnp.clip(state.ema_image, 0.0, 1.0)
+    if output == "last":
+        return jnp.clip(state.image, 0.0, 1.0)
     return jnp.where(jnp.isfinite(state.best_loss), state.best_image, jnp.clip(state.image, 0, 1))

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import imageops, memory
-from nst_jax.config import StyleConfig
+from nst_jax.config import StyleConfig, apply_env_caps
 from nst_jax.errors import NstError
 from nst_jax.objective import LossSpec, Targets, assemble_targets, style_grams, style_transfer_loss
 from nst_jax.optimize import HISTORY_KEYS, OptimSpec, RunState, init_state, result_image, run_chunk
@@ -46,6 +46,9 @@ class ChunkReport:
       seconds: wall time since the run started.
       image: zero-argument function returning the current reported image ``(h, W, 3)`` float32
         in ``[0, 1]`` at this scale's size (costs a device-to-host copy, so it is lazy).
+      terms: zero-argument function returning the loss terms of the current (last) iterate,
+        ``aux`` of :func:`~nst_jax.objective.style_transfer_loss` as floats, per layer included
+        (one extra loss evaluation, so it is lazy); ``None`` where unavailable.
     """
 
     step: int
@@ -55,6 +58,7 @@ class ChunkReport:
     losses: dict
     seconds: float
     image: Callable[[], np.ndarray]
+    terms: Callable[[], dict] | None = None
 
 
 #: ``on_chunk(report)`` is called after every chunk; returning True asks the run to stop there
@@ -77,6 +81,9 @@ class StylizeResult:
       interrupted: stopped early by Ctrl-C.
       seconds: wall time of the optimisation, including compilation.
       weights_label: which weights were used (says RANDOM for random weights).
+      iterate: which image ``image`` is: ``"best"``, ``"last"`` or ``"ema"``.
+      best_step: for ``"best"``, the step whose starting iterate is ``image`` (0 = the start
+        image of the last scale: no step lowered the loss below it); else ``None``.
     """
 
     image: np.ndarray
@@ -88,6 +95,13 @@ class StylizeResult:
     interrupted: bool
     seconds: float
     weights_label: str
+    iterate: str = "best"
+    best_step: int | None = None
+
+    @property
+    def start_unbeaten(self) -> bool:
+        """True when the reported best image is the (last scale's) unchanged start image."""
+        return self.iterate == "best" and self.best_step == 0
 
 
 def optim_spec(config: StyleConfig, ema_decay: float = 0.0) -> OptimSpec:
@@ -100,6 +114,7 @@ def optim_spec(config: StyleConfig, ema_decay: float = 0.0) -> OptimSpec:
         eps=config.adam_eps,
         lbfgs_memory=config.lbfgs_memory,
         ema_decay=ema_decay,
+        output=config.reported_iterate,
     )
 
 
@@ -297,9 +312,11 @@ def optimize_image(
                     hist[k].append(h[k][:ran])
                 done += ran
                 if bar is not None:
+                    if ran:  # set before update() so the redraw shows this chunk's loss
+                        best = float(np.nanmin(np.concatenate(hist["total"])))
+                        bar.set_postfix(loss=f"{h['total'][ran - 1]:.4g}", best=f"{best:.4g}",
+                                        refresh=False)
                     bar.update(ran)
-                    if ran:
-                        bar.set_postfix(loss=f"{h['total'][ran - 1]:.4g}")
                 if bool(state.diverged) or ran < n:
                     break
                 if callback and save_every and (step_offset + done) % save_every == 0:
@@ -327,6 +344,8 @@ def _call_hook(on_chunk, state, optim, h, ran, step, report) -> bool:
         losses={k: np.asarray(v[:ran]) for k, v in h.items()},
         seconds=time.perf_counter() - report.get("start", time.perf_counter()),
         image=lambda: np.asarray(jax.device_get(result_image(state, optim)), np.float32),
+        terms=(lambda: report["evaluate"](jnp.clip(state.image, 0.0, 1.0)))
+        if "evaluate" in report else None,
     )
     return bool(on_chunk(chunk))
 
@@ -432,6 +451,9 @@ def stylize(
     styles = list(style) if isinstance(style, (list, tuple)) else [style]
     if not styles:
         raise NstError("at least one style image is needed")
+    config, capped = apply_env_caps(config)
+    if capped:
+        print(f"nst-jax: {capped}", file=sys.stderr)
     start = time.perf_counter()
     content0 = imageops.as_rgb01(content, "content image")
     styles0 = [imageops.as_rgb01(s, f"style image {i + 1}") for i, s in enumerate(styles)]
@@ -507,7 +529,9 @@ def stylize(
             desc=desc,
             opt_state=carried,
             on_chunk=on_chunk,
-            report={"total_steps": total_steps, "scale": i, "n_scales": len(sizes), "start": start},
+            report={"total_steps": total_steps, "scale": i, "n_scales": len(sizes), "start": start,
+                    "evaluate": functools.partial(_evaluate, targets=targets, weights=weights,
+                                                  spec=spec)},
         )
         histories.append(history)
         done += len(history["total"])
@@ -516,10 +540,20 @@ def stylize(
     history = {k: np.concatenate([h[k] for h in histories]) for k in HISTORY_KEYS}
     result = finish(state, history, interrupted, targets, weights, spec, optim, start)
     result.steps = done if not result.diverged else result.steps
+    result.iterate = optim.output
+    last = histories[-1]["total"] if histories else np.zeros((0,), np.float32)
+    if optim.output == "best" and np.isfinite(last).any():
+        result.best_step = int(np.nanargmin(np.where(np.isfinite(last), last, np.nan)))
     if config.preserve_colors == "luminance":
         chroma_src = imageops.resize(content0, result.image.shape[:2])
         result.image = np.asarray(imageops.recombine_chroma(result.image, chroma_src))
     return result
+
+
+def _evaluate(image, *, targets, weights, spec) -> dict:
+    """The loss terms (``aux``, per layer) of ``image`` as floats, with ``total``."""
+    total, aux = _loss_jit(image, targets, weights, spec=spec)
+    return {"total": float(total), **_floats(aux)}
 
 
 def finish(state, history, interrupted, targets, weights, spec, optim, start) -> StylizeResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -9,6 +10,11 @@ import numpy as np
 import pytest
 
 from nst_jax.vgg import NETWORKS, conv_kernel_shape, conv_layers
+
+# The CLI turns on JAX's persistent compilation cache; in-process CLI tests would switch it on
+# for every later test (order-dependent, and writing to the user's cache). Tests that check the
+# cache run the CLI in a subprocess with this variable overridden.
+os.environ.setdefault("NST_JAX_COMPILE_CACHE", "off")
 
 
 def _random_vgg_params(seed: int, network: str = "vgg19") -> dict[str, dict[str, np.ndarray]]:

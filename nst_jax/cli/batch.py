@@ -27,17 +27,18 @@ EXIT_FAILED = 1
 def register(sub) -> None:
     p = sub.add_parser(
         "batch",
+        formatter_class=common.HelpFormatter,
         help="stylize a folder of images, batched over all devices (and hosts)",
         description="Paint every content image (a directory, a glob pattern or files) in the "
         "style of STYLE; outputs are OUT_DIR/<name>.<ext>, or <name>__<style>.<ext> with several "
         "styles. Existing outputs are skipped, so a re-run resumes. Flags override the preset.",
     )
-    p.add_argument("inputs", metavar="INPUT", nargs="+",
+    p.add_argument("inputs", metavar="INPUT", nargs="*",
                    help="content images: a directory, a glob pattern (quote it) or image files")
-    p.add_argument("--style", dest="styles", action="append", required=True, metavar="STYLE",
-                   help="style image; repeat for several styles")
-    p.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR",
-                   help="directory for the results (created if missing)")
+    p.add_argument("--style", dest="styles", action="append", default=None, metavar="STYLE",
+                   help="style image (required); repeat for several styles")
+    p.add_argument("-o", "--output-dir", default=None, metavar="OUT_DIR",
+                   help="directory for the results (required; created if missing)")
     p.add_argument("--pairing", choices=("broadcast", "zip", "product"), default=None,
                    help="broadcast: one style for all; zip: i-th style for i-th image (sorted); "
                    "product: every image with every style (default: broadcast for one style, "
@@ -46,8 +47,8 @@ def register(sub) -> None:
                    help="images per compiled batch over all devices (default 8); bounds memory")
     p.add_argument("--ext", default="png", help="output format by extension (default png)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    common.add_config_flags(p)
-    common.add_weights_flag(p)
+    common.add_config_flags(p, single=False)
+    common.add_run_flags(p)
     g = p.add_argument_group("several processes (hosts)")
     g.add_argument("--coordinator", metavar="HOST:PORT",
                    help="address of process 0 (default $NST_JAX_COORDINATOR)")
@@ -55,7 +56,7 @@ def register(sub) -> None:
                    help="number of processes (default $NST_JAX_NUM_PROCESSES)")
     g.add_argument("--process-id", type=int, metavar="I",
                    help="this process, 0 .. N-1 (default $NST_JAX_PROCESS_ID)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, _extra_positionals="inputs")
 
 
 def list_inputs(specs: list[str]) -> list[Path]:
@@ -113,6 +114,13 @@ def _remove_stale_temps(out_dir: Path, names: set[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.print_config:
+        common.print_config(common.config_from_args(args), args)
+        return 0
+    for value, what in ((args.inputs, "content images (INPUT ...)"),
+                        (args.styles, "--style STYLE"), (args.output_dir, "-o OUT_DIR")):
+        if not value:
+            raise NstError(f"batch needs {what}")
     from nst_jax import sharding
 
     sharding.initialize(args.coordinator, args.num_processes, args.process_id)
@@ -122,11 +130,6 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     config = common.config_from_args(args)
-    if args.style_blend is not None:
-        raise NstError("--style-blend does not apply to batch: each output uses one style "
-                       "(see --pairing)")
-    if config.save_every:
-        raise NstError("--save-every is not supported by batch")
     if args.batch_size < 1:
         raise NstError(f"--batch-size must be an integer >= 1, got {args.batch_size}")
     out_dir = Path(args.output_dir)
@@ -195,10 +198,16 @@ def _run_locked(args, config, start, contents, styles, pairing, pairs, names, ou
     who = f" (process {me} of {n_proc})" if n_proc > 1 else ""
     print(f"nst-jax batch{who}: {len(pairs)} outputs, {skipped} already written, "
           f"{sum(map(len, mine))} to do here in {len(chunks)} chunk(s)", file=sys.stderr)
+    if not todo:  # nothing to do: no weights to load, nothing to compile
+        print(f"batch{who}: 0 done, {skipped} skipped (already written), 0 failed "
+              f"in {time.perf_counter() - start:.1f}s")
+        return 0
 
+    devices = common.setup_runtime(args)
     weights = common.load_weights_for_cli(args, network=config.network)
     config = common.config_from_args(args, network=weights.network)
-    mesh = sharding.batch_mesh()
+    common.status(args, "compiling the batched step (first chunk) ...")
+    mesh = sharding.batch_mesh(devices)
     weights = sharding.replicate(weights, mesh)
 
     from tqdm.auto import tqdm

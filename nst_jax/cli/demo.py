@@ -2,12 +2,14 @@
 
 Uses pretrained weights when found; otherwise tries ``nst-jax weights download`` once (skipped
 with ``--no-download`` or when offline) and falls back to random weights with a loud notice.
-Settings fit about two minutes on a 2-core CPU; on a GPU/TPU it uses fuller ones.
+On a 2-core CPU it takes minutes (3.5 to 9 measured on a shared one); on a GPU/TPU it uses
+fuller settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from nst_jax.cli import common, safety
 def register(sub) -> None:
     p = sub.add_parser(
         "demo",
+        formatter_class=common.HelpFormatter,
         help="stylize the bundled sample images and write a figure and a loss plot",
         description="Stylize the bundled sample photo with the bundled style image; writes "
         "result.png, figure.png (content | style | result) and loss.png to --out-dir.",
@@ -43,8 +46,8 @@ def _weights(args: argparse.Namespace):
     from nst_jax import weights as wlib
     from nst_jax.errors import NstError
 
-    if args.weights is not None:
-        return common.load_weights_for_cli(args)
+    if args.weights is not None or os.environ.get(wlib.ENV_WEIGHTS) == "random":
+        return common.load_weights_for_cli(argparse.Namespace(weights=args.weights, seed=0))
     found = wlib.find_weights()
     if found is not None:
         return common.load_weights_for_cli(argparse.Namespace(weights=str(found), seed=0))

@@ -168,7 +168,8 @@ def interrupted_status() -> int:
 
 
 def check_outputs(args, config) -> None:
-    """All of the above for ``nst-jax stylize``: ``-o``, ``--loss-log`` and ``--save-every``."""
+    """All of the above for ``nst-jax stylize``: ``-o``, ``--loss-log``, ``--trace`` and
+    ``--save-every``."""
     inputs: dict[str, str] = {"content image": args.content}
     several = len(args.styles) > 1
     for i, s in enumerate(args.styles):
@@ -179,9 +180,11 @@ def check_outputs(args, config) -> None:
         inputs["init image"] = config.init
     check_not_a_link(args.output)
     check_not_an_input(args.output, inputs)
-    log = getattr(args, "loss_log", None)
-    if log:
-        check_not_a_link(log, "loss log", "--loss-log")
-        check_not_an_input(log, {**inputs, "output image": args.output}, "loss log", "--loss-log")
+    for flag, what in (("loss_log", "loss log"), ("trace", "trace file")):
+        path = getattr(args, flag, None)
+        if path:
+            option = "--" + flag.replace("_", "-")
+            check_not_a_link(path, what, option)
+            check_not_an_input(path, {**inputs, "output image": args.output}, what, option)
     total = sum(config.steps_at(i) for i in range(config.scales))
     check_save_every(args.output, config.save_every, total)

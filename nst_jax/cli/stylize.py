@@ -1,52 +1,124 @@
-"""``nst-jax stylize CONTENT STYLE [STYLE ...] -o OUT``: flags → config → :func:`nst_jax.stylize`."""
+"""``nst-jax stylize CONTENT STYLE [STYLE ...] [-o OUT]``: flags → config → :func:`nst_jax.stylize`.
+
+jcjohnson/neural-style spellings work too (``-content_image``, ``-style_image a.jpg,b.jpg``,
+``-output_image``; see :mod:`nst_jax.cli.argv`). Without ``-o`` the output is ``out.png`` (as in
+jcjohnson/neural-style and crowsonkb/style-transfer-pytorch); ``-o DIR/`` (an existing directory,
+or a path ending in ``/``) writes ``DIR/<content name>_stylized.png``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 from nst_jax.cli import common, safety
 from nst_jax.errors import NstError
 
+DEFAULT_OUTPUT = "out.png"
+
 
 def register(sub) -> None:
     p = sub.add_parser(
         "stylize",
+        formatter_class=common.HelpFormatter,
         help="paint one content image in the style of one or more style images",
+        usage="%(prog)s [options] CONTENT STYLE [STYLE ...]",
         description="Paint CONTENT in the style of STYLE (several styles are blended). "
-        "Flags override the chosen preset; names follow jcjohnson/neural-style.",
+        "Flags override the chosen preset. jcjohnson/neural-style spellings are accepted "
+        "(-content_image, -style_image, -image_size, -num_iterations, -print_iter, -save_iter, "
+        "-style_blend_weights, -gpu, -output_image, -init random|image, ...), as are "
+        "crowsonkb/style-transfer-pytorch's (-s/--end-scale, --min-scale, -i/--iterations, "
+        "--devices, ...).",
     )
-    p.add_argument("content", metavar="CONTENT", help="content image")
-    p.add_argument("styles", metavar="STYLE", nargs="+", help="style image(s)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output image; format from the extension (.png, .jpg, ...)")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="the content image, then one or more style images")
+    p.add_argument("--content-image", dest="content_image", metavar="PATH",
+                   help="content image (instead of the first IMAGE; jcjohnson's -content_image)")
+    p.add_argument("--style-image", dest="style_image", metavar="PATH[,PATH...]",
+                   help="style image(s), comma-separated (jcjohnson's -style_image)")
+    p.add_argument("-o", "--output", default=None, metavar="OUT",
+                   help=f"output image, format from the extension (default {DEFAULT_OUTPUT}); an "
+                   "existing directory or a path ending in / gets <content name>_stylized.png")
     common.add_config_flags(p)
-    common.add_weights_flag(p)
-    p.add_argument("--style-masks", nargs="+", metavar="MASK", default=None,
+    g = p.add_argument_group("reporting")
+    g.add_argument("--style-masks", nargs="+", metavar="MASK", default=None,
                    help="one mask image per style (white = that style's region), the size of "
                    "CONTENT (spatial control, Gatys et al. 2017)")
-    p.add_argument("--loss-log", metavar="JSON", help="also write the loss history as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    g.add_argument("--print-every", "--print-iter", type=int, default=0, metavar="N",
+                   help="print every loss term per layer every N steps (jcjohnson's "
+                   "-print_iter; default 0 = off)")
+    g.add_argument("--trace", metavar="JSON",
+                   help="stream per-step losses and timings to this JSON file during the run "
+                   "(rewritten atomically after every chunk; format in nst_jax/cli/progress.py)")
+    g.add_argument("--loss-log", metavar="JSON",
+                   help="write the loss history as JSON at the end")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    common.add_run_flags(p)
+    p.set_defaults(func=run, _extra_positionals="images")
+
+
+def output_path(out: str | None, content: str) -> Path:
+    """``-o`` resolved: the default name, or a default name inside a directory."""
+    if out is None:
+        return Path(DEFAULT_OUTPUT)
+    from nst_jax.image_io import SUPPORTED_EXTENSIONS
+
+    named_like_image = Path(out).suffix.lower() in SUPPORTED_EXTENSIONS
+    if out.endswith(("/", os.sep)) or (Path(out).is_dir() and not named_like_image):
+        d = Path(out)
+        if not d.is_dir():
+            raise NstError(f"output directory {out!r} does not exist")
+        return d / f"{Path(content).stem}_stylized.png"
+    return Path(out)
+
+
+def inputs(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """(content, styles) from positionals and/or --content-image / --style-image."""
+    images = list(args.images)
+    content = args.content_image
+    if content is None:
+        if not images:
+            raise NstError("no content image: give CONTENT STYLE [STYLE ...] (or "
+                           "-content_image and -style_image)")
+        content = images.pop(0)
+    styles = images
+    if args.style_image:
+        styles = styles + [s for s in args.style_image.split(",") if s]
+    if not styles:
+        raise NstError("no style image: give CONTENT STYLE [STYLE ...] (or -style_image)")
+    return content, styles
 
 
 def run(args: argparse.Namespace) -> int:
-    from nst_jax import image_io
-    from nst_jax.stylize import stylize
-
     config = common.config_from_args(args)
-    image_io.check_output_path(args.output)
-    if args.loss_log:
-        image_io.check_writable(args.loss_log, "loss log")
+    if args.print_config:
+        common.print_config(config, args)
+        return 0
+    content_path, style_paths = inputs(args)
+    if args.print_every < 0:
+        raise NstError(f"--print-every must be >= 0, got {args.print_every}")
+    if args.print_every:
+        # Per-layer terms are evaluated between chunks: let chunks end on every print step.
+        config = config.replace(chunk_size=math.gcd(config.chunk_size, args.print_every))
+
+    from nst_jax import image_io
+
+    out = output_path(args.output, content_path)
+    image_io.check_output_path(out)
+    for path, what in ((args.loss_log, "loss log"), (args.trace, "trace file")):
+        if path:
+            image_io.check_writable(path, what)
+    args.content, args.styles, args.output = content_path, style_paths, str(out)
     safety.check_outputs(args, config)
     # Decoded at reduced size where the run is smaller (masks must match the full content size).
     side = None if args.style_masks else config.size
-    content = image_io.load_image(args.content, reduce_to=side)
-    styles = [image_io.load_image(s, reduce_to=common.style_side(config, i, len(args.styles)))
-              for i, s in enumerate(args.styles)]
+    content = image_io.load_image(content_path, reduce_to=side)
+    styles = [image_io.load_image(s, reduce_to=common.style_side(config, i, len(style_paths)))
+              for i, s in enumerate(style_paths)]
     blend = common.check_blend(args, len(styles))
     masks = None
     if args.style_masks:
@@ -64,29 +136,57 @@ def run(args: argparse.Namespace) -> int:
                 )
     init_image = (image_io.load_image(config.init, reduce_to=side)
                   if common.init_is_path(config) else None)
+    devices = common.setup_runtime(args)
+    import contextlib
+
+    import jax
+
+    with jax.default_device(devices[0]) if devices else contextlib.nullcontext():
+        if devices and len(devices) > 1:
+            common.status(args, f"stylize runs one image on one device: using "
+                          f"{devices[0].platform}:{devices[0].id} (nst-jax batch uses several)")
+        return _stylize(args, config, out, content, styles, blend, masks, init_image)
+
+
+def _stylize(args, config, out, content, styles, blend, masks, init_image) -> int:
+    from nst_jax import image_io
+    from nst_jax.cli.progress import RunReporter
+    from nst_jax.stylize import stylize
+
     weights = common.load_weights_for_cli(args, network=config.network)
     config = common.config_from_args(args, network=weights.network)
-
-    out = Path(args.output)
+    if args.print_every:
+        config = config.replace(chunk_size=math.gcd(config.chunk_size, args.print_every))
+    cache = getattr(args, "_compile_cache", None)
+    common.status(args, "computing style targets and compiling the optimisation step"
+                  + (f" (compiled programs are reused from {cache})" if cache else "")
+                  + " ...")
+    reporter = RunReporter(common.total_steps(config), progress=not args.quiet,
+                           print_every=args.print_every, trace_path=args.trace, config=config,
+                           weights_label=weights.label)
 
     def save_intermediate(step: int, image, loss: float) -> None:
         image_io.save_image(safety.intermediate_path(out, step), image)
 
-    result = stylize(
-        content,
-        styles,
-        config,
-        weights,
-        init_image=init_image,
-        style_blend=blend,
-        masks=masks,
-        callback=save_intermediate if config.save_every else None,
-        progress=not args.quiet,
-    )
+    try:
+        result = stylize(
+            content,
+            styles,
+            config,
+            weights,
+            init_image=init_image,
+            style_blend=blend,
+            masks=masks,
+            callback=save_intermediate if config.save_every else None,
+            on_chunk=reporter,
+        )
+    finally:
+        reporter.close()
     image_io.save_image(out, result.image)
     if args.loss_log:
         image_io.atomic_write_bytes(args.loss_log, loss_log_json(result), what="loss log")
-    common.print_summary(result, out)
+    reporter.finish(common.summary_dict(result, out))
+    common.print_summary(result, out, config)
     if result.diverged:
         print(f"nst-jax: warning: {result.diverged}", file=sys.stderr)
         return common.EXIT_DIVERGED

@@ -9,12 +9,14 @@ from pathlib import Path
 
 from nst_jax import convert, download
 from nst_jax import weights as weights_lib
+from nst_jax.cli import common
 from nst_jax.vgg import NETWORK_NAMES, NETWORKS, conv_layers
 
 
 def register(sub) -> None:
     parser = sub.add_parser(
         "weights",
+        formatter_class=common.HelpFormatter,
         help="download, convert and inspect the pretrained VGG-16/VGG-19 weights",
         description="Download, convert and inspect the pretrained VGG weights that style "
         "transfer needs. Converted files are found automatically in $NST_JAX_WEIGHTS, the "
@@ -24,6 +26,7 @@ def register(sub) -> None:
 
     p = actions.add_parser(
         "download",
+        formatter_class=common.HelpFormatter,
         help="fetch, verify and convert published weights",
         description="Fetch published VGG weights, verify their checksum, convert them and save "
         "MODEL-SOURCE.nst.h5. Does nothing if a valid converted file is already there.",
@@ -57,6 +60,7 @@ def register(sub) -> None:
 
     p = actions.add_parser(
         "convert",
+        formatter_class=common.HelpFormatter,
         help="convert a published .h5/.pth/.onnx file to the nst-jax format",
         description="Convert a published VGG-16 or VGG-19 weight file (Keras .h5, torchvision "
         "or Caffe .pth, or an ONNX model whose trunk is a VGG) to an nst-jax weight file. The "
@@ -86,14 +90,23 @@ def register(sub) -> None:
 
     p = actions.add_parser(
         "info",
+        formatter_class=common.HelpFormatter,
         help="show the layers, preprocessing and checksums of an nst-jax weight file",
+        description="Show what an nst-jax weight file holds: its source and checksums, the "
+        "input preprocessing it expects (channel order, scale, mean/std) and every layer's "
+        "kernel and bias shapes.",
     )
-    p.add_argument("path", type=Path, metavar="PATH")
+    p.add_argument("path", type=Path, metavar="PATH", help="an nst-jax weight file (.nst.h5)")
     p.set_defaults(func=_info)
 
     p = actions.add_parser(
         "path",
+        formatter_class=common.HelpFormatter,
         help="print which weights stylization would use (exit 1 if there are none)",
+        description="Print the weight file that stylize, batch and demo would use without "
+        "--weights (searched in $NST_JAX_WEIGHTS, the repository's weights/, ./weights and the "
+        "per-user cache), with its label on stderr; 'random' when NST_JAX_WEIGHTS=random. "
+        "Exit status 1 if none is found.",
     )
     p.set_defaults(func=_path)
 
