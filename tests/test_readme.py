@@ -39,6 +39,7 @@ NOT_RUN = {
     "pip install": "installs packages",
     "python -m pytest": "the test suite itself",
     "nst-jax weights download": "downloads weights (no network in tests)",
+    "nst-jax serve": "serves until stopped (tests/test_web_server.py starts and stops it)",
 }
 _FENCE = re.compile(r"(?:<!--\s*readme-test:\s*skip\s*(?P<skip>[^>]*?)\s*-->\s*\n)?"
                     r"^```(?P<lang>sh|python)\n(?P<body>.*?)^```", re.M | re.S)

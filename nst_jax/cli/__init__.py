@@ -104,3 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nst-jax: interrupted", file=sys.stderr)
         return safety.interrupted_status()
+    except BrokenPipeError:
+        # The reader went away (``nst-jax weights info F | head``): stop quietly, as a Unix tool
+        # does, and keep Python from reporting the pipe again when it flushes stdout at exit.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
