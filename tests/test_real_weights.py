@@ -96,7 +96,7 @@ def test_every_activation_matches_pytorch_vgg16(real):
     with torch.no_grad():
         for m, name in zip(convs, vgg.conv_layers("vgg16"), strict=True):
             m.weight.copy_(torch.from_numpy(np.asarray(real.params[name]["kernel"]).transpose(3, 2, 0, 1).copy()))
-            m.bias.copy_(torch.from_numpy(np.asarray(real.params[name]["bias"])))
+            m.bias.copy_(torch.from_numpy(np.array(real.params[name]["bias"])))
     photo = image_io.load_image(image_io.sample_path("chelsea.jpg"))[:64, :80]
     # Caffe preprocessing written independently: BGR, 0..255, minus the ImageNet mean.
     x = photo[..., ::-1].astype(np.float64) * 255 - np.array([103.939, 116.779, 123.68])
