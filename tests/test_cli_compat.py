@@ -18,17 +18,8 @@ from nst_jax.cli import build_parser, main
 TINY = ["--preset", "tiny", "--weights", "random", "--quiet"]
 
 
-def write_image(path, h, w, seed=0):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.stack([yy * 255 // h, xx * 255 // w, rng.integers(0, 255, (h, w))], -1)
-    Image.fromarray(img.astype(np.uint8)).save(path)
-    return str(path)
-
-
-@pytest.fixture
-def pair(tmp_path):
-    return write_image(tmp_path / "c.png", 30, 44, 1), write_image(tmp_path / "s.jpg", 32, 32, 2)
+# The same small content/style pair as the stylize CLI tests (pytest puts tests/ on sys.path).
+from test_cli_stylize import pair, write_image  # noqa: E402,F401
 
 
 def _stylize_parser():

@@ -101,9 +101,7 @@ def run(args: argparse.Namespace) -> int:
     content_path, style_paths = inputs(args)
     if args.print_every < 0:
         raise NstError(f"--print-every must be >= 0, got {args.print_every}")
-    if args.print_every:
-        # Per-layer terms are evaluated between chunks: let chunks end on every print step.
-        config = config.replace(chunk_size=math.gcd(config.chunk_size, args.print_every))
+    config = _with_print_steps(config, args)
 
     from nst_jax import image_io
 
@@ -154,9 +152,7 @@ def _stylize(args, config, out, content, styles, blend, masks, init_image) -> in
     from nst_jax.stylize import stylize
 
     weights = common.load_weights_for_cli(args, network=config.network)
-    config = common.config_from_args(args, network=weights.network)
-    if args.print_every:
-        config = config.replace(chunk_size=math.gcd(config.chunk_size, args.print_every))
+    config = _with_print_steps(common.config_from_args(args, network=weights.network), args)
     cache = getattr(args, "_compile_cache", None)
     common.status(args, "computing style targets and compiling the optimisation step"
                   + (f" (compiled programs are reused from {cache})" if cache else "")
@@ -194,6 +190,13 @@ def _stylize(args, config, out, content, styles, blend, masks, init_image) -> in
         return common.EXIT_INTERRUPTED
     return 0
 
+
+
+def _with_print_steps(config, args):
+    """Per-layer terms are evaluated between chunks: let chunks end on every --print-every step."""
+    if not args.print_every:
+        return config
+    return config.replace(chunk_size=math.gcd(config.chunk_size, args.print_every))
 
 
 def loss_log_json(result) -> bytes:
