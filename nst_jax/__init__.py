@@ -8,11 +8,16 @@ Public API (all pure functions take ONE image or feature map; batch with ``jax.v
 * features and losses: :func:`extract_features`, :func:`gram_matrix`, :func:`content_loss`,
   :func:`style_loss`, :func:`total_variation_loss`, :func:`style_transfer_loss`,
   :func:`compute_targets`;
-* stylization: :class:`StyleConfig`, :func:`get_preset`, :func:`stylize`,
-  :func:`stylize_batch`.
+* stylization: :class:`StyleConfig` (:class:`LossSpec`, :class:`OptimSpec`, :class:`RunSpec`),
+  :func:`get_preset`, :func:`stylize`, :func:`stylize_batch` (results :class:`StylizeResult`,
+  per-chunk :class:`ChunkReport`).
+
+Everything else lives in its module (``nst_jax.sharding``, ``nst_jax.image_io``, ...) and is
+importable from there; the names below are the stable surface.
 """
 
 from nst_jax.config import PRESETS as PRESETS
+from nst_jax.config import RunSpec as RunSpec
 from nst_jax.config import StyleConfig as StyleConfig
 from nst_jax.config import get_preset as get_preset
 from nst_jax.errors import NstError as NstError
@@ -27,10 +32,12 @@ from nst_jax.losses import total_variation_loss as total_variation_loss
 from nst_jax.objective import LossSpec as LossSpec
 from nst_jax.objective import compute_targets as compute_targets
 from nst_jax.objective import style_transfer_loss as style_transfer_loss
+from nst_jax.optimize import OptimSpec as OptimSpec
 from nst_jax.preprocessing import Preprocessing as Preprocessing
-from nst_jax.stylize import ChunkReport as ChunkReport
-from nst_jax.stylize import StylizeResult as StylizeResult
-from nst_jax.stylize import stylize as stylize
+from nst_jax.results import ChunkReport as ChunkReport
+from nst_jax.results import StylizeResult as StylizeResult
+from nst_jax.transfer import stylize as stylize
+from nst_jax.transfer import stylize_batch as stylize_batch
 from nst_jax.vgg import NETWORKS as NETWORKS
 from nst_jax.vgg import VGG as VGG
 from nst_jax.vgg import VGG16 as VGG16
@@ -40,6 +47,15 @@ from nst_jax.weights import random_weights as random_weights
 
 __version__ = "0.1.0"
 
+__all__ = [
+    "CONVENTIONS", "NETWORKS", "PRESETS", "VGG", "VGG16", "VGG19",
+    "ChunkReport", "LossConvention", "LossSpec", "NstError", "OptimSpec", "Preprocessing",
+    "RunSpec", "StyleConfig", "StylizeResult", "VGGWeights",
+    "compute_targets", "content_loss", "extract_features", "get_preset", "gram_matrix",
+    "load_weights", "random_weights", "resolve_weights", "style_layer_loss", "style_loss",
+    "style_transfer_loss", "stylize", "stylize_batch", "total_variation_loss",
+]
+
 
 def __getattr__(name):
     # Imported lazily: these pull in modules still optional for a bare library import.
@@ -47,8 +63,4 @@ def __getattr__(name):
         from nst_jax import weights
 
         return getattr(weights, name)
-    if name == "stylize_batch":
-        from nst_jax.batch import stylize_batch
-
-        return stylize_batch
     raise AttributeError(f"module 'nst_jax' has no attribute {name!r}")

@@ -1,7 +1,15 @@
-"""Stylization settings: one frozen dataclass and named presets.
+"""Stylization settings: one frozen configuration composed of three specs, and named presets.
 
-``get_preset("gatys").replace(steps=500, style_weight=1e3)`` gives a validated copy; the CLI builds
-its config exactly this way, flag by flag.
+:class:`StyleConfig` is ``loss`` (:class:`~nst_jax.objective.LossSpec`: what is minimised),
+``optim`` (:class:`~nst_jax.optimize.OptimSpec`: how) and ``run``
+(:class:`RunSpec`: sizes, schedule and start). Each part validates its own fields when built and
+the configuration checks what spans parts, so a ``StyleConfig`` that exists is valid. Field names
+are unique across the parts, so they read flat (``config.steps``, ``config.style_weight``) and
+:meth:`StyleConfig.replace` routes each change to its part::
+
+    get_preset("gatys").replace(steps=500, style_weight=1e3)
+
+The CLI builds its configuration exactly this way, from the flags given.
 """
 
 from __future__ import annotations
@@ -10,69 +18,45 @@ import dataclasses
 import os
 from typing import Any
 
-import numpy as np
-
+from nst_jax.checks import check_choice, check_int, check_positive, plain_fields
 from nst_jax.errors import NstError
+from nst_jax.objective import DTYPES as DTYPES
 from nst_jax.objective import LossSpec
+from nst_jax.optimize import OPTIMIZERS as OPTIMIZERS
+from nst_jax.optimize import OUTPUT_ITERATES as OUTPUT_ITERATES
+from nst_jax.optimize import OptimSpec
 from nst_jax.vgg import NETWORKS, min_side
 
-OPTIMIZERS = ("adam", "lbfgs")
 COLOR_MODES = ("none", "luminance", "match")
-#: Which image a run reports: lowest loss seen, the final iterate, or the moving average.
-OUTPUT_ITERATES = ("best", "last", "ema")
+INIT_KINDS = ("content", "noise", "style")
 #: Environment variables capping every size and step count (documentation tests, smoke runs).
 ENV_MAX_SIZE = "NST_JAX_MAX_SIZE"
 ENV_MAX_STEPS = "NST_JAX_MAX_STEPS"
-KERAS_STYLE = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
 CAFFE_STYLE = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 
 @dataclasses.dataclass(frozen=True)
-class StyleConfig:
-    """Everything that decides a stylization, except the images and weights.
+class RunSpec:
+    """Sizes, schedule and start of a stylization.
 
-    Loss (see :class:`nst_jax.objective.LossSpec`): ``content_layers``, ``style_layers``,
-    ``style_layer_weights``, ``content_weight``, ``style_weight``, ``tv_weight``, ``convention``,
-    ``pooling``, ``dtype``, ``remat``.
-
-    Optimisation: ``optimizer`` (``"adam"`` or ``"lbfgs"``), ``steps`` (Adam steps or L-BFGS
-    iterations), ``learning_rate``, ``adam_b1``, ``adam_b2``, ``adam_eps``, ``lbfgs_memory``
-    (history size), ``chunk_size`` (steps per compiled call between progress updates).
-
-    Images: ``size`` (longest side of the output; ``None`` keeps the content size),
-    ``style_scale`` (style image's longest side relative to ``size``; one number, or one per
-    style image), ``init`` (``"content"``, ``"noise"``, ``"style"`` or an image path), ``seed``
-    (noise init), ``save_every`` (intermediate images every N steps, 0 = off).
-
-    Artist controls: ``scales`` (coarse-to-fine passes; sizes grow geometrically from
-    ``min_size``, default ``size / 2^(scales-1)``, to ``size``), ``scale_steps`` (steps per scale,
-    default ``steps`` at each), ``preserve_colors`` (``"none"``, ``"luminance"``: stylize the
-    luminance and keep the content's chroma, or ``"match"``: colour-match the style image to the
-    content first), ``ema_decay`` (keep an exponential moving average of the iterates, 0 = off),
-    ``output_iterate`` (the image reported: ``"best"``, ``"last"`` or ``"ema"``; ``None`` means
-    ``"ema"`` when ``ema_decay`` > 0, else ``"best"``).
-
-    Network: ``network`` (``"vgg16"``/``"vgg19"``) requires weights of that network; ``None``
-    (default) runs on whichever the weights are.
+    Attributes:
+      steps: Adam steps or L-BFGS iterations (at each scale, unless ``scale_steps``).
+      chunk_size: steps per compiled call between host updates (progress, previews, Ctrl-C).
+      size: longest side of the output; ``None`` keeps the content's size.
+      style_scale: style image's longest side relative to the content's; one number, or one
+        per style image.
+      init: ``"content"``, ``"noise"``, ``"style"`` or an image path (loaded by the caller).
+      seed: noise for ``init="noise"``.
+      save_every: intermediate images every N steps (0 = off).
+      scales: coarse-to-fine passes; sizes grow geometrically from ``min_size`` (default
+        ``size / 2^(scales-1)``) to ``size``. ``scale_steps``: steps per scale.
+      preserve_colors: ``"none"``; ``"luminance"``: stylize the luminance and keep the content's
+        chroma; ``"match"``: colour-match the style image to the content first.
+      network: ``"vgg16"``/``"vgg19"`` requires weights of that network; ``None`` runs on
+        whichever the weights are.
     """
 
-    content_layers: tuple[str, ...] = ("block5_conv2",)
-    style_layers: tuple[str, ...] = KERAS_STYLE
-    style_layer_weights: tuple[float, ...] | None = None
-    content_weight: float = 1e4
-    style_weight: float = 1e-2
-    tv_weight: float = 30.0
-    convention: str = "tf"
-    pooling: str = "max"
-    dtype: str = "float32"
-    remat: bool = False
-    optimizer: str = "adam"
     steps: int = 1000
-    learning_rate: float = 0.02
-    adam_b1: float = 0.99
-    adam_b2: float = 0.999
-    adam_eps: float = 0.1
-    lbfgs_memory: int = 20
     chunk_size: int = 20
     size: int | None = 512
     style_scale: float | tuple[float, ...] = 1.0
@@ -83,26 +67,19 @@ class StyleConfig:
     min_size: int | None = None
     scale_steps: tuple[int, ...] | None = None
     preserve_colors: str = "none"
-    ema_decay: float = 0.0
-    output_iterate: str | None = None
     network: str | None = None
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):  # NumPy scalars (np.float32(1.0), np.int64(5)) count
-            object.__setattr__(self, f.name, _plain(getattr(self, f.name)))
-        self.loss_spec()  # validates the loss fields
-        if self.optimizer not in OPTIMIZERS:
-            raise NstError(f"optimizer must be 'adam' or 'lbfgs', got {self.optimizer!r}")
-        _check_int(self.steps, "steps", minimum=1)
-        _check_int(self.chunk_size, "chunk size", minimum=1)
-        _check_int(self.lbfgs_memory, "L-BFGS memory", minimum=1)
-        _check_int(self.save_every, "save-every", minimum=0)
-        _check_int(self.seed, "seed", minimum=0)
+        plain_fields(self)
+        check_int(self.steps, "steps", minimum=1)
+        check_int(self.chunk_size, "chunk size", minimum=1)
+        check_int(self.save_every, "save-every", minimum=0)
+        check_int(self.seed, "seed", minimum=0)
+        check_int(self.scales, "scales", minimum=1)
         if self.size is not None:
-            _check_int(self.size, "size", minimum=8)
-        _check_int(self.scales, "scales", minimum=1)
+            check_int(self.size, "size", minimum=8)
         if self.min_size is not None:
-            _check_int(self.min_size, "min size", minimum=8)
+            check_int(self.min_size, "min size", minimum=8)
             if self.size is not None and self.min_size > self.size:
                 raise NstError(f"min size {self.min_size} is larger than size {self.size}")
         if self.scale_steps is not None:
@@ -111,78 +88,28 @@ class StyleConfig:
                     f"{len(self.scale_steps)} scale step counts given for {self.scales} scales"
                 )
             for n in self.scale_steps:
-                _check_int(n, "steps per scale", minimum=1)
+                check_int(n, "steps per scale", minimum=1)
         if self.scales > 1 and self.size is None:
             raise NstError("multi-scale stylization needs a target size (--size)")
-        if self.preserve_colors not in COLOR_MODES:
-            raise NstError(
-                f"preserve-colors must be one of {', '.join(COLOR_MODES)}, got {self.preserve_colors!r}"
-            )
-        if self.network is not None and self.network not in NETWORKS:
-            raise NstError(
-                f"network must be one of {', '.join(NETWORKS)}, got {self.network!r}"
-            )
-        if not 0 <= self.ema_decay < 1:
-            raise NstError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
-        if self.output_iterate is not None and self.output_iterate not in OUTPUT_ITERATES:
-            raise NstError(
-                f"output iterate must be one of {', '.join(OUTPUT_ITERATES)}, "
-                f"got {self.output_iterate!r}"
-            )
-        if self.output_iterate == "ema" and self.ema_decay == 0:
-            raise NstError("output iterate 'ema' needs an EMA decay > 0 (e.g. --ema-decay 0.95)")
+        check_choice(self.preserve_colors, "preserve-colors", COLOR_MODES)
+        if self.network is not None:
+            check_choice(self.network, "network", NETWORKS)
         scales = self.style_scale if isinstance(self.style_scale, tuple) else (self.style_scale,)
         for v in scales:
-            if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
-                raise NstError(f"style scale must be a positive number, got {v}")
-        for name in ("learning_rate", "adam_eps"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
-                raise NstError(f"{name.replace('_', ' ')} must be a positive number, got {v}")
-        for name in ("adam_b1", "adam_b2"):
-            v = getattr(self, name)
-            if not 0 <= v < 1:
-                raise NstError(f"{name.replace('_', ' ')} must be in [0, 1), got {v}")
-        if self.init not in ("content", "noise", "style") and not os.path.exists(self.init):
-            raise NstError(
-                f"init must be 'content', 'noise', 'style' or an existing image path, got {self.init!r}"
-            )
-
-    def loss_spec(self, regions: int = 0) -> LossSpec:
-        """The static description of the objective (``regions`` masked style regions)."""
-        return LossSpec(
-            regions=regions,
-            content_layers=self.content_layers,
-            style_layers=self.style_layers,
-            content_weight=self.content_weight,
-            style_weight=self.style_weight,
-            tv_weight=self.tv_weight,
-            style_layer_weights=self.style_layer_weights,
-            convention=self.convention,
-            pooling=self.pooling,
-            dtype=self.dtype,
-            remat=self.remat,
-        )
+            check_positive(v, "style scale")
+        if not isinstance(self.init, str) or not self.init:
+            raise NstError(f"init must be 'content', 'noise', 'style' or an image path, got "
+                           f"{self.init!r}")
 
     @property
-    def reported_iterate(self) -> str:
-        """``output_iterate`` resolved: ``"best"``, ``"last"`` or ``"ema"``."""
-        if self.output_iterate is not None:
-            return self.output_iterate
-        return "ema" if self.ema_decay > 0 else "best"
+    def init_is_path(self) -> bool:
+        """Whether ``init`` names an image file (which the caller loads)."""
+        return self.init not in INIT_KINDS
 
-    def scale_sizes(self, content_hw: tuple[int, int]) -> list[int]:
-        """Longest side at each scale, coarse to fine (the last is ``size``)."""
-        size = self.size or max(content_hw)
-        if self.scales == 1:
-            return [size]
-        # The coarsest scale must keep every loss layer at least one pixel on the short side.
-        need = min_side(self.content_layers + self.style_layers)
-        need_longest = -(-need * max(content_hw) // max(1, min(content_hw)))
-        smallest = self.min_size or max(8, need_longest, round(size / 2 ** (self.scales - 1)))
-        smallest = min(smallest, size)
-        ratio = (size / smallest) ** (1 / (self.scales - 1))
-        return [round(smallest * ratio**i) for i in range(self.scales - 1)] + [size]
+    @property
+    def total_steps(self) -> int:
+        """The step budget over all scales."""
+        return sum(self.steps_at(i) for i in range(self.scales))
 
     def steps_at(self, scale: int) -> int:
         return self.scale_steps[scale] if self.scale_steps else self.steps
@@ -199,41 +126,110 @@ class StyleConfig:
             )
         return float(self.style_scale[index])
 
+
+_PARTS = {"loss": LossSpec, "optim": OptimSpec, "run": RunSpec}
+#: Which part owns each flat field name.
+FIELD_PART: dict[str, str] = {
+    f.name: part for part, cls in _PARTS.items() for f in dataclasses.fields(cls)
+    if f.name != "regions"  # set per run from the masks given, not a setting
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleConfig:
+    """Everything that decides a stylization, except the images and weights.
+
+    ``loss`` (:class:`~nst_jax.objective.LossSpec`), ``optim``
+    (:class:`~nst_jax.optimize.OptimSpec`) and ``run`` (:class:`RunSpec`); read any of their
+    fields flat (``config.steps``) and change them with :meth:`replace`. The defaults are the
+    ``tf-tutorial`` preset.
+    """
+
+    loss: LossSpec = LossSpec()
+    optim: OptimSpec = OptimSpec()
+    run: RunSpec = RunSpec()
+
+    def __post_init__(self):
+        for part, cls in _PARTS.items():
+            if not isinstance(getattr(self, part), cls):
+                raise NstError(f"StyleConfig.{part} must be a {cls.__name__}")
+        if self.loss.regions:
+            raise NstError("StyleConfig.loss has no regions: stylize sets them from its masks")
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not attributes: the parts' fields, read flat.
+        part = FIELD_PART.get(name)
+        if part is None:
+            raise AttributeError(f"StyleConfig has no field {name!r}")
+        return getattr(object.__getattribute__(self, part), name)
+
+    @property
+    def reported_iterate(self) -> str:
+        """Which image a run reports: ``"best"``, ``"last"`` or ``"ema"``."""
+        return self.optim.reported
+
+    def steps_at(self, scale: int) -> int:
+        """Steps at scale ``scale`` (see :class:`RunSpec`)."""
+        return self.run.steps_at(scale)
+
+    def style_scale_for(self, index: int, n_styles: int) -> float:
+        """The style-scale factor of style image ``index`` (see :class:`RunSpec`)."""
+        return self.run.style_scale_for(index, n_styles)
+
+    def flat(self) -> dict[str, Any]:
+        """Every field by its flat name, in the parts' order (loss, optim, run)."""
+        return {name: getattr(self, name) for name in FIELD_PART}
+
     def replace(self, **changes: Any) -> "StyleConfig":
-        """A validated copy with ``changes`` applied; ``None`` values are ignored."""
-        changes = {k: v for k, v in changes.items() if v is not None}
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        """A validated copy with ``changes`` (flat field names) applied to their parts.
+
+        ``None`` is a value like any other (``size=None`` keeps the content's size); callers
+        with optional overrides leave out what was not given.
+        """
+        unknown = sorted(set(changes) - set(FIELD_PART))
         if unknown:
-            raise NstError(f"unknown config fields: {', '.join(sorted(unknown))}")
-        for k in ("content_layers", "style_layers", "style_layer_weights", "scale_steps", "style_scale"):
-            if k in changes and isinstance(changes[k], list):
-                changes[k] = tuple(changes[k])
-        return dataclasses.replace(self, **changes)
+            raise NstError(f"unknown config fields: {', '.join(unknown)}")
+        parts = {}
+        for part in _PARTS:
+            mine = {k: v for k, v in changes.items() if FIELD_PART[k] == part}
+            parts[part] = dataclasses.replace(getattr(self, part), **mine) if mine else getattr(self, part)
+        return StyleConfig(**parts)
+
+    def scale_sizes(self, content_hw: tuple[int, int]) -> list[int]:
+        """Longest side at each scale, coarse to fine (the last is ``size``)."""
+        run = self.run
+        size = run.size or max(content_hw)
+        if run.scales == 1:
+            return [size]
+        # The coarsest scale must keep every loss layer at least one pixel on the short side.
+        need = min_side(self.loss.content_layers + self.loss.style_layers)
+        need_longest = -(-need * max(content_hw) // max(1, min(content_hw)))
+        smallest = run.min_size or max(8, need_longest, round(size / 2 ** (run.scales - 1)))
+        smallest = min(smallest, size)
+        ratio = (size / smallest) ** (1 / (run.scales - 1))
+        return [round(smallest * ratio**i) for i in range(run.scales - 1)] + [size]
 
 
-def _plain(v: Any) -> Any:
-    """NumPy scalars become Python numbers/strings and lists become tuples, recursively."""
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, (list, tuple)):
-        return tuple(_plain(x) for x in v)
-    return v
+def check_init_path(config: StyleConfig) -> None:
+    """Raises ``NstError`` when ``config.init`` is neither a start kind nor an existing file."""
+    if config.run.init_is_path and not os.path.exists(config.run.init):
+        raise NstError(
+            f"init must be 'content', 'noise', 'style' or an existing image path, "
+            f"got {config.run.init!r}"
+        )
 
 
-def _check_int(v, name: str, *, minimum: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise NstError(f"{name} must be an integer >= {minimum}, got {v!r}")
-
+_TF_TUTORIAL = StyleConfig()
 
 PRESETS: dict[str, StyleConfig] = {
     # The TensorFlow "Neural style transfer" tutorial, the project's seed recipe.
-    "tf-tutorial": StyleConfig(),
+    "tf-tutorial": _TF_TUTORIAL,
     # Gatys et al. as run by jcjohnson/neural-style: relu4_2 content, relu*_1 style, L-BFGS,
     # content 5, style 100, TV 1e-3 with its normalisations (Caffe-scale TV). It starts from the
     # content image (neural-style's -init image), not white noise: measured on real VGG-16
     # features (BENCHMARKS.md, quality table), a noise start left no trace of the content
     # after 200 iterations at any weight balance that also took the style.
-    "gatys": StyleConfig(
+    "gatys": _TF_TUTORIAL.replace(
         content_layers=("relu4_2",),
         style_layers=CAFFE_STYLE,
         content_weight=5.0,
@@ -247,7 +243,7 @@ PRESETS: dict[str, StyleConfig] = {
         init="content",
     ),
     # Small and fast, for tests and smoke runs (random or real weights).
-    "tiny": StyleConfig(
+    "tiny": _TF_TUTORIAL.replace(
         content_layers=("relu3_1",),
         style_layers=("relu1_1", "relu2_1", "relu3_1"),
         content_weight=10.0,

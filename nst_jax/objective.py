@@ -12,13 +12,13 @@ object, so the loss stays a pure function that ``jit``, ``grad`` and ``vmap`` se
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from nst_jax import imageops, losses
+from nst_jax.checks import check_choice, check_int, check_nonnegative, plain_fields
 from nst_jax.errors import NstError
 from nst_jax.features import extract_features
 from nst_jax.vgg import POOLINGS, canonical_layer
@@ -43,11 +43,13 @@ class LossSpec:
       regions: number of masked style regions (0 = no masks; see :func:`compute_targets`).
     """
 
-    content_layers: tuple[str, ...]
-    style_layers: tuple[str, ...]
-    content_weight: float
-    style_weight: float
-    tv_weight: float
+    content_layers: tuple[str, ...] = ("block5_conv2",)
+    style_layers: tuple[str, ...] = (
+        "block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1"
+    )
+    content_weight: float = 1e4
+    style_weight: float = 1e-2
+    tv_weight: float = 30.0
     style_layer_weights: tuple[float, ...] | None = None
     convention: str = "tf"
     pooling: str = "max"
@@ -56,6 +58,7 @@ class LossSpec:
     regions: int = 0
 
     def __post_init__(self):
+        plain_fields(self)
         for field in ("content_layers", "style_layers"):
             names = getattr(self, field)
             if isinstance(names, str):
@@ -67,8 +70,7 @@ class LossSpec:
             raise NstError("at least one content or style layer is needed")
         for field in ("content_weight", "style_weight", "tv_weight"):
             v = getattr(self, field)
-            if not (_is_real(v) and 0 <= v < float("inf")):
-                raise NstError(f"{field.replace('_', ' ')} must be a finite number >= 0, got {v}")
+            check_nonnegative(v, field.replace("_", " "))
             object.__setattr__(self, field, float(v))
         if self.style_layer_weights is not None:
             w = tuple(float(v) for v in self.style_layer_weights)
@@ -82,8 +84,8 @@ class LossSpec:
         losses.get_convention(self.convention)
         if self.pooling not in POOLINGS:
             raise NstError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
-        if self.dtype not in DTYPES:
-            raise NstError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_choice(self.dtype, "dtype", DTYPES)
+        check_int(self.regions, "regions", minimum=0)
 
     @property
     def layer_weights(self) -> dict[str, float]:
@@ -109,11 +111,6 @@ class LossSpec:
     @property
     def jnp_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
-
-
-def _is_real(v: Any) -> bool:
-    """A real number: Python or NumPy (``np.float32(1.0)``), not a bool."""
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def features_for(weights: VGGWeights, image: jax.Array, layers: Sequence[str], spec: LossSpec):
@@ -197,11 +194,28 @@ def assemble_targets(
     targets: Targets = {
         "content": {k: jax.lax.stop_gradient(v) for k, v in content_feats.items()}
     }
+    hw = tuple(content.shape[:2])
+    return {**targets, **style_targets(weights, hw, grams, spec, style_blend=style_blend, masks=masks)}
+
+
+def style_targets(
+    weights: VGGWeights,
+    hw: tuple[int, int],
+    grams: Sequence[Mapping[str, jax.Array]],
+    spec: LossSpec,
+    *,
+    style_blend: Sequence[float] | None = None,
+    masks: jax.Array | None = None,
+) -> Targets:
+    """The style part of the targets for an ``hw``-sized image, from each style's Grams.
+
+    Returns ``{"style": {layer: (C_l, C_l)}}`` (blended), or with ``masks`` ``(R, H, W)``
+    ``{"style": {layer: (R, C_l, C_l)}, "masks": {layer: (R, H_l, W_l)}}``.
+    """
     if masks is None:
         if spec.regions:
             raise NstError(f"the loss expects {spec.regions} region masks but none were given")
-        targets["style"] = blend_grams(grams, style_blend or [1.0] * len(grams))
-        return targets
+        return {"style": blend_grams(grams, style_blend or [1.0] * len(grams))}
     if style_blend is not None:
         raise NstError("style blend weights and region masks cannot be combined")
     if masks.ndim != 3 or masks.shape[0] != len(grams) or masks.shape[0] != spec.regions:
@@ -209,19 +223,21 @@ def assemble_targets(
             f"{masks.shape[0] if masks.ndim == 3 else 'malformed'} masks given for "
             f"{len(grams)} style images (one mask per style is needed)"
         )
-    if tuple(masks.shape[1:]) != tuple(content.shape[:2]):
+    if tuple(masks.shape[1:]) != tuple(hw):
         raise NstError(
             f"mask size {masks.shape[2]}x{masks.shape[1]} does not match the content image "
-            f"size {content.shape[1]}x{content.shape[0]}"
+            f"size {hw[1]}x{hw[0]}"
         )
     # Only the shapes of the style layers are needed, to resize the masks: no computation.
-    shapes = jax.eval_shape(lambda x: features_for(weights, x, spec.style_layers, spec), content)
-    targets["style"] = {k: jnp.stack([g[k] for g in grams]) for k in spec.style_layers}
-    targets["masks"] = {
-        k: jnp.stack([imageops.resize_mask(m, shapes[k].shape[:2]) for m in masks])
-        for k in spec.style_layers
+    probe = jax.ShapeDtypeStruct((*hw, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda x: features_for(weights, x, spec.style_layers, spec), probe)
+    return {
+        "style": {k: jnp.stack([g[k] for g in grams]) for k in spec.style_layers},
+        "masks": {
+            k: jnp.stack([imageops.resize_mask(m, shapes[k].shape[:2]) for m in masks])
+            for k in spec.style_layers
+        },
     }
-    return targets
 
 
 def check_targets(targets: Targets, spec: LossSpec) -> None:
@@ -271,8 +287,8 @@ def style_transfer_loss(
         for k in spec.style_layers
     }
     tv = spec.tv_weight * losses.total_variation_loss(image, kind=conv.tv, scale=conv.tv_scale)
-    content_total = losses._sum(content_terms)
-    style_total = losses._sum(style_terms)
+    content_total = _sum(content_terms)
+    style_total = _sum(style_terms)
     total = content_total + style_total + tv
     aux = {
         "content": content_total,
@@ -282,3 +298,7 @@ def style_transfer_loss(
         "style_layers": style_terms,
     }
     return total, aux
+
+
+def _sum(terms: Mapping[str, jax.Array]) -> jax.Array:
+    return sum(terms.values(), jnp.zeros((), jnp.float32))

@@ -1,6 +1,6 @@
 """Optimising one image: optax Adam or L-BFGS, run in compiled chunks of steps.
 
-The single-image functions here are pure and unbatched; :mod:`nst_jax.batch` ``vmap``s the same
+The single-image functions here are pure and unbatched; :mod:`nst_jax.programs` ``vmap``s the same
 :func:`run_chunk` over many images. One call of :func:`run_chunk` runs up to ``chunk`` steps in a
 ``lax.while_loop`` (no host round-trip per step), with the number of steps a traced argument so
 that every chunk length reuses one compiled program per image shape.
@@ -28,35 +28,67 @@ import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
+from nst_jax.checks import check_choice, check_int, check_positive, check_unit, plain_fields
+from nst_jax.errors import NstError
+
 LossFn = Callable[[jax.Array], tuple[jax.Array, dict[str, Any]]]
 HISTORY_KEYS = ("total", "content", "style", "tv")
+
+
+OPTIMIZERS = ("adam", "lbfgs")
+#: Which image a run reports: lowest loss seen, the final iterate, or the moving average.
+OUTPUT_ITERATES = ("best", "last", "ema")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimSpec:
     """Static optimiser settings (hashable; part of the compiled program's identity).
 
-    ``ema_decay`` > 0 keeps an exponential moving average of the iterate,
-    ``x̄ ← d x̄ + (1 - d) x`` (iterate averaging). ``output`` picks the image
+    ``optimizer`` is ``"adam"`` (``learning_rate``, ``adam_b1``, ``adam_b2``, ``adam_eps``) or
+    ``"lbfgs"`` (``lbfgs_memory`` curvature pairs; ``learning_rate`` 1 lets the zoom line search
+    pick every step). ``ema_decay`` > 0 keeps an exponential moving average of the iterate,
+    ``x̄ ← d x̄ + (1 - d) x`` (iterate averaging). ``output_iterate`` picks the image
     :func:`result_image` reports: ``"best"`` (lowest loss seen), ``"last"`` (the final iterate)
     or ``"ema"`` (the average; needs ``ema_decay`` > 0); ``None``: ``"ema"`` when
-    ``ema_decay`` > 0, else ``"best"``.
+    ``ema_decay`` > 0, else ``"best"`` (see :attr:`reported`).
     """
 
     optimizer: str = "adam"
     learning_rate: float = 0.02
-    b1: float = 0.99
-    b2: float = 0.999
-    eps: float = 0.1
+    adam_b1: float = 0.99
+    adam_b2: float = 0.999
+    adam_eps: float = 0.1
     lbfgs_memory: int = 20
     ema_decay: float = 0.0
-    output: str | None = None
+    output_iterate: str | None = None
+
+    def __post_init__(self):
+        plain_fields(self)
+        if self.optimizer not in OPTIMIZERS:
+            raise NstError(f"optimizer must be 'adam' or 'lbfgs', got {self.optimizer!r}")
+        check_int(self.lbfgs_memory, "L-BFGS memory", minimum=1)
+        check_positive(self.learning_rate, "learning rate")
+        check_positive(self.adam_eps, "adam eps")
+        check_unit(self.adam_b1, "adam b1")
+        check_unit(self.adam_b2, "adam b2")
+        check_unit(self.ema_decay, "EMA decay")
+        if self.output_iterate is not None:
+            check_choice(self.output_iterate, "output iterate", OUTPUT_ITERATES)
+        if self.output_iterate == "ema" and self.ema_decay == 0:
+            raise NstError("output iterate 'ema' needs an EMA decay > 0 (e.g. --ema-decay 0.95)")
+
+    @property
+    def reported(self) -> str:
+        """``output_iterate`` resolved: ``"best"``, ``"last"`` or ``"ema"``."""
+        if self.output_iterate is not None:
+            return self.output_iterate
+        return "ema" if self.ema_decay > 0 else "best"
 
 
 def make_optimizer(spec: OptimSpec) -> optax.GradientTransformationExtraArgs:
     """optax Adam with the spec's hyper-parameters, or L-BFGS with a zoom line search."""
     if spec.optimizer == "adam":
-        return optax.adam(spec.learning_rate, b1=spec.b1, b2=spec.b2, eps=spec.eps)
+        return optax.adam(spec.learning_rate, b1=spec.adam_b1, b2=spec.adam_b2, eps=spec.adam_eps)
     if spec.optimizer == "lbfgs":
         lr = None if spec.learning_rate == 1.0 else spec.learning_rate
         return optax.lbfgs(
@@ -188,12 +220,12 @@ def run_chunk(
 
 
 def result_image(state: RunState, spec: OptimSpec) -> jax.Array:
-    """The image to report (``spec.output``): the best iterate seen, the last one, or the
+    """The image to report (``spec.reported``): the best iterate seen, the last one, or the
     averaged one.
 
     Before any step has run (``best_loss`` is inf) the best iterate is the current one.
     """
-    output = spec.output or ("ema" if spec.ema_decay > 0 else "best")
+    output = spec.reported
     if output == "ema":
         return jnp.clip(state.ema_image, 0.0, 1.0)
     if output == "last":

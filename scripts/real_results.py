@@ -54,7 +54,7 @@ def run_torch(weights, config, content, style) -> tuple[np.ndarray, float]:
 
     torch.manual_seed(config.seed)
     params = {k: {n: np.asarray(a) for n, a in v.items()} for k, v in weights.params.items()}
-    spec = config.loss_spec()
+    spec = config.loss
     start = time.perf_counter()
     x = None
     for i, size in enumerate(config.scale_sizes(content.shape[:2])):

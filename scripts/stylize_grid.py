@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from nst_jax import image_io
-from nst_jax.batch import stylize_batch
+from nst_jax.transfer import stylize_batch
 from nst_jax.config import PRESETS, get_preset
 from nst_jax.weights import resolve_weights
 

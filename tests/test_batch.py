@@ -88,7 +88,7 @@ def _device_checks() -> dict:
     import jax
 
     from nst_jax.config import get_preset
-    from nst_jax.stylize import stylize
+    from nst_jax.transfer import stylize
     from nst_jax.weights import random_weights
 
     report: dict = {"devices": jax.device_count()}

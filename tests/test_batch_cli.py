@@ -64,7 +64,7 @@ def test_folder_is_stylized_bad_file_skipped_and_rerun_resumes(folder, tmp_path,
     # Same pixels as stylizing the image alone (up to 8-bit rounding).
     from nst_jax import image_io
     from nst_jax.config import get_preset
-    from nst_jax.stylize import stylize
+    from nst_jax.transfer import stylize
     from nst_jax.weights import random_weights
 
     config = get_preset("tiny").replace(size=32, steps=4, chunk_size=2, learning_rate=0.01)
@@ -116,13 +116,13 @@ def test_sigkill_midway_then_rerun_finishes_the_rest(folder, tmp_path):
 
 def test_ctrl_c_stops_after_the_chunk_and_writes_nothing_partial(folder, tmp_path, capsys,
                                                                 monkeypatch):
-    stylize_module = sys.modules["nst_jax.stylize"]  # the package attribute is the function
+    import nst_jax.interrupt as interrupt
 
     @contextlib.contextmanager
     def ctrl_c_pressed():
         yield lambda: True
 
-    monkeypatch.setattr(stylize_module, "deferred_interrupt", ctrl_c_pressed)
+    monkeypatch.setattr(interrupt, "deferred_interrupt", ctrl_c_pressed)
     d, style = folder
     (d / "broken.png").unlink()
     out = tmp_path / "out"

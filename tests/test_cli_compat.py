@@ -155,7 +155,7 @@ def test_output_iterate_picks_best_last_or_average():
         return v, {"content": v, "style": v * 0, "tv": v * 0}
 
     for output, decay in (("best", 0.0), ("last", 0.0), ("ema", 0.5)):
-        spec = optimize.OptimSpec("adam", learning_rate=0.3, b1=0.0, ema_decay=decay, output=output)
+        spec = optimize.OptimSpec("adam", learning_rate=0.3, adam_b1=0.0, ema_decay=decay, output_iterate=output)
         s = optimize.init_state(jnp.full((2, 2, 3), 0.9), loss_fn, spec)
         s, hist = optimize.run_chunk(s, 3, loss_fn, spec, 3)
         expected = {"best": s.best_image, "last": s.image, "ema": s.ema_image}[output]

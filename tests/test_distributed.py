@@ -29,7 +29,7 @@ def _free_port() -> int:
 def test_two_processes_write_disjoint_shares_exactly_once(tmp_path):
     from nst_jax import image_io
     from nst_jax.config import get_preset
-    from nst_jax.stylize import stylize
+    from nst_jax.transfer import stylize
     from nst_jax.weights import random_weights
 
     src = tmp_path / "in"

@@ -104,7 +104,7 @@ def test_4_huge_png_is_decoded_at_reduced_size(tmp_path, capsys, monkeypatch):
     assert np.allclose(img, 90 / 255, atol=1e-6)
     assert peak < 50 << 20, peak  # no full-size float32 copy (that was 2 GB)
     # The CLI asks for the reduced decode: the library sees a small content image.
-    import nst_jax.stylize  # noqa: F401 - the module, whose name the function shadows
+    import nst_jax.transfer  # noqa: F401
 
     seen = {}
 
@@ -112,7 +112,7 @@ def test_4_huge_png_is_decoded_at_reduced_size(tmp_path, capsys, monkeypatch):
         seen["content"] = np.shape(content)
         raise NstError("stopped by the test")
 
-    monkeypatch.setattr(sys.modules["nst_jax.stylize"], "stylize", stop)
+    monkeypatch.setattr(sys.modules["nst_jax.transfer"], "stylize", stop)
     style = write_image(tmp_path / "s.png", 32, 32)
     assert main(["stylize", str(big), style, "-o", str(tmp_path / "o.png"), *TINY]) == 2
     one_error_line(capsys, "stopped by the test")

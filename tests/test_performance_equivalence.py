@@ -157,7 +157,7 @@ def test_forward_with_prepared_kernels_and_remat_matches_plain(weights, images, 
 
 @pytest.mark.parametrize("preset,remat", [("gatys", False), ("gatys", True), ("tf-tutorial", False)])
 def test_optimised_loss_and_gradient_equal_plain(weights, images, preset, remat):
-    spec = get_preset(preset).replace(remat=remat).loss_spec()
+    spec = get_preset(preset).replace(remat=remat).loss
     content, style, x = images
     targets = compute_targets(weights, content, style, spec)
     plain = jax.jit(jax.value_and_grad(lambda x: plain_loss(x, targets, weights, spec)))
@@ -178,7 +178,7 @@ def test_compiled_adam_step_equals_plain_adam_step(weights, images):
 
     stylize = importlib.import_module("nst_jax.stylize")  # the package exports a function of that name
 
-    spec = get_preset("gatys").loss_spec()
+    spec = get_preset("gatys").loss
     content, style, x = images
     targets = compute_targets(weights, content, style, spec)
     v0, g0 = jax.value_and_grad(lambda x: plain_loss(x, targets, weights, spec))(x)
@@ -189,12 +189,12 @@ def test_compiled_adam_step_equals_plain_adam_step(weights, images):
     # times max|g|, u is a smooth (nearly linear) function of g, the rounding moves it by
     # ~lr / eps · 1e-4 max|g| = 1e-5 lr, and a wrong step (sign, scale, clipping, a second
     # step, a stale state) is still off by a large fraction of |u| <= lr / 11.
-    optim = dataclasses.replace(OptimSpec(), eps=10.0 * float(jnp.max(jnp.abs(g0))))
+    optim = dataclasses.replace(OptimSpec(), adam_eps=10.0 * float(jnp.max(jnp.abs(g0))))
     state = stylize._init_jit(x, targets, weights, spec=spec, optim=optim)
     state, hist = stylize._chunk_jit(
         state, jnp.int32(1), targets, weights, spec=spec, optim=optim, chunk=2
     )
-    opt = optax.adam(optim.learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+    opt = optax.adam(optim.learning_rate, b1=optim.adam_b1, b2=optim.adam_b2, eps=optim.adam_eps)
     upd, _ = opt.update(g0, opt.init(x), x)
     want = jnp.clip(x + upd, 0.0, 1.0)
     assert abs(float(hist["total"][0]) - float(v0)) <= 1e-5 * abs(float(v0))
@@ -207,7 +207,7 @@ def test_bfloat16_loss_and_gradient_are_close_to_float32(weights, images):
     content, style, x = images
     out = {}
     for dtype in ("float32", "bfloat16"):
-        spec = get_preset("gatys").replace(dtype=dtype).loss_spec()
+        spec = get_preset("gatys").replace(dtype=dtype).loss
         targets = compute_targets(weights, content, style, spec)
         (v, aux), g = jax.jit(
             jax.value_and_grad(lambda x: style_transfer_loss(x, targets, weights.prepare(dtype), spec), has_aux=True)
@@ -241,7 +241,7 @@ def test_pytorch_reference_computes_the_same_loss_and_gradient(weights, images, 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import torch_reference as tr
 
-    spec = get_preset(preset).loss_spec()
+    spec = get_preset(preset).loss
     content, style, x = images
     targets = compute_targets(weights, content, style, spec)
     v, g = jax.value_and_grad(lambda x: style_transfer_loss(x, targets, weights, spec)[0])(x)

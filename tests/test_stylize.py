@@ -11,7 +11,7 @@ from nst_jax.config import PRESETS, get_preset
 from nst_jax.errors import NstError
 from nst_jax.features import extract_features
 from nst_jax.objective import LossSpec, compute_targets, style_transfer_loss
-from nst_jax.stylize import compile_count, stylize
+from nst_jax.transfer import compile_count, stylize
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_divergence_stops_and_keeps_best():
         v = jnp.where(x.mean() < 0.4, jnp.nan, v)
         return v, {"content": v, "style": v * 0, "tv": v * 0}
 
-    spec = optimize.OptimSpec("adam", learning_rate=0.01, b1=0.9)
+    spec = optimize.OptimSpec("adam", learning_rate=0.01, adam_b1=0.9)
     state = optimize.init_state(jnp.full((4, 4, 3), 0.5), loss_fn, spec)
     state, hist = jax.jit(optimize.run_chunk, static_argnums=(2, 3, 4))(state, 100, loss_fn, spec, 100)
     ran = int(np.sum(~np.isnan(hist["total"])))  # the NaN step itself is recorded as NaN
@@ -107,7 +107,7 @@ def test_ema_output_is_average_of_iterates():
         v = jnp.sum((x - 0.2) ** 2)
         return v, {"content": v, "style": v * 0, "tv": v * 0}
 
-    spec = optimize.OptimSpec("adam", learning_rate=0.05, b1=0.9, ema_decay=0.5)
+    spec = optimize.OptimSpec("adam", learning_rate=0.05, adam_b1=0.9, ema_decay=0.5)
     s0 = optimize.init_state(jnp.full((2, 2, 3), 0.9), loss_fn, spec)
     s1, _ = optimize.run_chunk(s0, 1, loss_fn, spec, 4)
     s2, _ = optimize.run_chunk(s1, 1, loss_fn, spec, 4)
@@ -141,12 +141,32 @@ def test_presets_follow_their_sources():
         (dict(optimizer="sgd"), "optimizer must be"),
         (dict(style_layer_weights=(1.0,)), "1 style layer weights given for 5 style layers"),
         (dict(steps=0), "steps must be an integer >= 1"),
-        (dict(init="/no/such/file.png"), "init must be"),
+        (dict(output_iterate="ema"), "output iterate 'ema' needs an EMA decay > 0"),
+        (dict(scales=2, size=None), "multi-scale stylization needs a target size"),
+        (dict(colour=1), "unknown config fields: colour"),
     ],
 )
 def test_config_validation(change, match):
     with pytest.raises(NstError, match=match):
         get_preset("tf-tutorial").replace(**change)
+
+
+def test_config_is_composed_of_specs_and_reads_flat():
+    config = get_preset("gatys").replace(steps=7, adam_b1=0.5, style_weight=3.0, size=None)
+    assert config.steps == config.run.steps == 7 and config.size is None  # None is a value
+    assert config.adam_b1 == config.optim.adam_b1 == 0.5
+    assert config.style_weight == config.loss.style_weight == 3.0
+    assert set(config.flat()) == {f for part in (config.loss, config.optim, config.run)
+                                  for f in part.__dataclass_fields__} - {"regions"}
+    assert hash(config) == hash(get_preset("gatys").replace(steps=7, adam_b1=0.5,
+                                                            style_weight=3.0, size=None))
+
+
+def test_init_path_is_checked_where_it_is_read(weights, images):
+    content, style = images
+    config = get_preset("tiny").replace(init="/no/such/file.png")  # building touches no disk
+    with pytest.raises(NstError, match="init must be .* an existing image path"):
+        stylize(content, style, config, weights)
 
 
 def test_style_blend_target_is_weighted_sum(weights, images):
@@ -175,5 +195,10 @@ def test_on_chunk_reports_every_chunk_and_can_stop(weights, images):
     assert img.shape == result.image.shape and 0 <= img.min() and img.max() <= 1
     assert not result.interrupted
 
-    stopped = stylize(content, style, config, weights, on_chunk=lambda r: r.step >= 8)
-    assert stopped.interrupted and stopped.steps == 8 and len(stopped.history["total"]) == 8
+    # The chunk of steps 9-12 was queued before the hook saw step 8 (the host does not make the
+    # device wait on it), so the stop lands after it.
+    seen = []
+    stopped = stylize(content, style, config, weights,
+                      on_chunk=lambda r: seen.append(r.step) or r.step >= 8)
+    assert seen == [4, 8, 12]
+    assert stopped.interrupted and stopped.steps == 12 and len(stopped.history["total"]) == 12

@@ -1,5 +1,5 @@
 """``nst-jax batch INPUT... --style STYLE [--style ...] -o OUT_DIR``: a folder through
-:func:`nst_jax.batch.stylize_batch`, in chunks of ``--batch-size`` images.
+:func:`nst_jax.stylize_batch`, in chunks of ``--batch-size`` images.
 
 Resumable: an output that exists is skipped, and outputs are written atomically, so a re-run
 after a crash or Ctrl-C finishes exactly the missing ones. A content file that cannot be read is
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     sharding.initialize(args.coordinator, args.num_processes, args.process_id)
 
     from nst_jax import image_io
-    from nst_jax.batch import pair_indices
+    from nst_jax.inputs import pair_indices
 
     start = time.perf_counter()
     config = common.config_from_args(args)
@@ -180,8 +180,8 @@ def _run_locked(args, config, start, contents, styles, pairing, pairs, names, ou
     import numpy as np
 
     from nst_jax import image_io, sharding
-    from nst_jax.batch import stylize_batch
-    from nst_jax.stylize import deferred_interrupt
+    from nst_jax.transfer import stylize_batch
+    from nst_jax.interrupt import deferred_interrupt
 
     # Which outputs exist, agreed by all processes (any process seeing a file counts), before
     # anyone writes; stale temporary files of killed runs go first.

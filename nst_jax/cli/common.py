@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import sys
@@ -209,7 +208,7 @@ def config_from_args(args: argparse.Namespace, network: str | None = None) -> St
     """The preset named by ``--preset`` (tuned for ``network`` when known, see
     :func:`nst_jax.config.get_preset`) with every given flag applied (validated), capped by
     ``$NST_JAX_MAX_SIZE`` / ``$NST_JAX_MAX_STEPS`` when set."""
-    from nst_jax.config import apply_env_caps
+    from nst_jax.config import apply_env_caps, check_init_path
 
     changes = {field: getattr(args, field, None) for _, field, _, _, _ in _config_flags()}
     changes["save_every"] = getattr(args, "save_every", None)
@@ -226,7 +225,8 @@ def config_from_args(args: argparse.Namespace, network: str | None = None) -> St
         size = changes.get("size") or base.size
         if size and changes["min_size"] < size:
             changes["scales"] = 1 + int(math.floor(2 * math.log2(size / changes["min_size"])))
-    config = base.replace(**changes)
+    config = base.replace(**{k: v for k, v in changes.items() if v is not None})
+    check_init_path(config)
     config, capped = apply_env_caps(config)
     if capped and network is None:  # said once, not again when re-tuned for the network
         status(args, capped)
@@ -244,15 +244,10 @@ def print_config(config: StyleConfig, args: argparse.Namespace) -> None:
     """The effective settings, one per line; ``*`` marks those changed from the preset."""
     base = get_preset(args.preset)
     print(f"# effective settings: preset {args.preset}; * = changed by a flag")
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        mark = "*" if value != getattr(base, f.name) else " "
-        print(f"{mark} {f.name:<20} {_default_text(value)}")
+    for name, value in config.flat().items():
+        mark = "*" if value != getattr(base, name) else " "
+        print(f"{mark} {name:<20} {_default_text(value)}")
     print(f"  {'reported image':<20} {config.reported_iterate}")
-
-
-def total_steps(config: StyleConfig) -> int:
-    return sum(config.steps_at(i) for i in range(config.scales))
 
 
 def setup_runtime(args: argparse.Namespace):
@@ -270,7 +265,7 @@ def setup_runtime(args: argparse.Namespace):
 
 
 def init_is_path(config: StyleConfig) -> bool:
-    return config.init not in ("content", "noise", "style")
+    return config.run.init_is_path
 
 
 def style_side(config: StyleConfig, index: int, n_styles: int) -> int | None:

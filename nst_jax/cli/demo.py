@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from nst_jax import figures, image_io
     from nst_jax.config import get_preset
     from nst_jax.errors import NstError
-    from nst_jax.stylize import stylize
+    from nst_jax.transfer import stylize
 
     size, steps = _defaults_for_backend()
     config = get_preset("tf-tutorial").replace(

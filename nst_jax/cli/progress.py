@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -51,7 +50,7 @@ def _json_tree(tree: Any) -> Any:
 
 
 def config_dict(config) -> dict:
-    return {f.name: _json_tree(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    return {name: _json_tree(value) for name, value in config.flat().items()}
 
 
 class RunReporter:

@@ -162,8 +162,8 @@ def tolerant_streams() -> None:
 
 def interrupted_status() -> int:
     """``128 + signal`` of the stop request: 130 for Ctrl-C, 143 for SIGTERM."""
-    stylize = sys.modules.get("nst_jax.stylize")
-    signum = getattr(stylize, "last_stop_signal", None) or signal.SIGINT
+    interrupt = sys.modules.get("nst_jax.interrupt")
+    signum = getattr(interrupt, "last_stop_signal", None) or signal.SIGINT
     return 128 + int(signum)
 
 
@@ -186,5 +186,5 @@ def check_outputs(args, config) -> None:
             option = "--" + flag.replace("_", "-")
             check_not_a_link(path, what, option)
             check_not_an_input(path, {**inputs, "output image": args.output}, what, option)
-    total = sum(config.steps_at(i) for i in range(config.scales))
+    total = config.run.total_steps
     check_save_every(args.output, config.save_every, total)

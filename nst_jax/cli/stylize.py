@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 def _stylize(args, config, out, content, styles, blend, masks, init_image) -> int:
     from nst_jax import image_io
     from nst_jax.cli.progress import RunReporter
-    from nst_jax.stylize import stylize
+    from nst_jax.transfer import stylize
 
     weights = common.load_weights_for_cli(args, network=config.network)
     config = _with_print_steps(common.config_from_args(args, network=weights.network), args)
@@ -157,7 +157,7 @@ def _stylize(args, config, out, content, styles, blend, masks, init_image) -> in
     common.status(args, "computing style targets and compiling the optimisation step"
                   + (f" (compiled programs are reused from {cache})" if cache else "")
                   + " ...")
-    reporter = RunReporter(common.total_steps(config), progress=not args.quiet,
+    reporter = RunReporter(config.run.total_steps, progress=not args.quiet,
                            print_every=args.print_every, trace_path=args.trace, config=config,
                            weights_label=weights.label)
 

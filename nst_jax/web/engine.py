@@ -1,6 +1,6 @@
 """Runs one studio job through :func:`nst_jax.stylize` — the CLI's engine, not a second driver.
 
-The ``on_chunk`` hook turns every :class:`~nst_jax.stylize.ChunkReport` into a ``progress``
+The ``on_chunk`` hook turns every :class:`~nst_jax.results.ChunkReport` into a ``progress``
 event for the page (step, losses of the chunk, rate, ETA and the current image as a PNG data
 URL) and returns the job's ``stop`` flag, which is how Stop and a closed page end a run.
 """
@@ -16,7 +16,8 @@ import numpy as np
 
 from nst_jax import image_io, imageops
 from nst_jax.errors import NstError
-from nst_jax.stylize import ChunkReport, stylize
+from nst_jax.results import ChunkReport
+from nst_jax.transfer import stylize
 from nst_jax.weights import VGGWeights
 from nst_jax.web.jobs import Job
 
@@ -82,7 +83,7 @@ def run_job(job: Job, *, weights: VGGWeights, results_dir: Path) -> None:
         job.state = "cancelled"
         job.notify({"type": "cancelled", "job": job.id})
         return
-    total = sum(job.config.steps_at(i) for i in range(job.config.scales))
+    total = job.config.run.total_steps
     job.notify({"type": "started", "job": job.id, "total": total, "weights": weights.label})
     progress = _Progress(job)
 

@@ -1,0 +1,190 @@
+"""Host-side preparation of one stylization's inputs, written once for every entry point.
+
+An :class:`Item` is one output image: its content, its style image(s) after the colour handling
+of ``preserve_colors``, how the styles combine (blend weights or region masks), and the shape
+it is optimised at on every scale (the key that groups items into batches). Nothing here runs a
+network; resizing uses :mod:`nst_jax.imageops`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nst_jax import imageops
+from nst_jax.config import StyleConfig
+from nst_jax.errors import NstError
+from nst_jax.objective import LossSpec
+from nst_jax.vgg import min_side
+
+
+@dataclasses.dataclass
+class Item:
+    """One (content, styles) job of this process.
+
+    Attributes:
+      index: position in the caller's results.
+      content: the content the loss sees (its luminance, for ``preserve_colors="luminance"``).
+      content0: the content as given (its chroma is put back for ``"luminance"``).
+      styles: the style images, colour-prepared; ``style_keys`` identify them for the Gram
+        cache, ``style_scales`` are their ``style_scale`` factors.
+      shapes: ``(h, w)`` at each scale, coarse to fine.
+      blend: one weight per style (``None``: equal); ``masks``: ``(R, H, W)`` region masks at
+        ``content0``'s size (``None``: no regions).
+    """
+
+    index: int
+    content: np.ndarray
+    content0: np.ndarray
+    styles: list[np.ndarray]
+    style_keys: list[tuple]
+    style_scales: list[float]
+    shapes: tuple[tuple[int, int], ...]
+    blend: tuple[float, ...] | None = None
+    masks: np.ndarray | None = None
+
+    @property
+    def key(self) -> tuple[int, ...]:
+        """The group key: every scale's ``(h, w)``, flattened."""
+        return tuple(v for hw in self.shapes for v in hw)
+
+
+def luminance_style(style: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """The style's luminance, histogram-matched to the content's, as a grey RGB image."""
+    content_y = imageops.rgb_to_yiq(content)[..., 0]
+    y = imageops.match_luminance(imageops.rgb_to_yiq(style)[..., :1], content_y)
+    return np.asarray(jnp.clip(jnp.broadcast_to(y, (*style.shape[:2], 3)), 0.0, 1.0))
+
+
+def make_item(
+    index: int,
+    content: np.ndarray,
+    styles: Sequence[tuple[int, np.ndarray]],
+    config: StyleConfig,
+    *,
+    n_styles: int,
+    blend=None,
+    masks=None,
+) -> Item:
+    """An :class:`Item` from RGB ``[0, 1]`` arrays; ``styles`` are ``(style index, image)``."""
+    work, prepared, keys = content, [], []
+    if config.preserve_colors == "luminance":
+        work = np.asarray(imageops.luminance(content))
+    for s, style in styles:
+        if config.preserve_colors == "match":
+            style, key = imageops.match_color(style, content), (s, index)
+        elif config.preserve_colors == "luminance":
+            style, key = luminance_style(style, content), (s, index)
+        else:
+            key = (s,)
+        prepared.append(style)
+        keys.append(key)
+    hw = content.shape[:2]
+    shapes = tuple(imageops.fit_longest(hw, size) for size in config.scale_sizes(hw))
+    scales = [config.style_scale_for(s, n_styles) for s, _ in styles]
+    return Item(index, work, content, prepared, keys, scales, shapes,
+                blend=None if blend is None else tuple(float(b) for b in blend),
+                masks=check_masks(masks, hw, len(styles)))
+
+
+def resized_style(style: np.ndarray, scale: float, side: int) -> jax.Array:
+    """The style image at ``scale`` times the content's longest side ``side`` (at least 8 px)."""
+    return imageops.resize_longest(style, max(8, round(side * scale)))
+
+
+def initial_image(content: jax.Array, style: jax.Array, config: StyleConfig, init_image=None):
+    """The starting image: the content, noise, the style (resized) or ``init_image`` (resized)."""
+    hw = content.shape[:2]
+    if init_image is not None:
+        start = imageops.resize(imageops.as_rgb01(init_image, "init image"), hw)
+    elif config.init == "content":
+        start = content
+    elif config.init == "style":
+        start = imageops.resize(style, hw)
+    elif config.init == "noise":
+        noise = jax.random.uniform(jax.random.key(config.seed), (*hw, 3), jnp.float32)
+        # Mostly noise around mid-grey: white noise as in Gatys et al., kept inside the range.
+        start = 0.5 + 0.25 * (noise - 0.5) * 2
+    else:
+        raise NstError(f"init {config.init!r} needs the image passed as init_image")
+    if config.preserve_colors == "luminance":
+        start = imageops.luminance(start)
+    return np.asarray(start, np.float32)
+
+
+def restore_colors(image: np.ndarray, item: Item, config: StyleConfig) -> np.ndarray:
+    """For ``preserve_colors="luminance"``: the content's chroma on the result's luminance."""
+    if config.preserve_colors != "luminance":
+        return image
+    chroma = imageops.resize(item.content0, image.shape[:2])
+    return np.asarray(imageops.recombine_chroma(image, chroma), np.float32)
+
+
+def check_big_enough(content_hw, style_hws, spec: LossSpec) -> None:
+    """Raises ``NstError`` when an image is too small for the deepest loss layer."""
+    need = min_side(spec.all_layers)
+    named = [("content image", content_hw)] + [
+        (f"style image {i + 1}", hw) for i, hw in enumerate(style_hws)
+    ]
+    for what, (h, w) in named:
+        if min(h, w) < need:
+            raise NstError(
+                f"the {what} is {w}x{h} px at this scale, too small for the layers "
+                f"{', '.join(spec.all_layers)}: their deepest needs at least {need} px on the "
+                "short side (raise --size, --min-size or --style-scale, or use shallower layers)"
+            )
+
+
+def check_masks(masks, content_hw, n_styles: int) -> np.ndarray | None:
+    """``masks`` as ``(R, H, W)`` float32, checked against the content size and style count."""
+    if masks is None:
+        return None
+    m = np.asarray(masks, np.float32)
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3:
+        raise NstError(f"masks must be (R, H, W) arrays, got shape {m.shape}")
+    if m.shape[0] != n_styles:
+        raise NstError(f"{m.shape[0]} masks given for {n_styles} style images (one per style)")
+    if tuple(m.shape[1:]) != tuple(content_hw):
+        raise NstError(
+            f"mask size {m.shape[2]}x{m.shape[1]} does not match the content image size "
+            f"{content_hw[1]}x{content_hw[0]}"
+        )
+    if not np.all((m >= 0) & (m <= 1)):
+        raise NstError("mask values must lie in [0, 1]")
+    return m
+
+
+PAIRINGS = ("broadcast", "zip", "product")
+
+
+def pair_indices(n_contents: int, n_styles: int, pairing: str) -> list[tuple[int, int]]:
+    """``(content index, style index)`` of every output, in output order.
+
+    Raises:
+      NstError: unknown pairing, or a style count the pairing cannot use.
+    """
+    if pairing == "broadcast":
+        if n_styles != 1:
+            raise NstError(
+                f"pairing 'broadcast' takes one style image, got {n_styles} (use 'zip' for one "
+                "style per content image or 'product' for every content with every style)"
+            )
+        return [(c, 0) for c in range(n_contents)]
+    if pairing == "zip":
+        if n_styles != n_contents:
+            raise NstError(
+                f"pairing 'zip' needs one style image per content image, got {n_styles} style "
+                f"and {n_contents} content images"
+            )
+        return [(c, c) for c in range(n_contents)]
+    if pairing == "product":
+        if n_styles < 1:
+            raise NstError("pairing 'product' needs at least one style image")
+        return [(c, s) for c in range(n_contents) for s in range(n_styles)]
+    raise NstError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")

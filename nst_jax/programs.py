@@ -1,0 +1,201 @@
+"""The compiled programs of a stylization, for a group of 1..N images of one shape.
+
+Each program is a single-image function of :mod:`nst_jax.optimize` / :mod:`nst_jax.objective`
+(``init_state``, ``run_chunk``, ``result_image``, ``style_transfer_loss``) put through
+``jax.vmap`` over the rows a device holds and ``jax.shard_map`` over the ``"batch"`` axis of
+the group's mesh (:mod:`nst_jax.sharding`). Per-image arrays — states, content features,
+per-image style targets, histories — are split over the mesh; the weights and shared style
+targets are replicated (``in_axes`` ``None``). Nothing crosses devices: every image is
+independent, so a device whose images have all diverged leaves its step loop early.
+
+``stylize`` runs a group of one on a one-device mesh through exactly these programs, so a
+single image and a batch of one give the same result.
+
+Static arguments (hashable): the loss and optimiser specs, whether the style targets are
+shared, the mesh and the chunk length. The step program therefore compiles once per group
+shape, not per image or per chunk (:func:`compile_count`). Programs compiled for a CPU mesh get
+:data:`CPU_COMPILER_OPTIONS`; other platforms get XLA's defaults.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+
+from nst_jax import imageops, sharding
+from nst_jax.objective import LossSpec, features_for, style_grams, style_transfer_loss
+from nst_jax.optimize import OptimSpec, init_state, result_image, run_chunk
+from nst_jax.weights import VGGWeights
+
+#: XLA's memory-optimised instruction order, for CPU only. The default CPU order computes the
+#: recomputed (remat) forward passes early, so ``remat`` saved nothing and peak memory was ~2x
+#: higher (BENCHMARKS.md); step time is unchanged. Unmeasured elsewhere, so not passed there.
+CPU_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
+def platform(mesh: Mesh) -> str:
+    """The platform of the mesh's devices (``"cpu"``, ``"gpu"``, ``"tpu"``)."""
+    return mesh.devices.flat[0].platform
+
+
+def _compiled(static: tuple[str, ...], donate: tuple[int, ...] = ()):
+    """``jax.jit`` with ``static`` names (and ``mesh``), one variant for CPU meshes and one for
+    the rest."""
+    static = (*static, "mesh")
+
+    def wrap(fn: Callable) -> Callable:
+        on_cpu = jax.jit(fn, static_argnames=static, donate_argnums=donate,
+                         compiler_options=CPU_COMPILER_OPTIONS)
+        elsewhere = jax.jit(fn, static_argnames=static, donate_argnums=donate)
+
+        @functools.wraps(fn)
+        def call(*args, mesh: Mesh, **kwargs):
+            jitted = on_cpu if platform(mesh) == "cpu" else elsewhere
+            return jitted(*args, mesh=mesh, **kwargs)
+
+        call.cache_size = lambda: on_cpu._cache_size() + elsewhere._cache_size()
+        return call
+
+    return wrap
+
+
+def _on_rows(fn, mesh: Mesh, in_axes: tuple):
+    """``vmap(fn, in_axes)`` on each device's rows; ``None`` axes are replicated inputs."""
+    specs = jax.tree.map(
+        lambda a: P() if a is None else P(sharding.BATCH_AXIS), in_axes,
+        is_leaf=lambda a: a is None,
+    )
+    # check_vma=False: run_chunk's loop carries start from constants (replicated type) and
+    # become per-device values; with no collectives in these programs the check buys nothing.
+    return jax.shard_map(jax.vmap(fn, in_axes=in_axes), mesh=mesh, in_specs=specs,
+                         out_specs=P(sharding.BATCH_AXIS), check_vma=False)
+
+
+def target_axes(targets: dict[str, Any], shared: bool) -> dict[str, Any]:
+    """``in_axes`` of a targets pytree: per image (0), or replicated style targets (``None``)."""
+    return {k: None if shared and k == "style" else 0 for k in targets}
+
+
+def _loss(targets, weights, spec):
+    return lambda x: style_transfer_loss(x, targets, weights, spec)
+
+
+def _kernels(weights: VGGWeights, spec: LossSpec, mesh: Mesh) -> VGGWeights:
+    # Kernels cast and flipped (on CPU) once per program, outside its step loop: XLA does not
+    # hoist loop invariants out of a while_loop.
+    return weights.prepare(spec.jnp_dtype)
+
+
+@_compiled(("spec",))
+def prepare(weights: VGGWeights, *, spec: LossSpec, mesh: Mesh) -> VGGWeights:
+    """The weights with the step's kernels prepared (see :meth:`VGGWeights.prepare`)."""
+    return _kernels(weights, spec, mesh)
+
+
+@_compiled(("spec",))
+def style_targets_of(weights: VGGWeights, style: jax.Array, *, spec: LossSpec, mesh: Mesh):
+    """``{layer: (C_l, C_l)}`` Grams of one style image, on the mesh's (single) device."""
+    del mesh  # selects the compiler options
+    return style_grams(weights, style, spec)
+
+
+@_compiled(("spec",))
+def content_targets(contents: jax.Array, weights: VGGWeights, *, spec: LossSpec, mesh: Mesh):
+    """``{layer: (B, H_l, W_l, C_l)}`` content features of a ``(B, H, W, 3)`` batch."""
+
+    def one(x, w):
+        feats = features_for(w, x, spec.content_layers, spec)
+        return {k: jax.lax.stop_gradient(v) for k, v in feats.items()}
+
+    return _on_rows(one, mesh, (0, None))(contents, weights)
+
+
+@_compiled(("spec", "optim", "shared"))
+def init(images, targets, weights, *, spec: LossSpec, optim: OptimSpec, shared: bool, mesh):
+    """Fresh optimiser states at ``images`` ``(B, H, W, 3)``."""
+    weights = _kernels(weights, spec, mesh)
+    one = lambda x, t, w: init_state(x, _loss(t, w, spec), optim)  # noqa: E731
+    return _on_rows(one, mesh, (0, target_axes(targets, shared), None))(images, targets, weights)
+
+
+@_compiled(("spec", "optim", "shared", "hw", "carry"))
+def next_scale(states, targets, weights, *, spec, optim, shared, mesh, hw, carry: bool):
+    """States at size ``hw`` started from the previous scale's reported images; ``carry`` keeps
+    Adam's moments (resized, see :func:`rescale_opt_state`)."""
+    weights = _kernels(weights, spec, mesh)
+
+    def one(s, t, w):
+        old_hw = s.image.shape[:2]
+        new = init_state(imageops.resize(result_image(s, optim), hw), _loss(t, w, spec), optim)
+        if carry:
+            new = new._replace(opt_state=rescale_opt_state(s.opt_state, hw, old_hw))
+        return new
+
+    return _on_rows(one, mesh, (0, target_axes(targets, shared), None))(states, targets, weights)
+
+
+@_compiled(("spec", "optim", "shared", "chunk"), donate=(0,))
+def chunk(states, n, targets, weights, *, spec, optim, shared, mesh, chunk: int):
+    """``run_chunk`` on every image: ``min(n, chunk)`` steps each; histories ``(B, chunk)``
+    and whether each image has diverged ``(B,)``."""
+    weights = _kernels(weights, spec, mesh)
+
+    def one(s, t, w, n):
+        s, hist = run_chunk(s, n, _loss(t, w, spec), optim, chunk)
+        return s, {**hist, "diverged": s.diverged}
+
+    axes = (0, target_axes(targets, shared), None, None)
+    return _on_rows(one, mesh, axes)(states, targets, weights, n)
+
+
+@_compiled(("optim",))
+def snapshot(states, *, optim: OptimSpec, mesh: Mesh):
+    """``{"image": reported image, "current": clip(iterate)}`` per image, a copy that outlives
+    the (donated) states."""
+    one = lambda s: {"image": result_image(s, optim), "current": jnp.clip(s.image, 0.0, 1.0)}  # noqa: E731
+    return _on_rows(one, mesh, (0,))(states)
+
+
+@_compiled(("spec", "shared"))
+def evaluate(images, targets, weights, *, spec: LossSpec, shared: bool, mesh: Mesh):
+    """``(total, aux)`` of :func:`~nst_jax.objective.style_transfer_loss` per image."""
+    one = lambda x, t, w: style_transfer_loss(x, t, w, spec)  # noqa: E731
+    return _on_rows(one, mesh, (0, target_axes(targets, shared), None))(images, targets, weights)
+
+
+@_compiled(("spec", "optim", "shared"))
+def finish(states, targets, weights, *, spec, optim, shared, mesh):
+    """Reported image, its loss terms, and the terms at the diverged iterate, per image."""
+
+    def one(s, t, w):
+        image = result_image(s, optim)
+        total, aux = style_transfer_loss(image, t, w, spec)
+        _, bad = style_transfer_loss(jnp.clip(s.diverged_image, 0, 1), t, w, spec)
+        return {"image": image, "loss": total, "terms": aux, "bad": bad,
+                "steps": s.step, "diverged": s.diverged}
+
+    return _on_rows(one, mesh, (0, target_axes(targets, shared), None))(states, targets, weights)
+
+
+def rescale_opt_state(opt_state, shape_hw: tuple[int, int], old_hw: tuple[int, int]):
+    """Carries Adam's moment estimates to a new image size (bilinear, so ``ν`` stays >= 0).
+
+    Leaves shaped like the image (``(H, W, 3)``) are resized; scalars (the step count) are kept,
+    as crowsonkb/style-transfer-pytorch does between scales.
+    """
+
+    def f(a):
+        if a.ndim == 3 and tuple(a.shape[:2]) == tuple(old_hw):
+            return jax.image.resize(a, (*shape_hw, a.shape[-1]), "linear")
+        return a
+
+    return jax.tree.map(f, opt_state)
+
+
+def compile_count() -> int:
+    """Number of distinct compiled step programs so far (one per group shape and settings)."""
+    return chunk.cache_size()
