@@ -58,6 +58,8 @@ def _compiled(static: tuple[str, ...], donate: tuple[int, ...] = ()):
             return jitted(*args, mesh=mesh, **kwargs)
 
         call.cache_size = lambda: on_cpu._cache_size() + elsewhere._cache_size()
+        call.lower = lambda *args, mesh, **kw: (
+            on_cpu if platform(mesh) == "cpu" else elsewhere).lower(*args, mesh=mesh, **kw)
         return call
 
     return wrap

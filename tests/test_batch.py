@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nst_jax import batch, sharding
+from nst_jax import programs, sharding
+from nst_jax.inputs import pair_indices
+from nst_jax.transfer import compile_count, stylize_batch
 from nst_jax.errors import NstError
 
 # --------------------------------------------------------------------------------------------
@@ -26,10 +28,10 @@ from nst_jax.errors import NstError
 
 
 def test_pair_indices_orders():
-    assert batch.pair_indices(3, 1, "broadcast") == [(0, 0), (1, 0), (2, 0)]
-    assert batch.pair_indices(2, 2, "zip") == [(0, 0), (1, 1)]
+    assert pair_indices(3, 1, "broadcast") == [(0, 0), (1, 0), (2, 0)]
+    assert pair_indices(2, 2, "zip") == [(0, 0), (1, 1)]
     # content-major: all styles of content 0 first
-    assert batch.pair_indices(2, 3, "product") == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert pair_indices(2, 3, "product") == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
 
 
 @pytest.mark.parametrize(
@@ -43,7 +45,7 @@ def test_pair_indices_orders():
 )
 def test_pair_indices_errors(args, match):
     with pytest.raises(NstError, match=match):
-        batch.pair_indices(*args)
+        pair_indices(*args)
 
 
 def _fake_mesh(processes: list[int]):
@@ -74,7 +76,7 @@ def test_explicit_pairs_are_checked():
 
     img = np.zeros((8, 8, 3), np.float32)
     with pytest.raises(NstError, match=r"pairs \[\(0, 3\)\]"):
-        batch.stylize_batch([img], [img], get_preset("tiny"), None, pairing=[(0, 3)])
+        stylize_batch([img], [img], get_preset("tiny"), None, pairing=[(0, 3)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,7 +106,7 @@ def _device_checks() -> dict:
     weights = random_weights(0)
 
     # Spy on the step to read the shardings and the compiled program of its first call.
-    step = batch._chunk
+    step = programs.chunk
     seen: list = []
 
     def spy(*args, **kw):
@@ -114,14 +116,14 @@ def _device_checks() -> dict:
                 if isinstance(a, jax.Array) else a, args), kw))
         return step(*args, **kw)
 
-    spy._cache_size = step._cache_size
-    batch._chunk = spy
-    before = batch.compile_count()
-    results = batch.stylize_batch(contents, styles[0], config, weights)
-    report["compiles_first_call"] = batch.compile_count() - before
-    batch.stylize_batch(contents[::-1], styles[0], config, weights)
-    report["compiles_second_call"] = batch.compile_count() - before - report["compiles_first_call"]
-    batch._chunk = step
+    spy.cache_size = step.cache_size
+    programs.chunk = spy
+    before = compile_count()
+    results = stylize_batch(contents, styles[0], config, weights)
+    report["compiles_first_call"] = compile_count() - before
+    stylize_batch(contents[::-1], styles[0], config, weights)
+    report["compiles_second_call"] = compile_count() - before - report["compiles_first_call"]
+    programs.chunk = step
 
     args, kw = seen[0]
     hlo = step.lower(*args, **kw).compile().as_text()
@@ -142,19 +144,20 @@ def _device_checks() -> dict:
 
     for pairing in ("zip", "product"):
         cs, ss = contents[:2], styles
-        res = batch.stylize_batch(cs, ss, config.replace(steps=3), weights, pairing=pairing)
-        pairs = batch.pair_indices(len(cs), len(ss), pairing)
+        res = stylize_batch(cs, ss, config.replace(steps=3), weights, pairing=pairing)
+        pairs = pair_indices(len(cs), len(ss), pairing)
         report[pairing] = {
             "n": len(res),
             "diff": [float(np.abs(stylize(cs[c], ss[s], config.replace(steps=3), weights).image
                                   - r.image).max()) for (c, s), r in zip(pairs, res)],
         }
 
-    # A stop request after the first chunk: the running group keeps its best images so far,
-    # the group not started comes back unoptimised; both are marked interrupted.
+    # A stop request after the first chunk (the second was already queued, so 8 of 12 steps
+    # run): the running group keeps its best images so far, the group not started comes back
+    # unoptimised; both are marked interrupted.
     polls = []
-    res = batch.stylize_batch(contents, styles[0], config, weights,
-                              should_stop=lambda: polls.append(1) or True)
+    res = stylize_batch(contents, styles[0], config.replace(steps=12), weights,
+                        should_stop=lambda: polls.append(1) or True)
     report["stopped"] = [[r.interrupted, r.steps, bool(np.isnan(r.loss))] for r in res]
     return report
 
@@ -202,7 +205,7 @@ def test_stop_request_marks_results_interrupted(device_report):
     stopped = device_report["stopped"]
     assert all(interrupted for interrupted, _, _ in stopped)
     ran = [steps for _, steps, _ in stopped]
-    assert set(ran) == {0, 4}  # first group: one chunk of 4 steps; second group: not started
+    assert set(ran) == {0, 8}  # first group: two chunks of 4 steps; second group: not started
     assert all(nan == (steps == 0) for _, steps, nan in stopped)
 
 
