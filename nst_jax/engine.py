@@ -21,7 +21,6 @@ chunk, and each process reads back only its own rows.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
 import time
 from typing import Any, Callable
@@ -32,8 +31,8 @@ from jax.sharding import Mesh
 
 from nst_jax import imageops, programs, sharding
 from nst_jax.config import StyleConfig
-from nst_jax.inputs import Item, check_big_enough, initial_image, resized_style, restore_colors
-from nst_jax.objective import LossSpec, style_grams, style_targets
+from nst_jax.inputs import Item, initial_image, resized_style, restore_colors
+from nst_jax.targets import GramCache, fill_rows, group_targets
 from nst_jax.optimize import HISTORY_KEYS, OptimSpec
 from nst_jax.results import ChunkHook, ChunkReport, StylizeResult, diverged_message
 from nst_jax.weights import VGGWeights
@@ -55,38 +54,6 @@ class _Row:
     alive: bool = True  # not diverged
 
 
-class _Grams:
-    """Style Grams per (style, resized shape), computed once per call on this process's device."""
-
-    def __init__(self, weights: VGGWeights, spec: LossSpec, mesh: Mesh):
-        self.weights, self.spec, self.mesh, self._cache = weights, spec, mesh, {}
-
-    def __call__(self, style: np.ndarray, key: tuple, scale: float, side: int):
-        style_x = resized_style(style, scale, side)
-        k = (key, tuple(style_x.shape))
-        if k not in self._cache:
-            grams = programs.style_targets_of(self.weights, style_x, spec=self.spec,
-                                              mesh=self.mesh)
-            self._cache[k] = jax.tree.map(np.asarray, jax.device_get(grams))
-        return style_x, self._cache[k]
-
-    @functools.cached_property
-    def zeros(self):
-        probe = jax.ShapeDtypeStruct((64, 64, 3), np.float32)
-        shapes = jax.eval_shape(lambda x: style_grams(self.weights, x, self.spec), probe)
-        return jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
-
-
-def _fill(layout: sharding.SlotLayout, rows: list[Any], dummy: Any) -> dict[int, Any]:
-    """``{slot: row}`` for every local slot: the members' rows, then padding (copies of the
-    first row, or ``dummy`` when this process has no member in the group)."""
-    local = layout.local_slots
-    out = {local[j]: row for j, row in enumerate(rows)}
-    for s in local[len(rows):]:
-        out[s] = rows[0] if rows else dummy
-    return out
-
-
 def _floats(tree) -> Any:
     return jax.tree.map(lambda a: float(a), jax.device_get(tree))
 
@@ -98,7 +65,8 @@ class Engine:
     Attributes:
       config, weights: the settings and weights (weights local or replicated on ``mesh``).
       mesh: a 1-D ``"batch"`` mesh (:func:`~nst_jax.sharding.batch_mesh`).
-      shared: every item has the same style targets (replicated once, not per row).
+      shared_style: ``(style image, key, style scale)`` when every item takes that one style
+        (its targets are replicated once, not placed per row).
       regions: masked style regions per item (0: none).
       init_image: the start image when ``config.init`` is a path.
       progress: a progress bar per scale on stderr.
@@ -110,7 +78,7 @@ class Engine:
     config: StyleConfig
     weights: VGGWeights
     mesh: Mesh
-    shared: bool = False
+    shared_style: tuple | None = None
     regions: int = 0
     init_image: Any = None
     progress: bool = False
@@ -125,7 +93,7 @@ class Engine:
         self.mesh_weights = sharding.replicate(self.weights, self.mesh)
         # Kernels prepared once for every step program (plain weights for targets and results).
         self.step_weights = programs.prepare(self.mesh_weights, spec=self.spec, mesh=self.mesh)
-        self.grams = _Grams(self.local_weights, self.spec, self.mesh)
+        self.grams = GramCache(self.local_weights, self.spec, self.mesh)
         # Agreement with other processes only when the mesh spans them.
         self.collective = len({d.process_index for d in self.mesh.devices.flat}) > 1
         self.start = time.perf_counter()
@@ -133,7 +101,8 @@ class Engine:
 
     @property
     def _kw(self) -> dict[str, Any]:
-        return dict(spec=self.spec, optim=self.optim, shared=self.shared, mesh=self.mesh)
+        return dict(spec=self.spec, optim=self.optim, shared=self.shared_style is not None,
+                    mesh=self.mesh)
 
     def _agree(self, flag: bool) -> bool:
         return sharding.any_process(flag) if self.collective else bool(flag)
@@ -141,40 +110,10 @@ class Engine:
     # ---------------------------------------------------------------------------------------
     # Targets and start
 
-    def _targets(self, layout, members: list[Item], hw):
-        side = max(hw)
-        contents = [_resize_content(it.content, side) for it in members]
-        per_item = [[self.grams(s, k, f, side) for s, k, f in
-                     zip(it.styles, it.style_keys, it.style_scales)] for it in members]
-        for c, styles in zip(contents, per_item):
-            check_big_enough(c.shape[:2], [x.shape[:2] for x, _ in styles], self.spec)
-        zeros = np.zeros((*hw, 3), np.float32)
-        targets = {"content": programs.content_targets(
-            sharding.put_rows(_fill(layout, contents, zeros), layout, self.mesh),
-            self.mesh_weights, spec=self.spec, mesh=self.mesh)}
-        style = [self._style_target(it, hw, [g for _, g in styles])
-                 for it, styles in zip(members, per_item)]
-        if self.shared:
-            targets.update(sharding.replicate(style[0], self.mesh))
-        else:
-            dummy = {"style": self.grams.zeros} if not self.regions else None
-            rows = sharding.put_rows(_fill(layout, style, dummy), layout, self.mesh)
-            targets.update(rows)
-        firsts = [x for (x, _), *_ in per_item]
-        return targets, contents, firsts
-
-    def _style_target(self, item: Item, hw, grams) -> dict:
-        masks = None
-        if item.masks is not None:
-            masks = np.stack([np.asarray(_resize_mask(m, hw)) for m in item.masks])
-        out = style_targets(self.local_weights, tuple(hw), grams, self.spec,
-                            style_blend=item.blend, masks=masks)
-        return jax.tree.map(np.asarray, out)
-
     def _start(self, layout, members, targets, contents, firsts, hw):
         inits = [initial_image(c, s, self.config, self.init_image)
                  for c, s in zip(contents, firsts)]
-        images = sharding.put_rows(_fill(layout, inits, np.zeros((*hw, 3), np.float32)),
+        images = sharding.put_rows(fill_rows(layout, inits, np.zeros((*hw, 3), np.float32)),
                                    layout, self.mesh)
         return programs.init(images, targets, self.step_weights, **self._kw)
 
@@ -192,7 +131,9 @@ class Engine:
         state = None
         offset = 0
         for scale, hw in enumerate(shapes):
-            targets, contents, firsts = self._targets(layout, members, hw)
+            targets, contents, firsts = group_targets(
+                members, hw, layout=layout, mesh=self.mesh, weights=self.mesh_weights,
+                cache=self.grams, shared=self.shared_style)
             if state is None:
                 state = self._start(layout, members, targets, contents, firsts, hw)
             else:
@@ -287,7 +228,8 @@ class Engine:
 
         def terms():
             total, aux = programs.evaluate(snap["current"], report["targets"], self.mesh_weights,
-                                           spec=self.spec, shared=self.shared, mesh=self.mesh)
+                                           spec=self.spec, shared=self.shared_style is not None,
+                                           mesh=self.mesh)
             row = sharding.local_rows({"total": total, "aux": aux})[r.slot]
             return {"total": float(row["total"]), **_floats(row["aux"])}
 
@@ -364,7 +306,3 @@ class Engine:
 
 def _resize_content(content: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(imageops.resize_longest(content, side))
-
-
-def _resize_mask(mask: np.ndarray, hw) -> np.ndarray:
-    return np.asarray(imageops.resize_mask(mask, tuple(hw)))

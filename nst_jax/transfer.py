@@ -99,6 +99,14 @@ def _check_memory(items: list[Item], config: StyleConfig, weights: VGGWeights, d
                       network=weights.network)
 
 
+def _one_style(item: Item) -> tuple | None:
+    """``(style, key, scale)`` when ``item`` takes one plain style (no blend, no masks): the
+    same replicated-style programs as ``stylize_batch``'s ``"broadcast"``."""
+    if len(item.styles) > 1 or item.blend is not None or item.masks is not None:
+        return None
+    return item.styles[0], item.style_keys[0], item.style_scales[0]
+
+
 def _default_device() -> jax.Device:
     """Where JAX puts a new array here (honours ``jax.default_device``)."""
     return next(iter(jnp.zeros(()).devices()))
@@ -154,7 +162,7 @@ def stylize(
     save = None if callback is None else (lambda _i, step, image, loss: callback(step, image, loss))
     with deferred_interrupt() as stop_requested:
         engine = Engine(config, weights, sharding.batch_mesh([_default_device()]),
-                        shared=item.masks is None,
+                        shared_style=_one_style(item),
                         regions=0 if item.masks is None else len(styles), init_image=init_image,
                         progress=progress, callback=save, on_chunk=on_chunk,
                         stop_requested=stop_requested)
@@ -223,8 +231,11 @@ def stylize_batch(
     results: list[StylizeResult | None] = [None] * len(items)
     stop_ctx = contextlib.nullcontext(should_stop) if should_stop else deferred_interrupt()
     with stop_ctx as stop_requested:
-        engine = Engine(config, weights, mesh,
-                        shared=pairing == "broadcast" and config.preserve_colors == "none",
+        shared = None
+        if pairing == "broadcast" and config.preserve_colors == "none" and styles:
+            shared = (imageops.as_rgb01(styles[0], "style image 1"), (0,),
+                      config.style_scale_for(0, 1))
+        engine = Engine(config, weights, mesh, shared_style=shared,
                         init_image=init_image, progress=progress, stop_requested=stop_requested)
         for key in sorted(groups):
             members = [it for it in items if it.key == key]

@@ -202,3 +202,31 @@ def test_on_chunk_reports_every_chunk_and_can_stop(weights, images):
                       on_chunk=lambda r: seen.append(r.step) or r.step >= 8)
     assert seen == [4, 8, 12]
     assert stopped.interrupted and stopped.steps == 12 and len(stopped.history["total"]) == 12
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"scales": 2, "min_size": 16, "preserve_colors": "luminance", "ema_decay": 0.5},
+])
+def test_a_batch_of_one_equals_stylize(weights, images, changes):
+    """Both entry points run the same engine and programs: same image, history and terms."""
+    from nst_jax.transfer import stylize_batch
+
+    content, style = images
+    config = get_preset("tiny").replace(size=24, steps=6, chunk_size=4, **changes)
+    one = stylize(content, style, config, weights)
+    (batched,) = stylize_batch([content], style, config, weights)
+    np.testing.assert_allclose(batched.image, one.image, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(batched.history["total"], one.history["total"], rtol=1e-5)
+    assert batched.steps == one.steps == config.run.total_steps
+    assert (batched.iterate, batched.best_step) == (one.iterate, one.best_step)
+    assert batched.loss == pytest.approx(one.loss, rel=1e-5)
+
+
+def test_every_setting_has_a_cli_flag():
+    """The CLI's flag table names its spellings and help; the fields come from the config."""
+    from nst_jax.cli.common import config_flag_fields
+    from nst_jax.config import FIELD_PART
+
+    assert sorted(config_flag_fields()) == sorted(FIELD_PART)
+

@@ -71,6 +71,11 @@ def _choices(values) -> dict:
     return {"choices": tuple(values)}
 
 
+def config_flag_fields() -> tuple[str, ...]:
+    """The :class:`StyleConfig` fields the CLI sets: every one (a test keeps it so)."""
+    return (*(field for _, field, _, _, _ in _config_flags()), "remat", "save_every")
+
+
 def _config_flags():
     from nst_jax.config import COLOR_MODES, OPTIMIZERS, OUTPUT_ITERATES
     from nst_jax.losses import CONVENTIONS
@@ -88,6 +93,10 @@ def _config_flags():
         (("--optimizer",), "optimizer", str, _choices(OPTIMIZERS), "optimiser"),
         (("--lr", "--learning-rate", "--step-size", "-ss"), "learning_rate", float, {},
          "learning rate (Adam), or L-BFGS step scale (1 = line search)"),
+        (("--adam-b1",), "adam_b1", float, {}, "Adam's first-moment decay"),
+        (("--adam-b2",), "adam_b2", float, {}, "Adam's second-moment decay"),
+        (("--adam-eps",), "adam_eps", float, {},
+         "Adam's epsilon (large values damp steps where the gradient is small)"),
         (("--content-weight", "-cw"), "content_weight", float, {}, "content loss weight (alpha)"),
         (("--style-weight",), "style_weight", float, {}, "style loss weight (beta)"),
         (("--tv-weight", "-tw"), "tv_weight", float, {}, "total-variation weight (gamma)"),
@@ -210,9 +219,7 @@ def config_from_args(args: argparse.Namespace, network: str | None = None) -> St
     ``$NST_JAX_MAX_SIZE`` / ``$NST_JAX_MAX_STEPS`` when set."""
     from nst_jax.config import apply_env_caps, check_init_path
 
-    changes = {field: getattr(args, field, None) for _, field, _, _, _ in _config_flags()}
-    changes["save_every"] = getattr(args, "save_every", None)
-    changes["remat"] = getattr(args, "remat", None)
+    changes = {field: getattr(args, field, None) for field in config_flag_fields()}
     if changes.get("style_scale") is not None and len(changes["style_scale"]) == 1:
         changes["style_scale"] = changes["style_scale"][0]
     if changes.get("seed") == -1:  # jcjohnson: -seed -1 picks a random seed
