@@ -1,47 +1,33 @@
 """``stylize`` (one content image) and ``stylize_batch`` (many): both run :mod:`nst_jax.engine`.
 
-``stylize`` is a group of one image on a one-device mesh, with the single-image extras: several
-styles blended or assigned to region masks, ``save_every`` callbacks and ``on_chunk`` hooks.
-``stylize_batch`` pairs content and style images, groups the pairs by their shape at every
-scale, and runs each group as one batch — ``jax.vmap`` over the images of a device,
-``jax.shard_map`` over the ``"batch"`` axis of a mesh over all devices of all processes. Both
-go through the same compiled programs (:mod:`nst_jax.programs`), so a batch of one equals
-``stylize``; larger batches equal one-at-a-time runs up to float rounding (batched convolutions
-may sum in another order, which a loss that swings up and down amplifies step by step).
+``stylize`` is a group of one image on a one-device mesh, with the single-image extras (several
+styles blended or assigned to region masks, ``save_every`` callbacks, ``on_chunk`` hooks).
+``stylize_batch`` pairs content and style images — ``"broadcast"`` (one style for all),
+``"zip"`` (style ``i`` for content ``i``), ``"product"`` (every content with every style,
+content-major) — groups the pairs by their shape at every scale (aspect ratios are kept), and
+runs each group as one batch: ``jax.vmap`` over a device's rows, ``jax.shard_map`` over a mesh
+of all devices of all processes. The same compiled programs (:mod:`nst_jax.programs`) serve
+both, so a batch of one equals ``stylize``, and the step compiles once per group shape
+(:func:`compile_count`); larger batches equal one-at-a-time runs up to float rounding.
 
-**Pairing** (``pairing=``): ``"broadcast"`` — one style for every content image; ``"zip"`` — style
-``i`` for content ``i``; ``"product"`` — every content with every style, results content-major.
+**Sharding** (:mod:`nst_jax.sharding`): per-image arrays are ``NamedSharding(mesh,
+P("batch"))``, the weights and a ``"broadcast"`` style's Grams are replicated. A group of ``n``
+images gets ``ceil(n / devices)`` rows per device; free rows are padded and dropped.
 
-**Groups.** Images keep their aspect ratio (longest side ``config.size``) and are grouped by
-shape; compiled programs are keyed by (image shape, rows per device, shared-or-per-image style
-targets, settings), so the step compiles once per group shape (:func:`compile_count`).
+**Several processes**: after :func:`nst_jax.sharding.initialize` the mesh spans every
+process's devices and the programs run as one SPMD computation. Each process passes its own
+share of the images (and the same styles and config) and gets back its own results; one small
+all-gather of ``(shape, count)`` per call agrees on the groups, and the slot layout puts each
+process's images on its own devices, so a process loads and writes only its own images.
 
-**Sharding** (:mod:`nst_jax.sharding`). Per-image arrays — images, optimiser states, content
-features, per-image Grams, histories — are ``NamedSharding(mesh, P("batch"))``; the weights and,
-for ``"broadcast"``, the style Grams are replicated. A group of ``n`` images gets
-``k = ceil(n / devices)`` rows per device; free rows are padded with copies and dropped.
-
-**Several processes.** After :func:`nst_jax.sharding.initialize` the mesh spans every process's
-devices and the same programs run as one SPMD computation. Each process passes *its own share*
-of the images and gets back *its own* results; the processes agree on the groups through one
-small all-gather of ``(shape, count)`` per process, and the slot layout puts each process's
-images on its own devices (:func:`nst_jax.sharding.slot_layout`), so a process loads, uploads,
-downloads and writes only its own images. All processes must call with the same styles (for
-``"broadcast"``) and config, the same number of times. One global program keeps a single code
-path for one device, many devices and many hosts; the cost is a metadata all-gather per call
-and a stop agreement per chunk.
-
-**Memory** per device, for ``k`` images of ``H × W`` pixels: fixed — the weights (~80 MB
-float32 for VGG-19, ~59 MB for VGG-16) and their prepared kernels, shared Grams, workspace
-(about 300 MB in XLA's estimate); per image — activations of one forward and backward pass at
-``H × W`` (about 3 KB per pixel in float32 for the ``tf-tutorial`` layers, measured by
-``scripts/benchmark_batch.py``), content features, optimiser state, history. ``bfloat16`` roughly
-halves the per-image part, ``remat`` trades recomputation for much of it, and L-BFGS adds
-``2 × lbfgs_memory`` image-sized vectors per image.
+**Memory** per device: the weights (~80 MB float32 for VGG-19) and their prepared kernels,
+about 300 MB of workspace, and per image about 3 KB per pixel in float32 for the
+``tf-tutorial`` layers (BENCHMARKS.md); ``bfloat16`` roughly halves the per-image part,
+``remat`` trades recomputation for much of it, L-BFGS adds ``2 × lbfgs_memory`` images.
 
 Ctrl-C stops after the chunk in flight (in every process, if any asks): the running group
 returns its best images so far marked ``interrupted``; groups not started return their start
-image, ``steps == 0`` and NaN losses, also marked ``interrupted``.
+image with ``steps == 0`` and NaN losses, also marked ``interrupted``.
 """
 
 from __future__ import annotations
@@ -180,6 +166,13 @@ def _pairs(contents, styles, pairing) -> list[tuple[int, int]]:
     return pairs
 
 
+def _batch_items(contents, styles, pairs, config: StyleConfig) -> list[Item]:
+    rgb_c = {c: imageops.as_rgb01(contents[c], f"content image {c + 1}") for c, _ in pairs}
+    rgb_s = {s: imageops.as_rgb01(styles[s], f"style image {s + 1}") for _, s in pairs}
+    return [make_item(i, rgb_c[c], [(s, rgb_s[s])], config, n_styles=len(styles))
+            for i, (c, s) in enumerate(pairs)]
+
+
 @memory.oom_as_error("stylizing a batch")
 def stylize_batch(
     contents: Sequence,
@@ -222,10 +215,7 @@ def stylize_batch(
     pairs = _pairs(contents, styles, pairing)
     mesh = mesh or sharding.batch_mesh()
     config = _prepared_config(config, weights, init_image)
-    rgb_c = {c: imageops.as_rgb01(contents[c], f"content image {c + 1}") for c, _ in pairs}
-    rgb_s = {s: imageops.as_rgb01(styles[s], f"style image {s + 1}") for _, s in pairs}
-    items = [make_item(i, rgb_c[c], [(s, rgb_s[s])], config, n_styles=len(styles))
-             for i, (c, s) in enumerate(pairs)]
+    items = _batch_items(contents, styles, pairs, config)
     _check_memory(items, config, weights, mesh.devices.size, batch_flag=True)
     groups = sharding.gather_counts([it.key for it in items], 2 * config.scales)
     results: list[StylizeResult | None] = [None] * len(items)

@@ -225,7 +225,7 @@ def test_a_batch_of_one_equals_stylize(weights, images, changes):
 
 def test_every_setting_has_a_cli_flag():
     """The CLI's flag table names its spellings and help; the fields come from the config."""
-    from nst_jax.cli.common import config_flag_fields
+    from nst_jax.cli.flags import config_flag_fields
     from nst_jax.config import FIELD_PART
 
     assert sorted(config_flag_fields()) == sorted(FIELD_PART)

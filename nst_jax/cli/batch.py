@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import glob
 import os
 import sys
 import time
 from pathlib import Path
 
-from nst_jax.cli import common, safety
+from nst_jax.cli import common, flags, safety
 from nst_jax.errors import NstError
 
 EXIT_FAILED = 1
@@ -27,7 +28,7 @@ EXIT_FAILED = 1
 def register(sub) -> None:
     p = sub.add_parser(
         "batch",
-        formatter_class=common.HelpFormatter,
+        formatter_class=flags.HelpFormatter,
         help="stylize a folder of images, batched over all devices (and hosts)",
         description="Paint every content image (a directory, a glob pattern or files) in the "
         "style of STYLE; outputs are OUT_DIR/<name>.<ext>, or <name>__<style>.<ext> with several "
@@ -47,8 +48,8 @@ def register(sub) -> None:
                    help="images per compiled batch over all devices (default 8); bounds memory")
     p.add_argument("--ext", default="png", help="output format by extension (default png)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    common.add_config_flags(p, single=False)
-    common.add_run_flags(p)
+    flags.add_config_flags(p, single=False)
+    flags.add_run_flags(p)
     g = p.add_argument_group("several processes (hosts)")
     g.add_argument("--coordinator", metavar="HOST:PORT",
                    help="address of process 0 (default $NST_JAX_COORDINATOR)")
@@ -115,7 +116,7 @@ def _remove_stale_temps(out_dir: Path, names: set[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.print_config:
-        common.print_config(common.config_from_args(args), args)
+        flags.print_config(flags.config_from_args(args), args)
         return 0
     for value, what in ((args.inputs, "content images (INPUT ...)"),
                         (args.styles, "--style STYLE"), (args.output_dir, "-o OUT_DIR")):
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from nst_jax.inputs import pair_indices
 
     start = time.perf_counter()
-    config = common.config_from_args(args)
+    config = flags.config_from_args(args)
     if args.batch_size < 1:
         raise NstError(f"--batch-size must be an integer >= 1, got {args.batch_size}")
     out_dir = Path(args.output_dir)
@@ -174,14 +175,20 @@ def _holds_lock() -> bool:
     return jax.process_index() == 0
 
 
-def _run_locked(args, config, start, contents, styles, pairing, pairs, names, outputs, out_dir,
-                init_image) -> int:
+@dataclasses.dataclass
+class _Tally:
+    written: int = 0
+    failed: int = 0
+    diverged: int = 0
+
+
+def _plan(args, pairs, outputs, out_dir, names):
+    """(this process's chunks of output indices, outputs already written, outputs to do in
+    all processes)."""
     import jax
     import numpy as np
 
     from nst_jax import image_io, sharding
-    from nst_jax.transfer import stylize_batch
-    from nst_jax.interrupt import deferred_interrupt
 
     # Which outputs exist, agreed by all processes (any process seeing a file counts), before
     # anyone writes; stale temporary files of killed runs go first.
@@ -190,91 +197,121 @@ def _run_locked(args, config, start, contents, styles, pairing, pairs, names, ou
     done_mask = sharding.allgather(
         np.array([image_io.is_complete_image(o) for o in outputs], bool)).any(axis=0)
     todo = [i for i in range(len(pairs)) if not done_mask[i]]
-    skipped = len(pairs) - len(todo)
-
     me, n_proc = jax.process_index(), jax.process_count()
     chunks = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
     mine = [[i for j, i in enumerate(chunk) if j % n_proc == me] for chunk in chunks]
-    who = f" (process {me} of {n_proc})" if n_proc > 1 else ""
-    print(f"nst-jax batch{who}: {len(pairs)} outputs, {skipped} already written, "
-          f"{sum(map(len, mine))} to do here in {len(chunks)} chunk(s)", file=sys.stderr)
+    print(f"nst-jax batch{_who()}: {len(pairs)} outputs, {len(pairs) - len(todo)} already "
+          f"written, {sum(map(len, mine))} to do here in {len(chunks)} chunk(s)", file=sys.stderr)
+    return mine, len(pairs) - len(todo), len(todo)
+
+
+def _who() -> str:
+    import jax
+
+    me, n_proc = jax.process_index(), jax.process_count()
+    return f" (process {me} of {n_proc})" if n_proc > 1 else ""
+
+
+def _load(chunk, pairs, contents, config, tally: _Tally, bar):
+    """The chunk's decodable content images: (output indices, their contents, pairing)."""
+    from tqdm.auto import tqdm
+
+    from nst_jax import image_io
+
+    loaded, cache = [], {}
+    for i in chunk:
+        c = pairs[i][0]
+        if c not in cache:
+            try:
+                cache[c] = image_io.load_image(contents[c], reduce_to=config.size)
+            except NstError as err:
+                cache[c] = None
+                tqdm.write(f"nst-jax: skipped: {err}", file=sys.stderr)
+        if cache[c] is None:
+            tally.failed += 1
+            bar.update(1)
+        else:
+            loaded.append(i)
+    order = list(dict.fromkeys(pairs[i][0] for i in loaded))
+    # Every process passes the same styles; its pairs index its own contents.
+    pairing = [(order.index(pairs[i][0]), pairs[i][1]) for i in loaded]
+    return loaded, [cache[c] for c in order], pairing
+
+
+def _write(loaded, results, outputs, tally: _Tally, bar) -> None:
+    from tqdm.auto import tqdm
+
+    from nst_jax import image_io
+
+    for i, result in zip(loaded, results):
+        if result.interrupted:  # not finished: left for the re-run
+            continue
+        image_io.save_image(outputs[i], result.image)
+        tally.written += 1
+        bar.update(1)
+        tqdm.write(f"wrote {outputs[i]}", file=sys.stdout)
+        if result.diverged:
+            tally.diverged += 1
+            tqdm.write(f"nst-jax: warning: {outputs[i]}: {result.diverged}", file=sys.stderr)
+
+
+def _run_locked(args, config, start, contents, styles, pairing, pairs, names, outputs, out_dir,
+                init_image) -> int:
+    from tqdm.auto import tqdm
+
+    from nst_jax import sharding
+    from nst_jax.interrupt import deferred_interrupt
+    from nst_jax.transfer import stylize_batch
+
+    mine, skipped, todo = _plan(args, pairs, outputs, out_dir, names)
     if not todo:  # nothing to do: no weights to load, nothing to compile
-        print(f"batch{who}: 0 done, {skipped} skipped (already written), 0 failed "
+        print(f"batch{_who()}: 0 done, {skipped} skipped (already written), 0 failed "
               f"in {time.perf_counter() - start:.1f}s")
         return 0
-
     devices = common.setup_runtime(args)
     weights = common.load_weights_for_cli(args, network=config.network)
-    config = common.config_from_args(args, network=weights.network)
+    config = flags.config_from_args(args, network=weights.network)
     common.status(args, "compiling the batched step (first chunk) ...")
     mesh = sharding.batch_mesh(devices)
     weights = sharding.replicate(weights, mesh)
-
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=sum(map(len, mine)), unit="img", desc="batch", file=sys.stderr,
                dynamic_ncols=True, disable=args.quiet)
-    written = failed = diverged = 0
-    interrupted = False
+    tally, interrupted = _Tally(), False
     try:
         with deferred_interrupt() as stop_requested:
             for chunk in mine:
-                loaded, cache = [], {}
-                for i in chunk:
-                    c = pairs[i][0]
-                    if c not in cache:
-                        try:
-                            cache[c] = image_io.load_image(contents[c], reduce_to=config.size)
-                        except NstError as err:
-                            cache[c] = None
-                            tqdm.write(f"nst-jax: skipped: {err}", file=sys.stderr)
-                    if cache[c] is None:
-                        failed += 1
-                        bar.update(1)
-                    else:
-                        loaded.append(i)
-                order = list(dict.fromkeys(pairs[i][0] for i in loaded))
-                batch_contents = [cache[c] for c in order]
-                # Every process passes the same styles; its pairs index its own contents.
-                batch_pairing = "broadcast" if pairing == "broadcast" else [
-                    (order.index(pairs[i][0]), pairs[i][1]) for i in loaded
-                ]
+                loaded, batch_contents, batch_pairing = _load(chunk, pairs, contents, config,
+                                                              tally, bar)
                 results = stylize_batch(
-                    batch_contents, styles, config, weights, pairing=batch_pairing,
+                    batch_contents, styles, config, weights,
+                    pairing="broadcast" if pairing == "broadcast" else batch_pairing,
                     init_image=init_image, mesh=mesh, progress=not args.quiet,
                     should_stop=stop_requested,
                 )
-                for i, result in zip(loaded, results):
-                    if result.interrupted:  # not finished: left for the re-run
-                        continue
-                    image_io.save_image(outputs[i], result.image)
-                    written += 1
-                    bar.update(1)
-                    tqdm.write(f"wrote {outputs[i]}", file=sys.stdout)
-                    if result.diverged:
-                        diverged += 1
-                        tqdm.write(f"nst-jax: warning: {outputs[i]}: {result.diverged}",
-                                   file=sys.stderr)
+                _write(loaded, results, outputs, tally, bar)
                 if sharding.any_process(stop_requested()):
                     interrupted = True
                     break
     finally:
         bar.close()
     sharding.barrier("nst-jax batch: done")
+    return _summary(tally, skipped, start, weights, interrupted, sum(map(len, mine)))
 
+
+def _summary(tally: _Tally, skipped, start, weights, interrupted, planned) -> int:
     seconds = time.perf_counter() - start
-    rate = written / seconds if seconds > 0 else 0.0
-    print(f"batch{who}: {written} done, {skipped} skipped (already written), {failed} failed"
-          + (f", {diverged} diverged" if diverged else "")
+    rate = tally.written / seconds if seconds > 0 else 0.0
+    print(f"batch{_who()}: {tally.written} done, {skipped} skipped (already written), "
+          f"{tally.failed} failed" + (f", {tally.diverged} diverged" if tally.diverged else "")
           + f" in {seconds:.1f}s ({rate:.3g} images/s)")
     print(f"weights: {weights.label}")
     if interrupted:
-        left = sum(map(len, mine)) - written - failed
+        left = planned - tally.written - tally.failed
         print(f"interrupted: {left} image(s) not written here; run the same command again to "
               "finish them", file=sys.stderr)
         return common.EXIT_INTERRUPTED
-    if failed:
+    if tally.failed:
         return EXIT_FAILED
-    if diverged:
+    if tally.diverged:
         return common.EXIT_DIVERGED
     return 0

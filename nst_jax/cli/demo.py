@@ -13,13 +13,13 @@ import os
 import sys
 from pathlib import Path
 
-from nst_jax.cli import common, safety
+from nst_jax.cli import common, flags, safety
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "demo",
-        formatter_class=common.HelpFormatter,
+        formatter_class=flags.HelpFormatter,
         help="stylize the bundled sample images and write a figure and a loss plot",
         description="Stylize the bundled sample photo with the bundled style image; writes "
         "result.png, figure.png (content | style | result) and loss.png to --out-dir.",
@@ -30,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="steps (default: by device)")
     p.add_argument("--no-download", action="store_true",
                    help="do not try to download pretrained weights")
-    common.add_weights_flag(p)
+    flags.add_weights_flag(p)
     p.set_defaults(func=run)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nst_jax.cli import common
+from nst_jax.cli import common, flags
 from nst_jax.errors import NstError
 
 
@@ -40,7 +40,7 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
-    common.add_weights_flag(p)
+    flags.add_weights_flag(p)
     p.add_argument("--workdir", default=None, metavar="DIR",
                    help="where uploads and results go (default: a temporary directory removed "
                    "on exit)")

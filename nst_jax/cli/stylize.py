@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from nst_jax.cli import common, safety
+from nst_jax.cli import common, flags, safety
 from nst_jax.errors import NstError
 
 DEFAULT_OUTPUT = "out.png"
@@ -24,7 +24,7 @@ DEFAULT_OUTPUT = "out.png"
 def register(sub) -> None:
     p = sub.add_parser(
         "stylize",
-        formatter_class=common.HelpFormatter,
+        formatter_class=flags.HelpFormatter,
         help="paint one content image in the style of one or more style images",
         usage="%(prog)s [options] CONTENT STYLE [STYLE ...]",
         description="Paint CONTENT in the style of STYLE (several styles are blended). "
@@ -43,7 +43,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", default=None, metavar="OUT",
                    help=f"output image, format from the extension (default {DEFAULT_OUTPUT}); an "
                    "existing directory or a path ending in / gets <content name>_stylized.png")
-    common.add_config_flags(p)
+    flags.add_config_flags(p)
     g = p.add_argument_group("reporting")
     g.add_argument("--style-masks", nargs="+", metavar="MASK", default=None,
                    help="one mask image per style (white = that style's region), the size of "
@@ -57,7 +57,7 @@ def register(sub) -> None:
     g.add_argument("--loss-log", metavar="JSON",
                    help="write the loss history as JSON at the end")
     g.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
-    common.add_run_flags(p)
+    flags.add_run_flags(p)
     p.set_defaults(func=run, _extra_positionals="images")
 
 
@@ -94,9 +94,9 @@ def inputs(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = common.config_from_args(args)
+    config = flags.config_from_args(args)
     if args.print_config:
-        common.print_config(config, args)
+        flags.print_config(config, args)
         return 0
     content_path, style_paths = inputs(args)
     if args.print_every < 0:
@@ -152,7 +152,7 @@ def _stylize(args, config, out, content, styles, blend, masks, init_image) -> in
     from nst_jax.transfer import stylize
 
     weights = common.load_weights_for_cli(args, network=config.network)
-    config = _with_print_steps(common.config_from_args(args, network=weights.network), args)
+    config = _with_print_steps(flags.config_from_args(args, network=weights.network), args)
     cache = getattr(args, "_compile_cache", None)
     common.status(args, "computing style targets and compiling the optimisation step"
                   + (f" (compiled programs are reused from {cache})" if cache else "")

@@ -9,14 +9,14 @@ from pathlib import Path
 
 from nst_jax import convert, download
 from nst_jax import weights as weights_lib
-from nst_jax.cli import common
+from nst_jax.cli import common, flags
 from nst_jax.vgg import NETWORK_NAMES, NETWORKS, conv_layers
 
 
 def register(sub) -> None:
     parser = sub.add_parser(
         "weights",
-        formatter_class=common.HelpFormatter,
+        formatter_class=flags.HelpFormatter,
         help="download, convert and inspect the pretrained VGG-16/VGG-19 weights",
         description="Download, convert and inspect the pretrained VGG weights that style "
         "transfer needs. Converted files are found automatically in $NST_JAX_WEIGHTS, the "
@@ -26,7 +26,7 @@ def register(sub) -> None:
 
     p = actions.add_parser(
         "download",
-        formatter_class=common.HelpFormatter,
+        formatter_class=flags.HelpFormatter,
         help="fetch, verify and convert published weights",
         description="Fetch published VGG weights, verify their checksum, convert them and save "
         "MODEL-SOURCE.nst.h5. Does nothing if a valid converted file is already there.",
@@ -60,7 +60,7 @@ def register(sub) -> None:
 
     p = actions.add_parser(
         "convert",
-        formatter_class=common.HelpFormatter,
+        formatter_class=flags.HelpFormatter,
         help="convert a published .h5/.pth/.onnx file to the nst-jax format",
         description="Convert a published VGG-16 or VGG-19 weight file (Keras .h5, torchvision "
         "or Caffe .pth, or an ONNX model whose trunk is a VGG) to an nst-jax weight file. The "
@@ -90,7 +90,7 @@ def register(sub) -> None:
 
     p = actions.add_parser(
         "info",
-        formatter_class=common.HelpFormatter,
+        formatter_class=flags.HelpFormatter,
         help="show the layers, preprocessing and checksums of an nst-jax weight file",
         description="Show what an nst-jax weight file holds: its source and checksums, the "
         "input preprocessing it expects (channel order, scale, mean/std) and every layer's "
@@ -101,7 +101,7 @@ def register(sub) -> None:
 
     p = actions.add_parser(
         "path",
-        formatter_class=common.HelpFormatter,
+        formatter_class=flags.HelpFormatter,
         help="print which weights stylization would use (exit 1 if there are none)",
         description="Print the weight file that stylize, batch and demo would use without "
         "--weights (searched in $NST_JAX_WEIGHTS, the repository's weights/, ./weights and the "

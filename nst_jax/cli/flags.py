@@ -1,0 +1,247 @@
+"""The settings flags and how they become a :class:`~nst_jax.config.StyleConfig`.
+
+The table names each setting's spellings (this project's, jcjohnson/neural-style's and
+crowsonkb/style-transfer-pytorch's) and help; the fields, their types and validation are the
+config's own (``tests/test_stylize.py`` checks every field has a flag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+from nst_jax.cli.common import status
+from nst_jax.config import COLOR_MODES, OPTIMIZERS, OUTPUT_ITERATES, PRESETS, StyleConfig, get_preset
+from nst_jax.losses import CONVENTIONS
+from nst_jax.objective import DTYPES
+from nst_jax.vgg import NETWORKS, POOLINGS
+
+DEFAULT_PRESET = "tf-tutorial"
+
+
+def _layers(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of layer names")
+    return names
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _init(text: str) -> str:
+    # jcjohnson/neural-style spells the starts "random" and "image".
+    return {"random": "noise", "image": "content"}.get(text, text)
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < -1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (or -1: random), got {v}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _blend(text: str) -> tuple[float, ...]:
+    return _floats(text)
+
+
+def _choices(values) -> dict:
+    return {"choices": tuple(values)}
+
+
+#: (option strings, config field, type, extra add_argument kwargs, help). The aliases are
+#: jcjohnson/neural-style's (their one-dash underscore forms are rewritten by cli.argv) and
+#: crowsonkb/style-transfer-pytorch's. ``--remat`` and ``--save-every`` are added apart.
+CONFIG_FLAGS = [
+    (("--size", "--image-size", "-s", "--end-scale"), "size", int, {},
+     "longest side of the output in pixels"),
+    (("--steps", "--num-iterations", "-i", "--iterations"), "steps", int, {},
+     "Adam steps or L-BFGS iterations (per scale)"),
+    (("--optimizer",), "optimizer", str, _choices(OPTIMIZERS), "optimiser"),
+    (("--lr", "--learning-rate", "--step-size", "-ss"), "learning_rate", float, {},
+     "learning rate (Adam), or L-BFGS step scale (1 = line search)"),
+    (("--adam-b1",), "adam_b1", float, {}, "Adam's first-moment decay"),
+    (("--adam-b2",), "adam_b2", float, {}, "Adam's second-moment decay"),
+    (("--adam-eps",), "adam_eps", float, {},
+     "Adam's epsilon (large values damp steps where the gradient is small)"),
+    (("--content-weight", "-cw"), "content_weight", float, {}, "content loss weight (alpha)"),
+    (("--style-weight",), "style_weight", float, {}, "style loss weight (beta)"),
+    (("--tv-weight", "-tw"), "tv_weight", float, {}, "total-variation weight (gamma)"),
+    (("--content-layers",), "content_layers", _layers, {"metavar": "LAYERS"},
+     "comma-separated, e.g. relu4_2"),
+    (("--style-layers",), "style_layers", _layers, {"metavar": "LAYERS"},
+     "comma-separated, e.g. relu1_1,relu2_1,relu3_1"),
+    (("--style-layer-weights",), "style_layer_weights", _floats, {"metavar": "W,W,..."},
+     "comma-separated, one per style layer"),
+    (("--pooling",), "pooling", str, _choices(POOLINGS), "VGG pooling"),
+    (("--init",), "init", _init, {"metavar": "{content,noise,style,PATH}"},
+     "starting image (jcjohnson's 'random' = noise, 'image' = content)"),
+    (("--seed", "--random-seed", "-r"), "seed", _seed, {},
+     "random seed for --init noise and --weights random (-1: pick one)"),
+    (("--style-scale", "--style-scale-fac"), "style_scale", _floats, {"metavar": "F[,F...]"},
+     "style image size relative to --size; one value, or one per style"),
+    (("--convention",), "convention", str, _choices(CONVENTIONS), "loss normalisation"),
+    (("--dtype",), "dtype", str, _choices(DTYPES), "activation dtype"),
+    (("--chunk-size",), "chunk_size", int, {},
+     "steps per compiled call between progress updates"),
+    (("--lbfgs-memory",), "lbfgs_memory", int, {}, "L-BFGS history size"),
+    (("--scales",), "scales", int, {},
+     "coarse-to-fine passes (multi-scale); given --min-size alone, sizes grow by sqrt(2) "
+     "(as crowsonkb/style-transfer-pytorch)"),
+    (("--min-size", "--min-scale", "-ms"), "min_size", int, {},
+     "longest side at the coarsest scale (turns on multi-scale)"),
+    (("--scale-steps",), "scale_steps", _ints, {"metavar": "N,N,..."},
+     "steps at each scale, comma-separated"),
+    (("--preserve-colors",), "preserve_colors", str, _choices(COLOR_MODES),
+     "luminance: stylize luminance, keep the content's colours; match: colour-match the "
+     "style first"),
+    (("--ema-decay", "--avg-decay", "-ad"), "ema_decay", float, {},
+     "keep an exponential moving average of the iterates (0 = off); it becomes the output"),
+    (("--output-iterate",), "output_iterate", str, _choices(OUTPUT_ITERATES),
+     "which image is written: lowest loss seen, the final iterate, or the moving average; "
+     "ema is the default with --ema-decay"),
+    (("--network",), "network", str, _choices(NETWORKS),
+     "require weights of this network (default: whichever the weights are; presets are "
+     "tuned for the network in use)"),
+]
+
+
+def config_flag_fields() -> tuple[str, ...]:
+    """The :class:`StyleConfig` fields the CLI sets: every one (a test keeps it so)."""
+    return (*(field for _, field, _, _, _ in CONFIG_FLAGS), "remat", "save_every")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Lists an option's aliases once, with the metavar at the end (``-s, --size N``)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        default = self._get_default_metavar_for_optional(action)
+        return ", ".join(action.option_strings) + " " + self._format_args(action, default)
+
+
+def _default_text(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return "none" if value is None else str(value)
+
+
+def add_config_flags(p: argparse.ArgumentParser, *, single: bool = True) -> None:
+    """The settings flags; defaults shown are those of the default preset (tf-tutorial).
+
+    ``single``: also the single-image flags (``--save-every``, ``--style-blend``).
+    """
+    base = get_preset(DEFAULT_PRESET)
+    g = p.add_argument_group(
+        "settings", f"Every setting starts from --preset (default {DEFAULT_PRESET}); the "
+        f"defaults shown are {DEFAULT_PRESET}'s ('preset default').")
+    g.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                   help=f"starting settings that the other flags override (default "
+                   f"{DEFAULT_PRESET})")
+    for flags, field, typ, extra, help_ in CONFIG_FLAGS:
+        shown = _default_text(getattr(base, field))
+        if field == "output_iterate":
+            shown = "best"
+        if "metavar" not in extra and "choices" not in extra:
+            extra = {**extra, "metavar": {int: "N", float: "X"}.get(typ, "VALUE")}
+        g.add_argument(*flags, dest=field, type=typ, default=None,
+                       help=f"{help_} (preset default: {shown})", **extra)
+    g.add_argument("--remat", action="store_true", default=None,
+                   help="recompute VGG blocks in the backward pass (less memory, slower)")
+    if single:
+        g.add_argument("--save-every", "--save-iter", dest="save_every", type=_positive_int,
+                       default=None, metavar="N",
+                       help="also write OUT_<step>.EXT every N steps, the step zero-padded to 5 "
+                       "digits (out_00100.png); 0 = off (default 0)")
+        g.add_argument("--style-blend", "--style-weights", "-sw", type=_blend, nargs="+",
+                       default=None, metavar="W",
+                       help="one blend weight per style image, space- or comma-separated "
+                       "(default equal)")
+    g.add_argument("--original-colors", dest="preserve_colors", action="store_const",
+                   const="luminance", help="same as --preserve-colors luminance (jcjohnson)")
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Weights, devices, compilation cache and --print-config (every running sub-command)."""
+    add_weights_flag(p)
+    g = p.add_argument_group("running")
+    g.add_argument("--devices", nargs="+", default=None, metavar="DEVICE",
+                   help="where to run: cpu, cpu:0, gpu:1, or indices into jax.devices() "
+                   "(default: JAX's default device)")
+    g.add_argument("--gpu", default=None, metavar="N",
+                   help="jcjohnson's -gpu: GPU index (comma-separated for several), -1 = CPU")
+    g.add_argument("--no-compile-cache", action="store_true",
+                   help="do not reuse compiled programs across runs (also: "
+                   "NST_JAX_COMPILE_CACHE=off); default: cached under the nst-jax cache "
+                   "directory")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the effective settings (preset + flags) and exit")
+
+
+def add_weights_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default=None, metavar="PATH|random",
+                   help="converted VGG-16/VGG-19 weights (.h5 from 'nst-jax weights'), or 'random' for a "
+                   "seeded random-weight network; default: $NST_JAX_WEIGHTS, ./weights, the cache")
+
+
+def config_from_args(args: argparse.Namespace, network: str | None = None) -> StyleConfig:
+    """The preset named by ``--preset`` (tuned for ``network`` when known, see
+    :func:`nst_jax.config.get_preset`) with every given flag applied (validated), capped by
+    ``$NST_JAX_MAX_SIZE`` / ``$NST_JAX_MAX_STEPS`` when set."""
+    from nst_jax.config import apply_env_caps, check_init_path
+
+    changes = {field: getattr(args, field, None) for field in config_flag_fields()}
+    if changes.get("style_scale") is not None and len(changes["style_scale"]) == 1:
+        changes["style_scale"] = changes["style_scale"][0]
+    if changes.get("seed") == -1:  # jcjohnson: -seed -1 picks a random seed
+        changes["seed"] = int.from_bytes(os.urandom(4), "little") >> 1
+        args.seed = changes["seed"]
+        status(args, f"random seed {changes['seed']}")
+    base = get_preset(args.preset, network)
+    if changes.get("min_size") is not None and changes.get("scales") is None:
+        # crowsonkb/style-transfer-pytorch: sizes from min to end, each sqrt(2) larger.
+        size = changes.get("size") or base.size
+        if size and changes["min_size"] < size:
+            changes["scales"] = 1 + int(math.floor(2 * math.log2(size / changes["min_size"])))
+    config = base.replace(**{k: v for k, v in changes.items() if v is not None})
+    check_init_path(config)
+    config, capped = apply_env_caps(config)
+    if capped and network is None:  # said once, not again when re-tuned for the network
+        status(args, capped)
+    return config
+
+
+def print_config(config: StyleConfig, args: argparse.Namespace) -> None:
+    """The effective settings, one per line; ``*`` marks those changed from the preset."""
+    base = get_preset(args.preset)
+    print(f"# effective settings: preset {args.preset}; * = changed by a flag")
+    for name, value in config.flat().items():
+        mark = "*" if value != getattr(base, name) else " "
+        print(f"{mark} {name:<20} {_default_text(value)}")
+    print(f"  {'reported image':<20} {config.reported_iterate}")
