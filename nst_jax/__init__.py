@@ -44,6 +44,8 @@ from nst_jax.vgg import VGG16 as VGG16
 from nst_jax.vgg import VGG19 as VGG19
 from nst_jax.weights import VGGWeights as VGGWeights
 from nst_jax.weights import random_weights as random_weights
+from nst_jax.weights_file import load_weights as load_weights
+from nst_jax.weights_store import resolve_weights as resolve_weights
 
 __version__ = "0.1.0"
 
@@ -56,11 +58,3 @@ __all__ = [
     "style_transfer_loss", "stylize", "stylize_batch", "total_variation_loss",
 ]
 
-
-def __getattr__(name):
-    # Imported lazily: these pull in modules still optional for a bare library import.
-    if name in ("resolve_weights", "load_weights"):
-        from nst_jax import weights
-
-        return getattr(weights, name)
-    raise AttributeError(f"module 'nst_jax' has no attribute {name!r}")

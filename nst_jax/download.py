@@ -1,15 +1,15 @@
-"""Fetching the published VGG-19 weights, verifying them, and converting them on arrival.
+"""Fetching the published VGG-16/VGG-19 weights, verifying them, and converting them on arrival.
 
-:func:`download_weights` streams one of :data:`SOURCES` with ``urllib`` to a temporary file in the
-destination directory, checks its size against ``Content-Length`` and its hash against the
-published one, converts it with :mod:`nst_jax.convert` and writes ``vgg19-<source>.nst.h5``
-atomically. The raw download is always deleted; on any failure nothing is left behind.
+:func:`download_weights` streams one of :data:`nst_jax.weights_sources.NETWORK_SOURCES` with
+``urllib`` to a temporary file in the destination directory, checks its size against
+``Content-Length`` and its hash against the published one, converts it with
+:mod:`nst_jax.convert` and writes ``<model>-<source>.nst.h5`` atomically. The raw download is
+always deleted; on any failure nothing is left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import http.client
 import os
@@ -31,145 +31,17 @@ except ImportError:  # Windows: stale .part files are not detected there
 from tqdm import tqdm
 
 from nst_jax import convert
-from nst_jax import weights as weights_lib
 from nst_jax.errors import NstError
+from nst_jax.files import make_dir
 from nst_jax.vgg import NETWORK_NAMES
+from nst_jax.weights_file import converted_filename, load_weights, save_weights
+from nst_jax.weights_sources import HASH_ALGORITHMS, NETWORK_SOURCES, Source, parse_hash
+from nst_jax.weights_store import cache_dir
 
 _CHUNK = 1 << 20
 #: Most bytes any download may have (the published files are at most ~575 MB): a server that
 #: sends no Content-Length, or a huge one, cannot fill the disk.
 MAX_DOWNLOAD_BYTES = 2 << 30
-HASH_ALGORITHMS = ("md5", "sha256")
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """One official download: where it lives, how to verify it and which layout it has.
-
-    ``hash`` is the hex digest under ``hash_algorithm``, or a prefix of it (then only the prefix
-    is compared: only for the Caffe file, whose publisher gives nothing more). ``size`` is the
-    published size in bytes, when known.
-    """
-
-    name: str
-    url: str
-    hash_algorithm: str
-    hash: str
-    layout: str
-    size: int | None = None
-    description: str = ""
-    network: str = "vgg19"
-
-    @property
-    def filename(self) -> str:
-        return posixpath.basename(urllib.parse.urlparse(self.url).path)
-
-
-SOURCES: dict[str, Source] = {
-    "keras": Source(
-        name="keras",
-        url="https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
-        "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        # The md5 Keras itself checks (``file_hash`` in keras.applications.vgg19).
-        hash_algorithm="md5",
-        hash="253f8cb515780f3b799900260a226db6",
-        layout="keras",
-        description="Keras applications VGG-19 without the classifier (about 80 MB)",
-    ),
-    "torchvision": Source(
-        name="torchvision",
-        url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-        hash_algorithm="sha256",
-        hash="dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44",
-        layout="torchvision",
-        size=574_673_361,
-        description="torchvision VGG-19 with the classifier (about 550 MB)",
-    ),
-    "caffe": Source(
-        name="caffe",
-        url="https://web.eecs.umich.edu/~justincj/models/vgg19-d01eb7cb.pth",
-        # Only a prefix is published: like torchvision's ``check_hash``, the file name carries
-        # the first 8 hex digits of the file's SHA-256, and that prefix is what is checked. The
-        # full digest is not pinned because it was never published and this project could not
-        # fetch the file to compute it (no network here); pin it with --sha256 FULL_HEX once
-        # known. User-given hashes must be full digests (parse_hash).
-        hash_algorithm="sha256",
-        hash="d01eb7cb",
-        layout="caffe",
-        description="Caffe VGG-19 ported to PyTorch by jcjohnson (about 550 MB)",
-    ),
-}
-
-#: The VGG-16 (configuration D) files of the same three publishers.
-VGG16_SOURCES: dict[str, Source] = {
-    "keras": Source(
-        name="keras",
-        url="https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
-        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        # ``file_hash`` in keras.applications.vgg16 (WEIGHTS_PATH_NO_TOP).
-        hash_algorithm="md5",
-        hash="6d6bbae143d832006294945121d1f1fc",
-        layout="keras",
-        description="Keras applications VGG-16 without the classifier (about 56 MB)",
-        network="vgg16",
-    ),
-    "torchvision": Source(
-        name="torchvision",
-        url="https://download.pytorch.org/models/vgg16-397923af.pth",
-        hash_algorithm="sha256",
-        hash="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
-        layout="torchvision",
-        description="torchvision VGG-16 with the classifier (about 530 MB)",
-        network="vgg16",
-    ),
-    "caffe": Source(
-        name="caffe",
-        url="https://web.eecs.umich.edu/~justincj/models/vgg16-00b39a1b.pth",
-        # As for VGG-19: only the file name's 8-hex-digit SHA-256 prefix is published.
-        hash_algorithm="sha256",
-        hash="00b39a1b",
-        layout="caffe",
-        description="Caffe VGG-16 ported to PyTorch by jcjohnson, as neural-style-pt uses "
-        "(about 530 MB)",
-        network="vgg16",
-    ),
-}
-
-#: ``{network: {source: Source}}``.
-NETWORK_SOURCES: dict[str, dict[str, Source]] = {"vgg19": SOURCES, "vgg16": VGG16_SOURCES}
-
-
-def all_sources() -> list[Source]:
-    """Every published file nst-jax knows, VGG-19 first."""
-    return [s for sources in NETWORK_SOURCES.values() for s in sources.values()]
-
-
-def parse_hash(expected_hash: str | None, source: Source) -> tuple[str, str]:
-    """``(algorithm, hex)`` for ``expected_hash``.
-
-    Accepts ``"sha256:HEX"``, ``"md5:HEX"``, a bare ``HEX`` (64 digits: SHA-256, 32: MD5, other
-    lengths: the source's algorithm) or None (the source's published hash). A hex shorter than
-    the full digest is checked as a prefix.
-    """
-    if expected_hash is None:
-        # The only prefix allowed: the Caffe file's published hash IS a prefix (see SOURCES).
-        return source.hash_algorithm, source.hash
-    algorithm, sep, digest = expected_hash.partition(":")
-    if not sep:
-        digest = expected_hash.strip()
-        algorithm = {64: "sha256", 32: "md5"}.get(len(digest), source.hash_algorithm)
-    algorithm, digest = algorithm.lower(), digest.strip().lower()
-    if algorithm not in HASH_ALGORITHMS:
-        raise NstError(f"hash algorithm must be md5 or sha256, got {algorithm!r}")
-    full = hashlib.new(algorithm).digest_size * 2
-    if not re.fullmatch(r"[0-9a-f]+", digest) or len(digest) != full:
-        # A user-given hash must be complete: a short prefix (8 hex digits = 32 bits) is easy to
-        # forge and proves little.
-        raise NstError(
-            f"expected {algorithm} must be all {full} hexadecimal digits of the digest, "
-            f"got {digest!r}"
-        )
-    return algorithm, digest
 
 
 PART_SUFFIX = ".part"
@@ -184,7 +56,9 @@ def safe_filename(url: str) -> str:
     return "" if name.strip(".") == "" else name
 
 
-def _lock(fd: int) -> None:
+def lock_part(fd: int) -> None:
+    """Marks the open ``.part`` file ``fd`` as a live download (an advisory lock that dies with the
+    process), so :func:`remove_stale_parts` of other runs leaves it alone."""
     if fcntl is not None:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -222,13 +96,11 @@ def _say(message: str, enabled: bool) -> None:
         print(message, file=sys.stderr)
 
 
-def _fetch(
-    url: str, out: BinaryIO, *, expected_size: int | None, progress: bool, timeout: float
-) -> dict[str, str]:
-    """Streams ``url`` into ``out``; returns ``{"md5": hex, "sha256": hex}`` of the bytes."""
+def _open_url(url: str, timeout: float):
+    """``urlopen`` of ``url``, every failure one ``NstError`` sentence."""
     request = urllib.request.Request(url, headers={"User-Agent": "nst-jax"})
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
         raise NstError(f"downloading {url} failed: HTTP {err.code} {err.reason}") from None
     except urllib.error.URLError as err:
@@ -237,22 +109,48 @@ def _fetch(
         raise NstError(f"cannot reach {url}: {err or type(err).__name__}") from None
     except ValueError as err:
         raise NstError(f"invalid URL {url!r}: {err}") from None
+
+
+def _announced_size(url: str, response, expected_size: int | None) -> int | None:
+    """The response's ``Content-Length`` (None when absent), refused when it cannot be the file."""
+    header = response.headers.get("Content-Length")
+    total = int(header) if header and header.isdigit() else None
+    if total is not None and total > MAX_DOWNLOAD_BYTES:
+        raise NstError(
+            f"{url} is {total} bytes, more than the {MAX_DOWNLOAD_BYTES} bytes any VGG "
+            "weight file has; wrong file or mirror"
+        )
+    if expected_size is not None and total is not None and total != expected_size:
+        raise NstError(
+            f"{url} is {total} bytes, but the published file is {expected_size} bytes; "
+            "wrong file or mirror"
+        )
+    return total
+
+
+def _read_chunk(url: str, response, received: int) -> tuple[bytes, int]:
+    """``(chunk, 0)``; ``(b"", 0)`` at the end of the body; ``(b"", n)`` where the server cut the
+    body short after ``n`` more bytes, which are counted but not kept (:func:`_fetch` then reports
+    a truncated transfer)."""
+    try:
+        return response.read(_CHUNK), 0
+    except http.client.IncompleteRead as err:
+        return b"", len(err.partial)
+    except (OSError, http.client.HTTPException) as err:
+        raise NstError(
+            f"download of {url} failed after {received} bytes: {err or type(err).__name__}"
+        ) from None
+
+
+def _fetch(
+    url: str, out: BinaryIO, *, expected_size: int | None, progress: bool, timeout: float
+) -> dict[str, str]:
+    """Streams ``url`` into ``out``; returns ``{"md5": hex, "sha256": hex}`` of the bytes."""
     digests = {name: hashlib.new(name, usedforsecurity=False) for name in HASH_ALGORITHMS}
     received = 0
-    with response:
-        header = response.headers.get("Content-Length")
-        total = int(header) if header and header.isdigit() else None
+    with _open_url(url, timeout) as response:
+        total = _announced_size(url, response, expected_size)
         limit = expected_size or MAX_DOWNLOAD_BYTES
-        if total is not None and total > MAX_DOWNLOAD_BYTES:
-            raise NstError(
-                f"{url} is {total} bytes, more than the {MAX_DOWNLOAD_BYTES} bytes any VGG "
-                "weight file has; wrong file or mirror"
-            )
-        if expected_size is not None and total is not None and total != expected_size:
-            raise NstError(
-                f"{url} is {total} bytes, but the published file is {expected_size} bytes; "
-                "wrong file or mirror"
-            )
         bar = tqdm(
             total=total or expected_size,
             unit="B",
@@ -264,17 +162,9 @@ def _fetch(
         )
         with bar:
             while True:
-                try:
-                    chunk = response.read(_CHUNK)
-                except http.client.IncompleteRead as err:
-                    received += len(err.partial)
-                    break  # reported below as a truncated transfer
-                except (OSError, http.client.HTTPException) as err:
-                    raise NstError(
-                        f"download of {url} failed after {received} bytes: "
-                        f"{err or type(err).__name__}"
-                    ) from None
+                chunk, lost = _read_chunk(url, response, received)
                 if not chunk:
+                    received += lost
                     break
                 if received + len(chunk) > limit:
                     raise NstError(
@@ -296,6 +186,72 @@ def _fetch(
     return {name: d.hexdigest() for name, d in digests.items()}
 
 
+def _published(model: str, source: str) -> Source:
+    """The :class:`~nst_jax.weights_sources.Source` of ``model`` from ``source``, or one sentence."""
+    if model not in NETWORK_SOURCES:
+        raise NstError(f"unknown model {model!r}; choose one of {', '.join(NETWORK_SOURCES)}")
+    sources = NETWORK_SOURCES[model]
+    if source not in sources:
+        raise NstError(f"unknown weights source {source!r}; choose one of {', '.join(sources)}")
+    return sources[source]
+
+
+def _already_there(target: Path, model: str, progress: bool) -> bool:
+    """True when ``target`` is a usable converted file of ``model`` (nothing to fetch)."""
+    if not target.is_file():
+        return False
+    try:
+        load_weights(target, network=model)
+    except NstError as err:
+        _say(f"{target} is unusable ({err}); downloading it again", progress)
+        return False
+    _say(f"{target} is already present and valid; nothing to download", progress)
+    return True
+
+
+def _fetch_verified(url: str, fd: int, algorithm: str, want: str, **fetch) -> dict[str, str]:
+    """:func:`_fetch` into the open file ``fd`` (closed after), then the hash check: ``want`` is
+    the expected ``algorithm`` hex digest, or a prefix of it."""
+    with os.fdopen(fd, "wb") as out:
+        digests = _fetch(url, out, **fetch)
+    got = digests[algorithm]
+    if not got.startswith(want):
+        kind = "prefix " if len(want) < len(got) else ""
+        raise NstError(
+            f"checksum mismatch for {url}: expected {algorithm} {kind}{want}, got {got}; "
+            "the download was deleted"
+        )
+    return digests
+
+
+def _fetch_and_save(
+    src: Source, url: str, target: Path, raw_name: str, *, algorithm: str, want: str, model: str,
+    **fetch,
+) -> None:
+    """Streams ``url`` to a locked ``.part`` file next to ``target``, checks its hash, converts it
+    and saves ``target``; the ``.part`` file is deleted whatever happens."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{raw_name}.", suffix=PART_SUFFIX, dir=target.parent)
+    except OSError as err:
+        raise NstError(f"cannot write to {target.parent}: {err.strerror or err}") from None
+    lock_part(fd)  # marks the .part file as live for remove_stale_parts of other runs ...
+    keep_locked = os.dup(fd)  # ... until it is read (HDF5's own lock protects it from then on)
+    try:
+        digests = _fetch_verified(url, fd, algorithm, want, **fetch)
+        os.close(keep_locked)
+        keep_locked = -1
+        params = convert.read_published(
+            tmp, src.layout, name=f"the file downloaded from {url}", network=model
+        )
+        save_weights(target, params, convert.PREPROCESSING[src.layout], source_file=raw_name,
+                     source_sha256=digests["sha256"], layout=src.layout, network=model)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if keep_locked >= 0:
+            os.close(keep_locked)
+
+
 def download_weights(
     source: str = "keras",
     dest_dir: str | os.PathLike | None = None,
@@ -306,13 +262,15 @@ def download_weights(
     timeout: float = 60.0,
     model: str = "vgg19",
 ) -> Path:
-    """Downloads, verifies and converts one of :data:`NETWORK_SOURCES`; returns the converted file.
+    """Downloads, verifies and converts one published file; returns the converted file.
 
     Args:
       source: ``"keras"``, ``"torchvision"`` or ``"caffe"``.
-      dest_dir: where ``<model>-<source>.nst.h5`` goes (default :func:`nst_jax.weights.cache_dir`).
+      dest_dir: where ``<model>-<source>.nst.h5`` goes (default
+        :func:`nst_jax.weights_store.cache_dir`).
       url: a mirror to fetch from instead of the official URL.
-      expected_hash: overrides the published hash, see :func:`parse_hash`.
+      expected_hash: overrides the published hash, see
+        :func:`nst_jax.weights_sources.parse_hash`.
       progress: show a progress bar and status lines on stderr.
       timeout: seconds a connection may stay silent before the download fails.
       model: ``"vgg19"`` (default) or ``"vgg16"``.
@@ -322,74 +280,24 @@ def download_weights(
     unreachable host, truncated transfer, hash mismatch, bad contents) ``NstError`` is raised and
     no file is left in ``dest_dir``.
     """
-    if model not in NETWORK_SOURCES:
-        raise NstError(f"unknown model {model!r}; choose one of {', '.join(NETWORK_SOURCES)}")
-    sources = NETWORK_SOURCES[model]
-    if source not in sources:
-        raise NstError(f"unknown weights source {source!r}; choose one of {', '.join(sources)}")
-    src = sources[source]
+    src = _published(model, source)
     algorithm, want = parse_hash(expected_hash, src)
     url = url or src.url
     if urllib.parse.urlparse(url).scheme not in ("http", "https", "file"):
         raise NstError(f"invalid URL {url!r}: it must start with https://, http:// or file://")
-    dest = Path(dest_dir) if dest_dir is not None else weights_lib.cache_dir()
-    if dest.exists() and not dest.is_dir():
-        raise NstError(f"destination {dest} exists and is not a directory")
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise NstError(f"cannot create {dest}: {err.strerror or err}") from None
-    target = dest / weights_lib.converted_filename(source, model)
-    if target.is_file():
-        try:
-            weights_lib.load_weights(target, network=model)
-        except NstError as err:
-            _say(f"{target} is unusable ({err}); downloading it again", progress)
-        else:
-            _say(f"{target} is already present and valid; nothing to download", progress)
-            return target
-
+    dest = Path(dest_dir) if dest_dir is not None else cache_dir()
+    target = dest / converted_filename(source, model)
+    if _already_there(target, model, progress):
+        return target
+    make_dir(dest, "destination directory")
     raw_name = safe_filename(url) or src.filename
     removed = remove_stale_parts(dest)
     if removed:
         _say(f"removed {len(removed)} unfinished download(s) of killed runs from {dest}", progress)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{raw_name}.", suffix=PART_SUFFIX, dir=dest)
-    except OSError as err:
-        raise NstError(f"cannot write to {dest}: {err.strerror or err}") from None
-    _lock(fd)  # marks the .part file as live for remove_stale_parts of other runs ...
-    keep_locked = os.dup(fd)  # ... until it is read (HDF5's own lock protects it from then on)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            # The published size is only known for the official file (or a faithful mirror).
-            size = src.size if expected_hash is None else None
-            _say(f"downloading {src.description or source} from {url}", progress)
-            digests = _fetch(url, out, expected_size=size, progress=progress, timeout=timeout)
-        got = digests[algorithm]
-        if not got.startswith(want):
-            kind = "prefix " if len(want) < len(got) else ""
-            raise NstError(
-                f"checksum mismatch for {url}: expected {algorithm} {kind}{want}, got {got}; "
-                "the download was deleted"
-            )
-        os.close(keep_locked)
-        keep_locked = -1
-        params = convert.read_published(
-            tmp, src.layout, name=f"the file downloaded from {url}", network=model
-        )
-        weights_lib.save_weights(
-            target,
-            params,
-            convert.PREPROCESSING[src.layout],
-            source_file=raw_name,
-            source_sha256=digests["sha256"],
-            layout=src.layout,
-            network=model,
-        )
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if keep_locked >= 0:
-            os.close(keep_locked)
+    _say(f"downloading {src.description or source} from {url}", progress)
+    # The published size is only known for the official file (or a faithful mirror).
+    size = src.size if expected_hash is None else None
+    _fetch_and_save(src, url, target, raw_name, algorithm=algorithm, want=want, model=model,
+                    expected_size=size, progress=progress, timeout=timeout)
     _say(f"saved {src.layout} {NETWORK_NAMES[model]} weights to {target}", progress)
     return target

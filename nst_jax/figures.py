@@ -41,7 +41,7 @@ def side_by_side(
     if height < 1:
         raise ValueError(f"height must be positive, got {height}")
     check_output_path(path)
-    font = _font(max(11, height // 18))
+    font = label_font(max(11, height // 18))
     panels = []
     for img in images:
         arr = np.asarray(img, dtype=np.float32)
@@ -85,15 +85,17 @@ def loss_curve(
     (a log axis cannot show them). Uses matplotlib's Agg canvas when importable, else Pillow.
     """
     check_output_path(path)
-    series = _series(history)
+    series = loss_series(history)
     try:
         figure = _plot_matplotlib(series, title)
     except ImportError:
-        figure = _plot_pillow(series, title)
+        figure = plot_pillow(series, title)
     save_image(path, figure)
 
 
-def _series(history: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def loss_series(history: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``[(name, steps, values), ...]`` of ``history`` to plot, total first, each 1-D and keeping
+    only its finite, positive points (a log axis cannot show the others)."""
     steps = history.get("step")
     names = [k for k in history if k != "step"]
     names.sort(key=lambda k: k not in _TOTAL_KEYS)  # stable: total first, others in given order
@@ -145,11 +147,13 @@ def _plot_matplotlib(series, title: str) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].astype(np.float32) / np.float32(255.0)
 
 
-def _plot_pillow(series, title: str, size: tuple[int, int] = (640, 400)) -> np.ndarray:
+def plot_pillow(series, title: str, size: tuple[int, int] = (640, 400)) -> np.ndarray:
+    """The loss plot of :func:`loss_series` output drawn with Pillow alone (no matplotlib):
+    an ``(H, W, 3)`` float32 image in [0, 1] of ``size = (W, H)``."""
     width, height = size
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
-    font = _font(12)
+    font = label_font(12)
     # The legend sits in a column right of the plot, never over the curves.
     left, right, top, bottom = 70, width - 130, 36, height - 45
     draw.text((width // 2, 10), title, fill="black", font=font, anchor="mt")
@@ -214,7 +218,8 @@ def _nice_ticks(x0: float, x1: float, target: int = 5) -> list[float]:
     return [first + i * step for i in range(int((x1 - first) / step + 1e-9) + 1)]
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at ``size`` px where it can scale, else its fixed bitmap font."""
     try:
         return ImageFont.load_default(size=size)  # scalable font when Pillow has FreeType
     except (TypeError, ValueError, OSError, ImportError):

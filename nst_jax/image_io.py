@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from nst_jax.errors import NstError
+from nst_jax.files import fsync_path
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -366,7 +367,7 @@ def atomic_write_bytes(path: PathLike, data: bytes, *, what: str = "file") -> No
         if isinstance(e, OSError):
             raise NstError(f"cannot write {what} {str(p)!r}: {e.strerror or e}") from e
         raise
-    _fsync_dir(p.parent)
+    fsync_path(p.parent)  # makes the rename itself durable (best effort)
 
 
 @functools.cache
@@ -374,20 +375,6 @@ def _new_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform/filesystem, so best effort.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from nst_jax import weights as weights_lib
-from nst_jax.errors import NstError
+from nst_jax.errors import NstError, first_line
 from nst_jax.vgg import NETWORK_NAMES, NETWORKS, conv_layers
+from nst_jax.weights import require_network
 
 Params = dict[str, dict[str, np.ndarray]]
 
@@ -47,8 +47,7 @@ def _load_model(path: Path, name: str):
     try:
         model = onnx.load(os.fspath(path))
     except Exception as err:  # protobuf's DecodeError, OSError for external data, ...
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise NstError(f"{name} is not a readable ONNX model ({text})") from None
+        raise NstError(f"{name} is not a readable ONNX model ({first_line(err)})") from None
     return model, numpy_helper
 
 
@@ -161,7 +160,7 @@ def read_onnx(
     fits = {n: _match(convs, n) for n in NETWORKS}
     ok = [n for n, p in fits.items() if not p]
     if network is not None and ok and network not in ok:
-        weights_lib.require_network(ok[0], network, name)
+        require_network(ok[0], network, name)
     chosen = network or (ok[0] if ok else min(fits, key=lambda n: abs(
         len(convs) - sum(len(b) for b in NETWORKS[n]))))
     problems = problems + fits[chosen]

@@ -23,7 +23,7 @@ import numpy as np
 from nst_jax import batch
 from nst_jax.config import get_preset
 from nst_jax.transfer import stylize
-from nst_jax.weights import resolve_weights
+from nst_jax.weights_store import resolve_weights
 
 
 def _cpu_model() -> str:

@@ -48,7 +48,7 @@ UNAVAILABLE = 3
 def cache_dir() -> Path:
     if os.environ.get("NST_JAX_REAL_WEIGHTS_DIR"):
         return Path(os.environ["NST_JAX_REAL_WEIGHTS_DIR"]).expanduser()
-    from nst_jax.weights import cache_dir as nst_cache
+    from nst_jax.weights_store import cache_dir as nst_cache
 
     return nst_cache() / "real"
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         cache.mkdir(parents=True, exist_ok=True)
         converted = cache / CONVERTED
         if converted.is_file():
-            from nst_jax.weights import read_info
+            from nst_jax.weights_file import read_info
 
             if read_info(converted).source_sha256 == ONNX_SHA256:
                 print(converted)

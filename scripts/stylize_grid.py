@@ -2,7 +2,7 @@
 
 Row 0 shows the style images, column 0 the content images, and cell (i, j) content ``i`` painted
 in style ``j``; every header cell is labelled with the image's name. All pairs of one shape run as one vmapped, sharded batch (see
-:mod:`nst_jax.batch`). Images are bundled sample names or paths.
+:func:`nst_jax.stylize_batch`). Images are bundled sample names or paths.
 
     python scripts/stylize_grid.py --weights random --size 64 --steps 20   # writes out/grid.png
     python scripts/stylize_grid.py --contents chelsea my.jpg --styles strokes hubble --preset gatys
@@ -19,7 +19,7 @@ import numpy as np
 from nst_jax import image_io
 from nst_jax.transfer import stylize_batch
 from nst_jax.config import PRESETS, get_preset
-from nst_jax.weights import resolve_weights
+from nst_jax.weights_store import resolve_weights
 
 PAD = 6
 
@@ -43,11 +43,11 @@ def _label(cell: np.ndarray, text: str) -> np.ndarray:
     """``cell`` with ``text`` on a white band along its bottom edge."""
     from PIL import Image, ImageDraw
 
-    from nst_jax.figures import _font
+    from nst_jax.figures import label_font
 
     im = Image.fromarray(np.round(np.clip(cell, 0, 1) * 255).astype(np.uint8))
     draw = ImageDraw.Draw(im)
-    font = _font(max(10, cell.shape[0] // 12))
+    font = label_font(max(10, cell.shape[0] // 12))
     band = font.size + 4 if hasattr(font, "size") else 14
     draw.rectangle([0, cell.shape[0] - band, cell.shape[1], cell.shape[0]], fill=(255, 255, 255))
     draw.text((3, cell.shape[0] - band + 1), text, fill=(0, 0, 0), font=font)

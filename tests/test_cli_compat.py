@@ -256,7 +256,7 @@ def test_pillow_loss_plot_keeps_legend_off_the_curves_and_a_readable_axis():
     n = 50
     history = {"total": np.linspace(5e5, 1e5, n), "style": np.linspace(4e5, 5e4, n),
                "content": np.r_[0.0, np.geomspace(1e-9, 3e4, n - 1)]}
-    img = figures._plot_pillow(figures._series(history), "t", size=(640, 400))
+    img = figures.plot_pillow(figures.loss_series(history), "t", size=(640, 400))
     rgb = (img * 255).round().astype(int)
     # The frame's right edge: the rightmost column that is dark over most of the height.
     dark = (rgb.max(axis=-1) < 60).mean(axis=0) > 0.7

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax import convert
+from nst_jax import convert, keras_import, torch_import, weights_file
 from nst_jax import weights as weights_lib
 from nst_jax.cli import main
 from nst_jax.errors import NstError
@@ -94,15 +94,15 @@ def test_keras_h5_matches_numpy_reference(
         model_weights=model_weights,
     )
     dst = convert.convert_weights(src, tmp_path / "out.nst.h5")  # layout detected from .h5
-    weights = weights_lib.load_weights(dst)
+    weights = weights_file.load_weights(dst)
 
     assert weights.preprocessing == KERAS
     assert weights.pretrained
     assert weights.label == (
         "pretrained VGG-19 (keras layout, from vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5)"
     )
-    info = weights_lib.read_info(dst)
-    assert info.source_sha256 == weights_lib.file_digest(src)
+    info = weights_file.read_info(dst)
+    assert info.source_sha256 == weights_file.file_digest(src)
     assert info.layout == "keras"
     for layer, leaves in vgg_params.items():
         np.testing.assert_array_equal(np.asarray(weights.params[layer]["kernel"]), leaves["kernel"])
@@ -119,7 +119,7 @@ def test_detect_layout():
 
 
 def test_torch_feature_index_is_torchvision_layout():
-    assert list(convert.TORCH_FEATURE_INDEX.values()) == [
+    assert list(torch_import.TORCH_FEATURE_INDEX.values()) == [
         0,
         2,
         5,
@@ -235,7 +235,7 @@ def test_all_problems_named_in_one_message(tmp_path, keras_h5_writer, zero_param
         compression="gzip",
     )
     with pytest.raises(NstError) as err:
-        convert.read_keras_h5(src)
+        keras_import.read_keras_h5(src)
     msg = str(err.value)
     for phrase in (
         "missing layer conv5_4 (block5_conv4)",
@@ -319,7 +319,7 @@ def test_pth_missing_and_misshaped_keys_are_named(tmp_path):
     src = tmp_path / "vgg.pth"
     torch.save(state, src)
     with pytest.raises(NstError) as err:
-        convert.read_torch_state_dict(src)
+        torch_import.read_torch_state_dict(src)
     msg = str(err.value)
     for phrase in (
         "missing layers conv2_1 (features.5)",

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from nst_jax import download
+from nst_jax import download, weights_file, weights_sources
 from nst_jax import weights as weights_lib
 from nst_jax.cli import main
 from nst_jax.errors import NstError
@@ -92,13 +92,13 @@ def _files(directory):
 
 
 def test_sources_table():
-    keras = download.SOURCES["keras"]
+    keras = weights_sources.SOURCES["keras"]
     assert keras.filename == RAW_NAME
     assert (keras.hash_algorithm, keras.hash) == ("md5", "253f8cb515780f3b799900260a226db6")
-    tv = download.SOURCES["torchvision"]
+    tv = weights_sources.SOURCES["torchvision"]
     assert tv.url == "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
     assert tv.hash.startswith("dcbb9e9d") and len(tv.hash) == 64 and tv.size == 574_673_361
-    caffe = download.SOURCES["caffe"]
+    caffe = weights_sources.SOURCES["caffe"]
     assert (caffe.layout, caffe.hash, caffe.filename) == ("caffe", "d01eb7cb", "vgg19-d01eb7cb.pth")
 
 
@@ -110,9 +110,9 @@ def test_download_converts_and_second_run_is_a_noop(tmp_path, server, sha, capsy
     )
     assert path == dest / "vgg19-keras.nst.h5"
     assert _files(dest) == ["vgg19-keras.nst.h5"]  # the raw download is gone
-    weights = weights_lib.load_weights(path)
+    weights = weights_file.load_weights(path)
     assert weights.label == f"pretrained VGG-19 (keras layout, from {RAW_NAME})"
-    info = weights_lib.read_info(path)
+    info = weights_file.read_info(path)
     assert info.source_sha256 == sha
     np.testing.assert_allclose(np.asarray(weights.params["conv3_2"]["kernel"]), 0.01)
 
@@ -148,7 +148,7 @@ def test_invalid_existing_file_is_replaced(tmp_path, server, sha):
         progress=False,
         timeout=TIMEOUT,
     )
-    weights_lib.load_weights(path)
+    weights_file.load_weights(path)
     assert _files(dest) == ["vgg19-keras.nst.h5"]
 
 

@@ -72,7 +72,7 @@ def _assert_plot_png(path):
 
 def test_loss_curve_with_matplotlib(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    monkeypatch.setattr(figures, "_plot_pillow", None)  # must not be needed
+    monkeypatch.setattr(figures, "plot_pillow", None)  # must not be needed
     out = tmp_path / "loss.png"
     figures.loss_curve(_history(), out, title="test run")
     _assert_plot_png(out)
@@ -83,8 +83,8 @@ def test_loss_curve_without_matplotlib(tmp_path, monkeypatch):
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)  # makes the import raise ImportError
     called = []
-    original = figures._plot_pillow
-    monkeypatch.setattr(figures, "_plot_pillow", lambda *a, **k: called.append(1) or original(*a, **k))
+    original = figures.plot_pillow
+    monkeypatch.setattr(figures, "plot_pillow", lambda *a, **k: called.append(1) or original(*a, **k))
     out = tmp_path / "loss.png"
     figures.loss_curve(_history(), out)
     assert called == [1]
@@ -105,10 +105,10 @@ def test_loss_curve_degenerate_histories(tmp_path, monkeypatch, with_mpl):
 
 
 def test_series_skips_non_finite_and_orders_total_first():
-    series = figures._series(_history())
+    series = figures.loss_series(_history())
     assert [name for name, _, _ in series] == ["total", "content", "style", "tv"]
     by_name = {name: (x, y) for name, x, y in series}
     assert 3 not in by_name["style"][0] and 7 not in by_name["tv"][0] and 9 not in by_name["content"][0]
     assert all(np.all(np.isfinite(y)) and np.all(y > 0) for _, _, y in series)
     with pytest.raises(ValueError, match="1-D"):
-        figures._series({"total": np.ones((3, 2))})
+        figures.loss_series({"total": np.ones((3, 2))})

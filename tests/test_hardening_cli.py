@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_jax import download, image_io
+from nst_jax import download, image_io, weights_file, weights_sources
+from nst_jax import preprocessing as prep_lib
 from nst_jax import weights as weights_lib
 from nst_jax.cli import main, safety
 from nst_jax.errors import NstError
@@ -128,7 +129,7 @@ def _huge_dataset(group):
 def test_5_declared_huge_datasets_are_refused_before_reading(tmp_path, capsys):
     nst = tmp_path / "tiny.nst.h5"
     with h5py.File(nst, "w") as f:
-        for k, v in {"format": weights_lib.FORMAT, "format_version": 1, "source_file": "x",
+        for k, v in {"format": weights_file.FORMAT, "format_version": 1, "source_file": "x",
                      "source_sha256": "0" * 64, "layout": "keras", "channel_order": "BGR",
                      "scale": 255.0, "mean": [1.0, 2.0, 3.0], "std": [1.0, 1.0, 1.0]}.items():
             f.attrs[k] = v
@@ -144,7 +145,7 @@ def test_5_declared_huge_datasets_are_refused_before_reading(tmp_path, capsys):
     tracemalloc.start()
     try:
         with pytest.raises(NstError, match=r"conv1_1 kernel has shape \(50000, 50000\)"):
-            weights_lib.load_weights(nst)
+            weights_file.load_weights(nst)
         assert main(["weights", "info", str(nst)]) == 2
         one_error_line(capsys, "(50000, 50000)")
         assert main(["weights", "convert", str(keras), "-o", str(tmp_path / "c.nst.h5")]) == 2
@@ -235,7 +236,7 @@ def test_8_stale_part_files_of_killed_downloads_are_removed(tmp_path, keras_file
     # A real kill -9 in the middle of a download leaves a .part that the next run removes.
     code = ("import os, sys, tempfile; from nst_jax import download; "
             "fd, p = tempfile.mkstemp(prefix='.w.h5.', suffix='.part', dir=sys.argv[1]); "
-            "download._lock(fd); os.write(fd, b'x'); os.kill(os.getpid(), 9)")
+            "download.lock_part(fd); os.write(fd, b'x'); os.kill(os.getpid(), 9)")
     subprocess.run([sys.executable, "-c", code, str(dest)], check=False)
     os.unlink(live)
     assert len(list(dest.glob(".*.part"))) == 1
@@ -297,13 +298,13 @@ def test_11_infinite_weights_are_refused(tmp_path, pair, capsys, flags, needle):
 
 def test_12_weight_files_holding_nan_are_refused(tmp_path, capsys, vgg_params, keras_h5_writer):
     path = tmp_path / "w.nst.h5"
-    weights_lib.save_weights(path, vgg_params, weights_lib.prep_lib.KERAS, source_file="x",
+    weights_file.save_weights(path, vgg_params, prep_lib.KERAS, source_file="x",
                              source_sha256="0" * 64, layout="keras")
     with h5py.File(path, "r+") as f:
         k = f["conv3_2/kernel"]
         k[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
     with pytest.raises(NstError, match="conv3_2 kernel holds 3 NaN or infinite values"):
-        weights_lib.load_weights(path)
+        weights_file.load_weights(path)
     assert main(["weights", "info", str(path)]) == 2
     one_error_line(capsys, "conv3_2 kernel holds 3 NaN")
     assert main(["stylize", write_image(tmp_path / "c.png", 20, 20), write_image(
@@ -345,12 +346,12 @@ def test_13_sigterm_keeps_the_best_image_and_exits_143(tmp_path, pair):
 # Code-reading items ------------------------------------------------------------------------------
 
 def test_sha256_must_be_complete_except_the_published_caffe_prefix():
-    caffe = download.SOURCES["caffe"]
-    assert download.parse_hash(None, caffe) == ("sha256", "d01eb7cb")  # only a prefix published
+    caffe = weights_sources.SOURCES["caffe"]
+    assert weights_sources.parse_hash(None, caffe) == ("sha256", "d01eb7cb")  # only a prefix published
     for short in ("sha256:d01eb7cb", "d01eb7cb", "md5:deadbeef", "sha256:" + "a" * 63):
         with pytest.raises(NstError, match="all (64|32) hexadecimal digits"):
-            download.parse_hash(short, caffe)
-    assert download.parse_hash("A" * 64, caffe) == ("sha256", "a" * 64)
+            weights_sources.parse_hash(short, caffe)
+    assert weights_sources.parse_hash("A" * 64, caffe) == ("sha256", "a" * 64)
 
 
 class _NoLength(http.server.BaseHTTPRequestHandler):
@@ -446,10 +447,10 @@ def test_weight_files_are_fsynced_before_they_replace_the_old_one(tmp_path, vgg_
                                                                   monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(weights_lib.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(weights_lib.os, "replace",
+    monkeypatch.setattr(weights_file.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(weights_file.os, "replace",
                         lambda a, b: (events.append("replace"), real_replace(a, b))[1])
-    weights_lib.save_weights(tmp_path / "w.nst.h5", vgg_params, weights_lib.prep_lib.KERAS,
+    weights_file.save_weights(tmp_path / "w.nst.h5", vgg_params, prep_lib.KERAS,
                              source_file="x", source_sha256="0" * 64, layout="keras")
     assert events[:2] == ["fsync", "replace"] and events.count("fsync") >= 1
 

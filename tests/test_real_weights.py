@@ -13,7 +13,6 @@ of Keras' frozen ImageNet VGG-16); the tests skip, with the reason, where the wh
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 
 import nst_jax
-from nst_jax import convert, image_io, quality, vgg
+from nst_jax import image_io, quality, vgg, weights_file
 from nst_jax import weights as weights_lib
 from nst_jax.cli import main
 from nst_jax.features import extract_features
@@ -54,7 +53,7 @@ def real_path() -> Path:
 
 @pytest.fixture(scope="session")
 def real(real_path) -> weights_lib.VGGWeights:
-    return weights_lib.load_weights(real_path)
+    return weights_file.load_weights(real_path)
 
 
 def test_real_file_is_vgg16_with_the_published_values(real, real_path, capsys):

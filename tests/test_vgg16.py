@@ -12,7 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax import convert, download, vgg
+from nst_jax import (
+    convert,
+    torch_import,
+    vgg,
+    weights_file,
+    weights_sources,
+    weights_store,
+)
+from nst_jax import preprocessing as prep_lib
 from nst_jax import weights as weights_lib
 from nst_jax.cli import main
 from nst_jax.errors import NstError
@@ -43,7 +51,7 @@ def test_vgg16_forward_matches_plain_numpy_chain(vgg16_params):
     """Every VGG-16 activation against a float64 NumPy network written from the definition."""
     w = weights_lib.VGGWeights(
         params={k: {n: jnp.asarray(a) for n, a in v.items()} for k, v in vgg16_params.items()},
-        preprocessing=weights_lib.prep_lib.KERAS,
+        preprocessing=prep_lib.KERAS,
         network="vgg16",
     )
     x = np.random.default_rng(0).uniform(size=(36, 34, 3)).astype(np.float32)
@@ -69,7 +77,7 @@ def test_vgg16_forward_matches_plain_numpy_chain(vgg16_params):
 
 
 def _same_arrays(a_path, b_path):
-    a, b = weights_lib.load_weights(a_path), weights_lib.load_weights(b_path)
+    a, b = weights_file.load_weights(a_path), weights_file.load_weights(b_path)
     assert a.network == b.network
     for layer in a.params:
         for leaf in ("kernel", "bias"):
@@ -85,7 +93,7 @@ def test_onnx_vgg16_equals_keras_h5_of_the_same_arrays(tmp_path, vgg16_params, o
     a = convert.convert_weights(onnx_path, tmp_path / "a.nst.h5", preprocessing="caffe")
     b = convert.convert_weights(h5_path, tmp_path / "b.nst.h5")
     _same_arrays(a, b)
-    info_a, info_b = weights_lib.read_info(a), weights_lib.read_info(b)
+    info_a, info_b = weights_file.read_info(a), weights_file.read_info(b)
     assert (info_a.network, info_a.layout, info_b.layout) == ("vgg16", "onnx", "keras")
     assert info_a.preprocessing == info_b.preprocessing
     with h5py.File(a) as fa, h5py.File(b) as fb:
@@ -96,8 +104,8 @@ def test_onnx_vgg16_equals_keras_h5_of_the_same_arrays(tmp_path, vgg16_params, o
 def test_onnx_vgg19_zoo_with_torchvision_preprocessing(tmp_path, vgg_params, onnx_writer):
     src = onnx_writer(tmp_path / "vgg19-7.onnx", vgg_params, network="vgg19")
     out = convert.convert_weights(src, tmp_path / "v.nst.h5", preprocessing="torchvision")
-    w = weights_lib.load_weights(out)
-    assert w.network == "vgg19" and w.preprocessing == weights_lib.prep_lib.TORCHVISION
+    w = weights_file.load_weights(out)
+    assert w.network == "vgg19" and w.preprocessing == prep_lib.TORCHVISION
     np.testing.assert_array_equal(np.asarray(w.params["conv5_4"]["kernel"]),
                                   vgg_params["conv5_4"]["kernel"])
 
@@ -145,9 +153,9 @@ def test_vgg16_file_where_vgg19_is_required(tmp_path, vgg16_params, keras_h5_wri
     assert not (tmp_path / "o.nst.h5").exists()
     path = convert.convert_weights(src, tmp_path / "v16.nst.h5")
     with pytest.raises(NstError, match="holds VGG-16 weights, but VGG-19 is required"):
-        weights_lib.load_weights(path, network="vgg19")
+        weights_file.load_weights(path, network="vgg19")
     with pytest.raises(NstError, match="holds VGG-16 weights"):
-        weights_lib.resolve_weights(str(path), network="vgg19")
+        weights_store.resolve_weights(str(path), network="vgg19")
     assert main(["weights", "info", str(path)]) == 0
     assert "network:       VGG-16" in capsys.readouterr().out
 
@@ -155,7 +163,7 @@ def test_vgg16_file_where_vgg19_is_required(tmp_path, vgg16_params, keras_h5_wri
 def test_torch_state_dicts_of_vgg16(tmp_path, vgg16_params):
     torch = pytest.importorskip("torch")
     state = {}
-    for layer, index in convert.torch_feature_index("vgg16").items():
+    for layer, index in torch_import.torch_feature_index("vgg16").items():
         state[f"features.{index}.weight"] = torch.from_numpy(
             vgg16_params[layer]["kernel"].transpose(3, 2, 0, 1).copy())
         state[f"features.{index}.bias"] = torch.from_numpy(vgg16_params[layer]["bias"])
@@ -164,27 +172,27 @@ def test_torch_state_dicts_of_vgg16(tmp_path, vgg16_params):
     for layout in ("torchvision", "caffe"):
         out = convert.convert_weights(tmp_path / "vgg16-397923af.pth",
                                       tmp_path / f"{layout}.nst.h5", layout=layout)
-        w = weights_lib.load_weights(out)
+        w = weights_file.load_weights(out)
         assert w.network == "vgg16" and w.preprocessing == convert.PREPROCESSING[layout]
         np.testing.assert_array_equal(np.asarray(w.params["conv5_3"]["kernel"]),
                                       vgg16_params["conv5_3"]["kernel"])
     with pytest.raises(NstError, match="holds VGG-16 weights, but VGG-19 is required"):
-        convert.read_torch_state_dict(tmp_path / "vgg16-397923af.pth", network="vgg19")
+        torch_import.read_torch_state_dict(tmp_path / "vgg16-397923af.pth", network="vgg19")
 
 
 def test_legacy_version_1_file_reads_as_vgg19(tmp_path, vgg_params):
-    path = weights_lib.save_weights(tmp_path / "old.nst.h5", vgg_params, weights_lib.prep_lib.KERAS,
+    path = weights_file.save_weights(tmp_path / "old.nst.h5", vgg_params, prep_lib.KERAS,
                                     source_file="x.h5", source_sha256="0" * 64, layout="keras")
     with h5py.File(path, "r+") as f:
         f.attrs["format"] = "nst-jax-vgg19"
         f.attrs["format_version"] = 1
         del f.attrs["network"]
-    w = weights_lib.load_weights(path)
+    w = weights_file.load_weights(path)
     assert w.network == "vgg19" and "VGG-19" in w.label
 
 
 def test_vgg16_sources_and_download_from_local_server(tmp_path, keras_h5_writer):
-    src = download.VGG16_SOURCES
+    src = weights_sources.VGG16_SOURCES
     assert src["keras"].hash == "6d6bbae143d832006294945121d1f1fc"
     assert src["torchvision"].filename == "vgg16-397923af.pth"
     assert src["torchvision"].hash.startswith("397923af") and len(src["torchvision"].hash) == 64
@@ -213,4 +221,4 @@ def test_vgg16_sources_and_download_from_local_server(tmp_path, keras_h5_writer)
         httpd.shutdown()
         httpd.server_close()
     assert sorted(p.name for p in dest.iterdir()) == ["vgg16-keras.nst.h5"]
-    assert weights_lib.load_weights(dest / "vgg16-keras.nst.h5").network == "vgg16"
+    assert weights_file.load_weights(dest / "vgg16-keras.nst.h5").network == "vgg16"

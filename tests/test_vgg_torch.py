@@ -9,8 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nst_jax import convert  # noqa: E402
-from nst_jax import weights as weights_lib  # noqa: E402
+from nst_jax import torch_import, weights_file  # noqa: E402
 from nst_jax.cli import main  # noqa: E402
 from nst_jax.preprocessing import CAFFE, TORCHVISION, preprocess  # noqa: E402
 from nst_jax.vgg import BLOCKS, LAYERS, VGG19  # noqa: E402
@@ -100,8 +99,8 @@ def converted(pth_file, tmp_path_factory):
     caffe = ["--layout", "caffe"]
     assert main(["weights", "convert", str(src), "-o", str(out / "caffe.nst.h5"), *caffe]) == 0
     return {
-        "torchvision": weights_lib.load_weights(out / "tv.nst.h5"),
-        "caffe": weights_lib.load_weights(out / "caffe.nst.h5"),
+        "torchvision": weights_file.load_weights(out / "tv.nst.h5"),
+        "caffe": weights_file.load_weights(out / "caffe.nst.h5"),
     }
 
 
@@ -137,7 +136,7 @@ def test_avg_pooling_matches_pytorch(pth_file, converted, image):
 
 def test_kernels_are_transposed_oihw_to_hwio(pth_file, converted):
     _, state = pth_file
-    for layer, index in convert.TORCH_FEATURE_INDEX.items():
+    for layer, index in torch_import.TORCH_FEATURE_INDEX.items():
         w = state[f"{index}.weight"].numpy()
         np.testing.assert_array_equal(
             np.asarray(converted["caffe"].params[layer]["kernel"]), w.transpose(2, 3, 1, 0)
@@ -149,5 +148,5 @@ def test_module_prefix_and_state_dict_wrapper_are_accepted(pth_file, tmp_path):
     wrapped = {"state_dict": {f"module.features.{k}": v for k, v in state.items()}, "epoch": 3}
     src = tmp_path / "checkpoint.pth"
     torch.save(wrapped, src)
-    params = convert.read_torch_state_dict(src)
+    params = torch_import.read_torch_state_dict(src)
     np.testing.assert_array_equal(params["conv1_1"]["bias"], state["0.bias"].numpy())

@@ -13,6 +13,7 @@ import pytest
 
 from nst_jax import preprocessing as prep
 from nst_jax import weights as weights_lib
+from nst_jax import weights_file, weights_store
 from nst_jax.cli import main
 from nst_jax.errors import NstError
 from nst_jax.vgg import CONV_LAYERS, conv_kernel_shape
@@ -24,7 +25,7 @@ SHA = "ab" * 32
 def nst_file(tmp_path_factory, vgg_params):
     """One valid nst-jax weight file (torchvision preprocessing), written once per module."""
     path = tmp_path_factory.mktemp("nst") / "vgg19-torchvision.nst.h5"
-    weights_lib.save_weights(
+    weights_file.save_weights(
         path,
         vgg_params,
         prep.TORCHVISION,
@@ -48,7 +49,7 @@ def test_expected_shapes_are_vgg19():
 
 
 def test_save_load_roundtrip(nst_file, vgg_params):
-    weights = weights_lib.load_weights(nst_file)
+    weights = weights_file.load_weights(nst_file)
     assert weights.pretrained
     assert weights.preprocessing == prep.TORCHVISION
     assert weights.label == "pretrained VGG-19 (torchvision layout, from vgg19-dcbb9e9d.pth)"
@@ -57,7 +58,7 @@ def test_save_load_roundtrip(nst_file, vgg_params):
             got = np.asarray(weights.params[layer][leaf])
             assert got.dtype == np.float32
             np.testing.assert_array_equal(got, vgg_params[layer][leaf])
-    info = weights_lib.read_info(nst_file)
+    info = weights_file.read_info(nst_file)
     assert (info.layout, info.source_file, info.source_sha256, info.format_version) == (
         "torchvision",
         "vgg19-dcbb9e9d.pth",
@@ -98,7 +99,7 @@ def test_check_params_names_every_problem(vgg_params):
 def test_save_refuses_bad_params_and_leaves_nothing(tmp_path, vgg_params):
     params = {k: v for k, v in vgg_params.items() if k != "conv1_1"}
     with pytest.raises(NstError, match="missing layer conv1_1"):
-        weights_lib.save_weights(
+        weights_file.save_weights(
             tmp_path / "x.nst.h5",
             params,
             prep.KERAS,
@@ -110,7 +111,7 @@ def test_save_refuses_bad_params_and_leaves_nothing(tmp_path, vgg_params):
 
 
 def test_random_weights_label():
-    w = weights_lib.resolve_weights("random", seed=3)
+    w = weights_store.resolve_weights("random", seed=3)
     assert not w.pretrained and "RANDOM" in w.label and "seed 3" in w.label
     weights_lib.check_params(w.params)
 
@@ -169,7 +170,7 @@ def test_bad_weight_files_give_one_line_errors(tmp_path, capsys, nst_file, kind,
     assert len(lines) == 1 and lines[0].startswith("nst-jax: error: ")
     assert str(bad) in lines[0] and phrase in lines[0], lines[0]
     with pytest.raises(NstError):
-        weights_lib.resolve_weights(str(bad))
+        weights_store.resolve_weights(str(bad))
 
 
 def test_cli_subprocess_bad_file_has_no_traceback(tmp_path):
@@ -192,7 +193,7 @@ def test_cli_subprocess_bad_file_has_no_traceback(tmp_path):
 def test_info_prints_layers_preprocessing_and_checksums(capsys, nst_file):
     assert main(["weights", "info", str(nst_file)]) == 0
     out = capsys.readouterr().out
-    assert f"sha256:        {weights_lib.file_digest(nst_file)}" in out
+    assert f"sha256:        {weights_file.file_digest(nst_file)}" in out
     assert f"source sha256: {SHA}" in out
     assert "source file:   vgg19-dcbb9e9d.pth" in out
     assert "RGB, x1, mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)" in out
@@ -212,7 +213,7 @@ def places(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
     repo = tmp_path / "repo" / "weights"
-    monkeypatch.setattr(weights_lib, "REPO_WEIGHTS_DIR", repo)
+    monkeypatch.setattr(weights_store, "REPO_WEIGHTS_DIR", repo)
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -231,17 +232,17 @@ def _link(target, directory, name="vgg19-keras.nst.h5"):
 
 
 def test_cache_dir_precedence(places, monkeypatch, tmp_path):
-    assert weights_lib.cache_dir() == places["cache"]
+    assert weights_store.cache_dir() == places["cache"]
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert weights_lib.cache_dir() == tmp_path / "xdg" / "nst-jax"
+    assert weights_store.cache_dir() == tmp_path / "xdg" / "nst-jax"
     monkeypatch.setenv("NST_JAX_CACHE", str(tmp_path / "mine"))
-    assert weights_lib.cache_dir() == tmp_path / "mine"
+    assert weights_store.cache_dir() == tmp_path / "mine"
 
 
 def test_not_found_message(places, capsys):
-    assert weights_lib.find_weights() is None
-    with pytest.raises(weights_lib.WeightsNotFound) as err:
-        weights_lib.resolve_weights(None)
+    assert weights_store.find_weights() is None
+    with pytest.raises(weights_store.WeightsNotFound) as err:
+        weights_store.resolve_weights(None)
     msg = str(err.value)
     assert isinstance(err.value, NstError)
     assert "NO PRETRAINED VGG WEIGHTS FOUND" in msg
@@ -256,44 +257,44 @@ def test_unconverted_file_is_pointed_out(places):
     places["cwd"].mkdir()
     (places["cwd"] / "vgg19-dcbb9e9d.pth").write_bytes(b"x")
     with pytest.raises(
-        weights_lib.WeightsNotFound, match="nst-jax weights convert .*--layout torchvision"
+        weights_store.WeightsNotFound, match="nst-jax weights convert .*--layout torchvision"
     ):
-        weights_lib.resolve_weights(None)
+        weights_store.resolve_weights(None)
 
 
 def test_discovery_order(places, nst_file, monkeypatch, capsys):
     cache = _link(nst_file, places["cache"], "vgg19-caffe.nst.h5")
-    assert weights_lib.find_weights() == cache
+    assert weights_store.find_weights() == cache
     _link(nst_file, places["cache"], "vgg19-torchvision.nst.h5")
-    assert weights_lib.find_weights() == places["cache"] / "vgg19-torchvision.nst.h5"  # preferred
+    assert weights_store.find_weights() == places["cache"] / "vgg19-torchvision.nst.h5"  # preferred
     cwd = _link(nst_file, places["cwd"])
-    assert weights_lib.find_weights() == cwd
+    assert weights_store.find_weights() == cwd
     repo = _link(nst_file, places["repo"])
-    assert weights_lib.find_weights() == repo
+    assert weights_store.find_weights() == repo
     assert main(["weights", "path"]) == 0
     assert capsys.readouterr().out.strip() == str(repo)
 
     env_file = _link(nst_file, places["root"] / "env", "custom.h5")
     monkeypatch.setenv("NST_JAX_WEIGHTS", str(env_file))
-    assert weights_lib.find_weights() == env_file
+    assert weights_store.find_weights() == env_file
     monkeypatch.setenv("NST_JAX_WEIGHTS", str(places["cache"]))  # a directory works too
-    assert weights_lib.find_weights() == places["cache"] / "vgg19-torchvision.nst.h5"
+    assert weights_store.find_weights() == places["cache"] / "vgg19-torchvision.nst.h5"
     monkeypatch.setenv("NST_JAX_WEIGHTS", str(places["root"] / "nope.nst.h5"))
     with pytest.raises(NstError, match=r"\$NST_JAX_WEIGHTS names .*nope.nst.h5 does not exist"):
-        weights_lib.find_weights()
+        weights_store.find_weights()
     monkeypatch.setenv("NST_JAX_WEIGHTS", "random")
-    assert weights_lib.find_weights() is None
-    assert not weights_lib.resolve_weights(None).pretrained
+    assert weights_store.find_weights() is None
+    assert not weights_store.resolve_weights(None).pretrained
 
 
 def test_resolve_weights_explicit_beats_env(places, nst_file, monkeypatch):
     monkeypatch.setenv("NST_JAX_WEIGHTS", "random")
-    w = weights_lib.resolve_weights(str(nst_file))
+    w = weights_store.resolve_weights(str(nst_file))
     assert w.pretrained and w.preprocessing == prep.TORCHVISION
     assert "torchvision layout" in w.label
     monkeypatch.setenv("NST_JAX_WEIGHTS", str(nst_file))
-    assert not weights_lib.resolve_weights("random", seed=1).pretrained
+    assert not weights_store.resolve_weights("random", seed=1).pretrained
     with pytest.raises(NstError, match="does not exist"):
-        weights_lib.resolve_weights(str(places["root"] / "missing.nst.h5"))
+        weights_store.resolve_weights(str(places["root"] / "missing.nst.h5"))
     with pytest.raises(NstError, match="holding none of vgg19-keras.nst.h5"):
-        weights_lib.resolve_weights(str(places["root"]))
+        weights_store.resolve_weights(str(places["root"]))

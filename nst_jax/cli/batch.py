@@ -21,6 +21,7 @@ from pathlib import Path
 
 from nst_jax.cli import common, flags, safety
 from nst_jax.errors import NstError
+from nst_jax.files import make_dir
 
 EXIT_FAILED = 1
 
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     for o in outputs:
         if os.path.realpath(o) in inputs:
             raise NstError(f"output {str(o)!r} would overwrite an input image; choose another -o")
-    safety.make_dir(out_dir)
+    make_dir(out_dir)
     image_io.check_output_path(outputs[0])  # a writable directory and an encoder for --ext
     init_image = image_io.load_image(config.init) if common.init_is_path(config) else None
     with safety.folder_lock(out_dir) if _holds_lock() else contextlib.nullcontext():

@@ -13,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from nst_jax.cli import common, flags, safety
+from nst_jax.cli import common, flags
+from nst_jax.files import make_dir
 
 
 def register(sub) -> None:
@@ -43,12 +44,13 @@ def _defaults_for_backend() -> tuple[int, int]:
 
 
 def _weights(args: argparse.Namespace):
-    from nst_jax import weights as wlib
+    from nst_jax import weights_store
     from nst_jax.errors import NstError
+    from nst_jax.weights import random_weights
 
-    if args.weights is not None or os.environ.get(wlib.ENV_WEIGHTS) == "random":
+    if args.weights is not None or os.environ.get(weights_store.ENV_WEIGHTS) == "random":
         return common.load_weights_for_cli(argparse.Namespace(weights=args.weights, seed=0))
-    found = wlib.find_weights()
+    found = weights_store.find_weights()
     if found is not None:
         return common.load_weights_for_cli(argparse.Namespace(weights=str(found), seed=0))
     if not args.no_download:
@@ -57,11 +59,11 @@ def _weights(args: argparse.Namespace):
         try:
             from nst_jax import download
 
-            path = download.download_weights("keras", wlib.cache_dir(), timeout=15)
+            path = download.download_weights("keras", weights_store.cache_dir(), timeout=15)
             return common.load_weights_for_cli(argparse.Namespace(weights=str(path), seed=0))
         except NstError as err:
             print(f"nst-jax: download failed: {err}", file=sys.stderr)
-    weights = wlib.random_weights(0)
+    weights = random_weights(0)
     common.announce_weights(weights, 0)
     return weights
 
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     for f in ("size", "steps"):
         if getattr(args, f) is not None and getattr(args, f) < 1:
             raise NstError(f"--{f} must be a positive integer")
-    out = safety.make_dir(args.out_dir)
+    out = make_dir(args.out_dir)
     files = {k: out / f"{k}.png" for k in ("result", "figure", "loss")}
     for f in files.values():
         image_io.check_output_path(f)

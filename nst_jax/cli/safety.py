@@ -5,7 +5,8 @@ exit status 2) before any work starts.
 * an output that is a symbolic link is refused rather than its target replaced;
 * the loss log may not name an input or output image;
 * ``--save-every`` may not replace files that already exist;
-* directories are created with one clear sentence on failure;
+* directories are created with one clear sentence on failure (:func:`nst_jax.files.make_dir`,
+  importable from here too);
 * ``batch`` never reads its own earlier outputs as inputs, and holds a lock on its output folder
   so two runs cannot clobber each other.
 """
@@ -78,21 +79,6 @@ def check_save_every(out: str | os.PathLike, save_every: int, total_steps: int) 
             f"--save-every would overwrite the existing file {str(clash[0])!r}{more}; move them "
             "away or choose another -o"
         )
-
-
-def make_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
-    """``mkdir -p path``; every failure (a file in the way, read-only, no permission) is one
-    ``NstError`` sentence."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise NstError(f"cannot use {what} {str(p)!r}: it is a file, not a directory")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise NstError(f"cannot create {what} {str(p)!r}: {err.strerror or err}") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise NstError(f"cannot write in {what} {str(p)!r}: permission denied")
-    return p
 
 
 def drop_earlier_outputs(inputs: list[Path], outputs_of) -> tuple[list[Path], list[Path]]:

@@ -7,10 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-from nst_jax import convert, download
-from nst_jax import weights as weights_lib
-from nst_jax.cli import common, flags
+from nst_jax import convert, download, weights_file, weights_store
+from nst_jax.cli import flags
 from nst_jax.vgg import NETWORK_NAMES, NETWORKS, conv_layers
+from nst_jax.weights_sources import SOURCES
 
 
 def register(sub) -> None:
@@ -39,7 +39,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--source",
-        choices=tuple(download.SOURCES),
+        choices=tuple(SOURCES),
         default="keras",
         help="which published weights: keras (default, about 80 MB), torchvision or caffe "
         "(about 550 MB each; reading them needs pip install 'nst-jax[torch]')",
@@ -70,7 +70,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DST", help="output file")
     p.add_argument(
         "--layout",
-        choices=convert.LAYOUTS,
+        choices=weights_file.LAYOUTS,
         help="layout of SRC (default: keras for .h5, torchvision for .pth, onnx for .onnx; "
         "Caffe .pth files have torchvision's keys, so --layout caffe must be given explicitly)",
     )
@@ -137,20 +137,20 @@ def _convert(args: argparse.Namespace) -> int:
         network=args.model,
         preprocessing=args.preprocessing,
     )
-    info = weights_lib.read_info(path)
+    info = weights_file.read_info(path)
     print(f"wrote {path}: {info.label}")
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
-    weights = weights_lib.load_weights(args.path)
-    info = weights_lib.read_info(args.path)
+    weights = weights_file.load_weights(args.path)
+    info = weights_file.read_info(args.path)
     p = info.preprocessing
     print(f"file:          {args.path}")
-    print(f"sha256:        {weights_lib.file_digest(args.path)}")
+    print(f"sha256:        {weights_file.file_digest(args.path)}")
     print(f"weights:       {weights.label}")
     print(f"network:       {NETWORK_NAMES[weights.network]} ({weights.network})")
-    print(f"format:        {weights_lib.FORMAT} version {info.format_version}")
+    print(f"format:        {weights_file.FORMAT} version {info.format_version}")
     print(f"layout:        {info.layout}")
     print(f"source file:   {info.source_file}")
     print(f"source sha256: {info.source_sha256}")
@@ -168,18 +168,18 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _path(args: argparse.Namespace) -> int:
-    if os.environ.get(weights_lib.ENV_WEIGHTS) == "random":
+    if os.environ.get(weights_store.ENV_WEIGHTS) == "random":
         print("random")
         print(
-            f"{weights_lib.ENV_WEIGHTS}=random: RANDOM VGG weights, not pretrained",
+            f"{weights_store.ENV_WEIGHTS}=random: RANDOM VGG weights, not pretrained",
             file=sys.stderr,
         )
         return 0
-    found = weights_lib.find_weights()
+    found = weights_store.find_weights()
     if found is None:
-        print(f"nst-jax: {weights_lib.not_found_message()}", file=sys.stderr)
+        print(f"nst-jax: {weights_store.not_found_message()}", file=sys.stderr)
         return 1
-    weights = weights_lib.load_weights(found)
+    weights = weights_file.load_weights(found)
     print(found)
     print(weights.label, file=sys.stderr)
     return 0
