@@ -10,12 +10,9 @@ and then renamed over the destination, so a crash never leaves a half-written fi
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import math
 import os
-import stat
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Union
@@ -24,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from nst_jax.errors import NstError
-from nst_jax.files import fsync_path
+from nst_jax.files import atomic_write_bytes, check_destination
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -81,12 +78,9 @@ def load_image(
       NstError: the file is missing, a directory, unreadable, not an image, truncated or corrupt,
         has zero size, or has more than ``MAX_PIXELS`` pixels.
     """
-    if reduce_to is not None and (
-        isinstance(reduce_to, bool) or not isinstance(reduce_to, int) or reduce_to < 1
-    ):
-        raise NstError(f"the image size must be a positive number of pixels, got {reduce_to!r}")
-    if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
-        raise NstError(f"the image size must be a positive number of pixels, got {max_size!r}")
+    for v in (reduce_to, max_size):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise NstError(f"the image size must be a positive number of pixels, got {v!r}")
     p = Path(path)
 
     def fail(problem: str) -> NstError:
@@ -99,27 +93,7 @@ def load_image(
     try:
         if p.stat().st_size == 0:
             raise fail("the file is empty (0 bytes)")
-        with warnings.catch_warnings():
-            # Pillow warns above its soft limit; the limit enforced here is MAX_PIXELS below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                width, height = im.size
-                if width == 0 or height == 0:
-                    raise fail(f"the image has zero size ({width}x{height} pixels)")
-                if width * height > MAX_PIXELS:
-                    raise fail(
-                        f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS:,} pixels "
-                        "(possible decompression bomb)"
-                    )
-                if reduce_to is not None and im.format == "JPEG":
-                    factor = max(width, height) // (2 * reduce_to)
-                    if factor >= 2:
-                        im.draft(im.mode, (-(-width // factor), -(-height // factor)))
-                im.load()  # full decode now, so truncation is detected here
-                if reduce_to is not None:
-                    im = _reduce(im, reduce_to)
-                im = _exif_transpose(im)
-                rgb = _to_float_rgb(im)
+        rgb = _decode(p, reduce_to, fail)
     except NstError:
         raise
     except Image.DecompressionBombError as e:
@@ -133,6 +107,30 @@ def load_image(
     if max_size is not None:
         rgb = np.clip(resize_image(rgb, fit_longest_side(rgb.shape[:2], max_size)), 0.0, 1.0)
     return rgb
+
+
+def _decode(p: Path, reduce_to: int | None, fail) -> np.ndarray:
+    """Pillow's decode of ``p`` (size-checked, reduced, EXIF-oriented) as float RGB."""
+    with warnings.catch_warnings():
+        # Pillow warns above its soft limit; the limit enforced here is MAX_PIXELS below.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(p) as im:
+            width, height = im.size
+            if width == 0 or height == 0:
+                raise fail(f"the image has zero size ({width}x{height} pixels)")
+            if width * height > MAX_PIXELS:
+                raise fail(
+                    f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS:,} pixels "
+                    "(possible decompression bomb)"
+                )
+            if reduce_to is not None and im.format == "JPEG":
+                factor = max(width, height) // (2 * reduce_to)
+                if factor >= 2:
+                    im.draft(im.mode, (-(-width // factor), -(-height // factor)))
+            im.load()  # full decode now, so truncation is detected here
+            if reduce_to is not None:
+                im = _reduce(im, reduce_to)
+            return _to_float_rgb(_exif_transpose(im))
 
 
 def _reduce(im: Image.Image, reduce_to: int) -> Image.Image:
@@ -286,28 +284,8 @@ def check_output_path(path: PathLike) -> str:
         )
     if fmt == "WEBP" and not features.check("webp"):
         raise NstError(f"cannot write image {str(p)!r}: this Pillow build has no WebP support")
-    _check_destination(p, "image")
+    check_destination(p, "image")
     return fmt
-
-
-def check_writable(path: PathLike, what: str = "file") -> None:
-    """Checks up-front that a file of any kind can be written to ``path``; creates nothing."""
-    _check_destination(Path(path), what)
-
-
-def _check_destination(p: Path, what: str) -> None:
-    def fail(problem: str) -> NstError:
-        return NstError(f"cannot write {what} {str(p)!r}: {problem}")
-
-    if p.is_dir():
-        raise fail("it is an existing directory")
-    parent = p.parent
-    if not parent.exists():
-        raise fail(f"the directory {str(parent)!r} does not exist")
-    if not parent.is_dir():
-        raise fail(f"{str(parent)!r} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise fail(f"no permission to write in the directory {str(parent)!r}")
 
 
 def save_image(path: PathLike, img: np.ndarray) -> None:
@@ -333,48 +311,6 @@ def save_image(path: PathLike, img: np.ndarray) -> None:
     except (OSError, ValueError) as e:
         raise NstError(f"cannot write image {str(path)!r}: encoding as {fmt} failed ({e})") from e
     atomic_write_bytes(path, buf.getvalue(), what="image")
-
-
-def atomic_write_bytes(path: PathLike, data: bytes, *, what: str = "file") -> None:
-    """Writes ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename.
-
-    Readers see either the old file or the complete new one. A symlink at ``path`` is followed.
-    An existing file keeps its permission bits; a new one gets the usual umask-based mode.
-
-    Raises:
-      NstError: the destination is a directory, its directory is missing or not writable, or the
-        write fails (disk full, I/O error); no temporary file is left behind.
-    """
-    p = Path(path)
-    if p.is_symlink():
-        p = Path(os.path.realpath(p))
-    _check_destination(p, what)
-    try:
-        mode = stat.S_IMODE(os.stat(p).st_mode) if p.exists() else _new_file_mode()
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    except OSError as e:
-        raise NstError(f"cannot write {what} {str(p)!r}: {e.strerror or e}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, p)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise NstError(f"cannot write {what} {str(p)!r}: {e.strerror or e}") from e
-        raise
-    fsync_path(p.parent)  # makes the rename itself durable (best effort)
-
-
-@functools.cache
-def _new_file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 # --------------------------------------------------------------------------------------------

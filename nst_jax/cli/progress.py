@@ -142,7 +142,7 @@ class RunReporter:
     def _write_trace(self) -> None:
         if not self.trace_path:
             return
-        from nst_jax.image_io import atomic_write_bytes
+        from nst_jax.files import atomic_write_bytes
 
         data = json.dumps(self._trace, separators=(",", ":")).encode()
         atomic_write_bytes(self.trace_path, data, what="trace file")

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from nst_jax import files
 from nst_jax.cli import common, flags, safety
 from nst_jax.errors import NstError
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     image_io.check_output_path(out)
     for path, what in ((args.loss_log, "loss log"), (args.trace, "trace file")):
         if path:
-            image_io.check_writable(path, what)
+            files.check_writable(path, what)
     args.content, args.styles, args.output = content_path, style_paths, str(out)
     safety.check_outputs(args, config)
     # Decoded at reduced size where the run is smaller (masks must match the full content size).
@@ -180,7 +181,7 @@ def _stylize(args, config, out, content, styles, blend, masks, init_image) -> in
         reporter.close()
     image_io.save_image(out, result.image)
     if args.loss_log:
-        image_io.atomic_write_bytes(args.loss_log, loss_log_json(result), what="loss log")
+        files.atomic_write_bytes(args.loss_log, loss_log_json(result), what="loss log")
     reporter.finish(common.summary_dict(result, out))
     common.print_summary(result, out, config)
     if result.diverged:

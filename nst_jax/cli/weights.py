@@ -23,7 +23,12 @@ def register(sub) -> None:
         "repository's weights/ directory, ./weights and the per-user cache.",
     )
     actions = parser.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    _register_download(actions)
+    _register_convert(actions)
+    _register_info_and_path(actions)
 
+
+def _register_download(actions) -> None:
     p = actions.add_parser(
         "download",
         formatter_class=flags.HelpFormatter,
@@ -58,6 +63,8 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
     p.set_defaults(func=_download)
 
+
+def _register_convert(actions) -> None:
     p = actions.add_parser(
         "convert",
         formatter_class=flags.HelpFormatter,
@@ -88,6 +95,8 @@ def register(sub) -> None:
     )
     p.set_defaults(func=_convert)
 
+
+def _register_info_and_path(actions) -> None:
     p = actions.add_parser(
         "info",
         formatter_class=flags.HelpFormatter,

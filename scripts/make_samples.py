@@ -1,6 +1,6 @@
 """Regenerates the bundled sample images in this directory (see SOURCES.md).
 
-    python nst_jax/samples/make_samples.py
+    python scripts/make_samples.py
 
 ``chelsea.jpg`` and ``hubble.jpg`` are resized from scikit-image's bundled data files (needs
 scikit-image installed); ``strokes.jpg`` is drawn procedurally below, from a fixed seed, so it is
@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from nst_jax.image_io import fit_longest_side, load_image, resize_image, save_image
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent / "nst_jax" / "samples"
 LONGEST_SIDE = 256
 
 
