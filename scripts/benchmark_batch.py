@@ -20,9 +20,9 @@ import time
 import jax
 import numpy as np
 
-from nst_jax import batch
+from nst_jax import programs
 from nst_jax.config import get_preset
-from nst_jax.transfer import stylize
+from nst_jax.transfer import stylize, stylize_batch
 from nst_jax.weights_store import resolve_weights
 
 
@@ -53,7 +53,7 @@ def _timed(fn, repeats: int) -> tuple[float, float]:
 def _step_memory(contents, style, config, weights) -> float | None:
     """Bytes of the compiled batched step (temporaries + arguments), or None if unavailable."""
     seen = []
-    step = batch._chunk
+    step = programs.chunk
 
     def spy(*args, **kw):
         if not seen:
@@ -62,12 +62,12 @@ def _step_memory(contents, style, config, weights) -> float | None:
                 if isinstance(a, jax.Array) else a, args), kw))
         return step(*args, **kw)
 
-    spy._cache_size = step._cache_size
-    batch._chunk = spy
+    spy.cache_size = step.cache_size
+    programs.chunk = spy
     try:
-        batch.stylize_batch(contents, style, config.replace(steps=1), weights)
+        stylize_batch(contents, style, config.replace(steps=1), weights)
     finally:
-        batch._chunk = step
+        programs.chunk = step
     args, kw = seen[0]
     stats = step.lower(*args, **kw).compile().memory_analysis()
     if stats is None:
@@ -102,11 +102,11 @@ def main() -> None:
         style = rng.uniform(size=(size, size, 3)).astype(np.float32)
 
         compile_b, t_batch = _timed(
-            lambda: batch.stylize_batch(contents, style, config, weights), 0)
-        count = batch.compile_count()
-        _, t_batch = _timed(lambda: batch.stylize_batch(contents, style, config, weights),
+            lambda: stylize_batch(contents, style, config, weights), 0)
+        count = programs.compile_count()
+        _, t_batch = _timed(lambda: stylize_batch(contents, style, config, weights),
                             args.repeats)
-        recompiled = batch.compile_count() != count
+        recompiled = programs.compile_count() != count
         compile_s, t_single = _timed(
             lambda: [stylize(c, style, config, weights) for c in contents[:1]], 0)
         _, t_single = _timed(lambda: [stylize(c, style, config, weights) for c in contents],

@@ -216,9 +216,9 @@ def test_queue_cancels_a_gone_page_and_moves_the_others_up():
 
 
 def test_studio_forgets_the_oldest_ended_jobs(weights, tmp_path, monkeypatch):
-    from nst_jax.web import app as app_module
+    from nst_jax.web import studio as studio_module
 
-    monkeypatch.setattr(app_module, "MAX_RESULTS", 2)
+    monkeypatch.setattr(studio_module, "MAX_RESULTS", 2)
     studio = Studio(weights, tmp_path)
     old = []
     for i in range(3):
@@ -238,13 +238,13 @@ def test_progress_events_rate_and_colour_preview():
     """The first chunk has no rate (it includes compilation); with preserve-colours luminance
     the preview gets the content's colours back, as the final result does."""
     from nst_jax.results import ChunkReport
-    from nst_jax.web.engine import _Progress
+    from nst_jax.web.engine import Progress
 
     content = np.zeros((8, 12, 3), np.float32)
     content[..., 0] = 0.8  # a red picture
     config = forms.get_preset("tiny").replace(preserve_colors="luminance")
     job = Job(id="0" * 32, session="s", config=config, content=content, styles=[], notify=print)
-    progress = _Progress(job)
+    progress = Progress(job)
     gray = np.full((8, 12, 3), 0.3, np.float32)
 
     def report(step):
@@ -268,8 +268,8 @@ def test_a_slow_page_gets_the_numbers_without_every_picture():
     async def body():
         session = Session(asyncio.get_running_loop(), ws=None)
         for step in range(1, 8):
-            session._put({"type": "progress", "step": step, "losses": [1.0], "image": "data:"})
-        session._put({"type": "done", "job": "x"})
+            session.put({"type": "progress", "step": step, "losses": [1.0], "image": "data:"})
+        session.put({"type": "done", "job": "x"})
         return [session.outbox.get_nowait() for _ in range(session.outbox.qsize())]
 
     events = asyncio.run(body())

@@ -31,7 +31,7 @@ def _finite_or_none(values) -> list:
     return [float(v) if math.isfinite(v) else None for v in np.asarray(values, np.float64)]
 
 
-class _Progress:
+class Progress:
     """Turns chunk reports into page events; the rate leaves out the first chunk (compilation)."""
 
     def __init__(self, job: Job):
@@ -85,7 +85,7 @@ def run_job(job: Job, *, weights: VGGWeights, results_dir: Path) -> None:
         return
     total = job.config.run.total_steps
     job.notify({"type": "started", "job": job.id, "total": total, "weights": weights.label})
-    progress = _Progress(job)
+    progress = Progress(job)
 
     def on_chunk(report: ChunkReport) -> bool:
         if not job.cancelled:
