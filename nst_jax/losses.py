@@ -216,24 +216,20 @@ def _check_map(features, what: str) -> None:
         )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _gram(f: jax.Array, acc: jnp.dtype) -> jax.Array:
     """``FᵀF`` of an ``(M, C)`` matrix, accumulated in ``acc``."""
     return jnp.einsum("mc,md->cd", f, f, preferred_element_type=acc)
 
 
-def _gram_fwd(f, acc):
-    return _gram(f, acc), f
-
-
-def _gram_bwd(acc, f, dg):
-    # d(FᵀF) = dFᵀF + FᵀdF, so ∂L/∂F = F (dG + dGᵀ): one product instead of the two that
-    # differentiating the einsum gives (one pass over the largest activations, not two).
-    df = jnp.dot(f, (dg + dg.T).astype(f.dtype), preferred_element_type=acc)
-    return (df.astype(f.dtype),)
-
-
-_gram.defvjp(_gram_fwd, _gram_bwd)
+@_gram.defjvp
+def _gram_jvp(acc, primals, tangents):
+    # d(FᵀF) = dFᵀF + FᵀdF = H + Hᵀ with H = FᵀdF: one product where differentiating the einsum
+    # gives two. Reverse mode transposes it to one product again, ∂L/∂F = F (dG + dGᵀ): one pass
+    # over the largest activations, not two.
+    (f,), (df,) = primals, tangents
+    h = jnp.einsum("mc,md->cd", f, df, preferred_element_type=acc)
+    return _gram(f, acc), h + h.T
 
 
 def _acc(x: jax.Array) -> jnp.dtype:

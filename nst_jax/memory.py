@@ -13,8 +13,8 @@ alive, calibrated against measured peaks on CPU (``scripts/measure_memory.py``;
   moments (L-BFGS: ``2 · memory`` history vectors and its line-search copies), float32.
 * **targets**: content features, and the forward pass over each style image at its own size
   (a separate program: only the larger of the two phases counts).
-* **weights**: the kernels prepared for the loop (cast, flipped for the backward pass, Winograd
-  forms on CPU), besides the parameters already loaded.
+* **weights**: the kernels prepared for the loop on CPU (flipped for the backward pass, cast,
+  Winograd forms; nothing elsewhere), besides the parameters already loaded.
 * **runtime**: a fixed allowance for XLA's compiler and workspace (:data:`RUNTIME_BYTES`).
 
 Limits (:func:`available_bytes`): on CPU the host's ``MemAvailable`` (``/proc/meminfo``, else
@@ -29,6 +29,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 from nst_jax.errors import NstError
+from nst_jax.kernels import kernels_for
 from nst_jax.vgg import NETWORKS, canonical_layer, conv_kernel_shape, conv_layers, layer_depth
 
 #: Bytes kept per activation element for the backward pass, per element of all conv outputs
@@ -93,15 +94,20 @@ def _largest_block_elements(hw: tuple[int, int], layers: Sequence[str], network:
 def prepared_weight_bytes(
     layers: Sequence[str], dtype_bytes: int, cpu: bool, network: str = "vgg19"
 ) -> int:
-    """Bytes of :func:`nst_jax.vgg.prepare_kernels` for every layer (it prepares them all)."""
+    """Bytes of :func:`nst_jax.kernels.prepare_kernels` for every layer (it prepares them all).
+
+    Off CPU nothing is prepared. On CPU: the flipped kernel, a cast copy unless float32, and
+    the 16/9-sized Winograd transform of layers with many channels.
+    """
+    if not cpu:
+        return 0
     total = 0
     for conv in conv_layers(network):
         kh, kw, cin, cout = conv_kernel_shape(conv, network)
-        n = kh * kw * cin * cout
-        copies = 2  # the cast forward kernel (free when float32 already) and the flipped one
-        total += n * dtype_bytes * (copies - (dtype_bytes == 4))
-        if cpu and cin + cout >= 384 and min(cin, cout) >= 128:
-            total += 2 * 16 * cin * cout * dtype_bytes
+        copies = 1 + (dtype_bytes != 4)
+        total += kh * kw * cin * cout * dtype_bytes * copies
+        if cin + cout >= 384 and min(cin, cout) >= 128:
+            total += 16 * cin * cout * dtype_bytes
     return total
 
 
@@ -247,7 +253,7 @@ def check_fits(
     """
     import jax
 
-    cpu = jax.default_backend() == "cpu"
+    cpu = kernels_for(jax.devices()[0].platform) == "cpu"  # the device available_bytes reads
 
     def est(hw, shws, **changes) -> int:
         kw = dict(content_layers=config.content_layers, style_layers=config.style_layers,

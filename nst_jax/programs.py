@@ -89,7 +89,7 @@ def _loss(targets, weights, spec):
 def _kernels(weights: VGGWeights, spec: LossSpec, mesh: Mesh) -> VGGWeights:
     # Kernels cast and flipped (on CPU) once per program, outside its step loop: XLA does not
     # hoist loop invariants out of a while_loop.
-    return weights.prepare(spec.jnp_dtype)
+    return weights.prepare(spec.jnp_dtype, platform=platform(mesh))
 
 
 @_compiled(("spec",))

@@ -30,8 +30,8 @@ from typing import Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from nst_jax import kernels
 from nst_jax.errors import NstError
 
 #: Output channels of each convolution, per block, for each network.
@@ -149,48 +149,20 @@ def conv_kernel_shape(name: str, network: str = "vgg19") -> tuple[int, int, int,
     return (3, 3, cin, flat[idx])
 
 
-def pool2x2(x: jax.Array, kind: str) -> jax.Array:
+def pool2x2(x: jax.Array, kind: str, *, fast: bool = False) -> jax.Array:
     """2×2, stride-2 pooling of an ``(H, W, C)`` map to ``(H // 2, W // 2, C)``.
 
     Matches ``torch.nn.MaxPool2d(2, 2)`` / ``AvgPool2d(2, 2)`` (floor mode: an odd last row or
     column is dropped). Written as a reshape and a reduction rather than ``reduce_window``: XLA
-    lowers it to a cheap elementwise max, measurably faster on CPU. The max's gradient is JAX's
-    (tied maxima share it; there are no ties in practice except between zeros, which the ReLU
-    before the pooling gives no gradient anyway), but its backward pass keeps one byte per
-    output saying which entries were maximal, not a float mask of the whole input.
+    lowers it to a cheap elementwise max, measurably faster on CPU. ``fast`` uses
+    :func:`nst_jax.kernels.max_pool`, the same values with a smaller backward pass (reverse
+    mode only).
     """
     h, w, c = x.shape
     x = x[: h - h % 2, : w - w % 2].reshape(h // 2, 2, w // 2, 2, c)
     if kind == "max":
-        return _max2x2(x)
+        return kernels.max_pool(x) if fast else x.max(axis=(1, 3))
     return x.mean(axis=(1, 3), dtype=jnp.float32).astype(x.dtype)
-
-
-@jax.custom_vjp
-def _max2x2(x: jax.Array) -> jax.Array:
-    return x.max(axis=(1, 3))
-
-
-def _max2x2_fwd(x):
-    y = x.max(axis=(1, 3))
-    # Which of the four window entries equal the maximum, as 4 bits of one byte per output.
-    hits = jnp.zeros(y.shape, jnp.uint8)
-    for k, (i, j) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-        hits = hits | jnp.where(x[:, i, :, j] == y, jnp.uint8(1 << k), jnp.uint8(0))
-    return y, hits
-
-
-def _max2x2_bwd(hits, g):
-    # As JAX differentiates a max: ties share the gradient equally.
-    bits = [(hits >> k) & 1 for k in range(4)]
-    share = g / jnp.maximum(sum(b.astype(g.dtype) for b in bits), 1)
-    zero = jnp.zeros_like(g)
-    corner = [jnp.where(b == 1, share, zero) for b in bits]
-    rows = [jnp.stack(corner[2 * i : 2 * i + 2], axis=2) for i in (0, 1)]
-    return (jnp.stack(rows, axis=1),)  # (h/2, 2, w/2, 2, C)
-
-
-_max2x2.defvjp(_max2x2_fwd, _max2x2_bwd)
 
 
 def _conv_init(shape: tuple[int, int, int, int]):
@@ -212,149 +184,15 @@ def conv3x3(
 ) -> jax.Array:
     """3×3, stride-1, SAME convolution of one ``(H, W, Cin)`` map with an HWIO kernel, plus bias.
 
-    ``prepared`` is this layer's entry of :func:`prepare_kernels`: the kernel already cast, the
-    kernel of the input gradient and, where they pay, Winograd-transformed kernels. With it the
-    values are the same (to float rounding) and the step is cheaper:
-
-    * the gradient with respect to ``x`` is the SAME convolution of the output gradient with the
-      kernel rotated by 180° and transposed, computed once, instead of the rotation and
-      transposition that differentiating ``conv_general_dilated`` emits on every call;
-    * on CPU, layers with many channels on a small grid use Winograd's F(2×2, 3×3) algorithm
-      (Lavin & Gray, 2016) for both convolutions: 16 multiplications per 2×2 output tile
-      instead of 36 (2.25× fewer FLOPs), done as 16 batched matrix products, which XLA's CPU
-      dot also runs natively in bfloat16 where its convolution upcasts to float32.
+    ``prepared`` is this layer's entry of :func:`nst_jax.kernels.prepare_kernels` (the ``"cpu"``
+    choice): the same values through :func:`nst_jax.kernels.prepared_conv`. Without it, plain
+    ``lax.conv_general_dilated`` (differentiable in both modes).
     """
-    if prepared is None:
-        y = _conv(x, kernel.astype(x.dtype))
+    if prepared:
+        y = kernels.prepared_conv(x, kernel, prepared)
     else:
-        y = _prepared_conv(x, {k: v.astype(x.dtype) for k, v in prepared.items()})
+        y = kernels.conv(x, kernel.astype(x.dtype))
     return y + bias.astype(x.dtype)
-
-
-def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return jax.lax.conv_general_dilated(
-        x[None],
-        kernel,
-        window_strides=(1, 1),
-        padding="SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )[0]
-
-
-def _conv_or_winograd(x: jax.Array, kernel: jax.Array, winograd: jax.Array | None) -> jax.Array:
-    h, w, cin = x.shape
-    if winograd is not None and _winograd_pays(h, w, cin, kernel.shape[-1], x.dtype):
-        return winograd_conv(x, winograd)
-    return _conv(x, kernel)
-
-
-@jax.custom_vjp
-def _prepared_conv(x: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
-    return _conv_or_winograd(x, p["forward"], p.get("winograd"))
-
-
-def _prepared_conv_fwd(x, p):
-    return _prepared_conv(x, p), (x, p)
-
-
-def _prepared_conv_bwd(residuals, g):
-    x, p = residuals
-    # Stride 1 with symmetric padding 1: the input gradient is a SAME correlation with the
-    # rotated, transposed kernel. The kernel gradient is left to JAX (and dropped by XLA when,
-    # as in style transfer, nothing uses it); the other entries are functions of the kernel, so
-    # their own cotangents are zero.
-    dx = _conv_or_winograd(g, p["backward"], p.get("winograd_backward"))
-    (dk,) = jax.vjp(lambda k: _conv(x, k), p["forward"])[1](g)
-    dp = {k: dk if k == "forward" else jnp.zeros_like(v) for k, v in p.items()}
-    return dx, dp
-
-
-_prepared_conv.defvjp(_prepared_conv_fwd, _prepared_conv_bwd)
-
-# Winograd F(2×2, 3×3): Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A for each 4×4 input tile d (stride 2).
-_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
-
-
-def winograd_kernel(kernel: jax.Array) -> jax.Array:
-    """``G g Gᵀ`` of an HWIO ``(3, 3, Cin, Cout)`` kernel, as ``(16, Cin, Cout)`` float32."""
-    u = jnp.einsum("ai,ijcd,bj->abcd", _WINOGRAD_G, kernel.astype(jnp.float32), _WINOGRAD_G)
-    return u.reshape(16, *kernel.shape[2:])
-
-
-def _bt(d):
-    # Bᵀ d for Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
-    return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
-
-
-def _at(m):
-    # Aᵀ m for Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]].
-    return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
-
-
-def winograd_conv(x: jax.Array, u: jax.Array) -> jax.Array:
-    """SAME 3×3 convolution of ``x`` ``(H, W, Cin)`` with :func:`winograd_kernel` ``u``.
-
-    Equal to ``conv_general_dilated`` up to float rounding. The input transform runs in float32
-    and is stored in ``x.dtype``; the 16 products accumulate in float32 and the result is cast
-    back to ``x.dtype``. Odd sizes are padded to whole tiles and cropped.
-    """
-    h, w, c = x.shape
-    h2, w2 = (h + 1) // 2, (w + 1) // 2
-    xp = jnp.pad(x, ((1, 1 + h % 2), (1, 1 + w % 2), (0, 0))).reshape(h2 + 1, 2, w2 + 1, 2, c)
-    # Row transform first, materialised, then the column transform: two simple passes are
-    # about twice as fast on CPU as one fusion of all 16 strided combinations.
-    rows = jnp.stack(_bt([xp[i // 2 : i // 2 + h2, i % 2].astype(jnp.float32) for i in range(4)]))
-    v = jnp.stack(_bt([rows[:, :, j // 2 : j // 2 + w2, j % 2] for j in range(4)]), axis=1)
-    v = v.reshape(16, h2 * w2, c).astype(x.dtype)
-    m = jnp.einsum("btc,bcd->btd", v, u.astype(x.dtype), preferred_element_type=jnp.float32)
-    m = m.reshape(4, 4, h2, w2, -1)
-    r = _at([m[i] for i in range(4)])
-    y = [_at([r[p][j] for j in range(4)]) for p in range(2)]
-    y = jnp.stack([jnp.stack(y[p], axis=2) for p in range(2)], axis=1)  # (h2, 2, w2, 2, Cout)
-    return y.reshape(2 * h2, 2 * w2, -1)[:h, :w].astype(x.dtype)
-
-
-def _winograd_pays(h: int, w: int, cin: int, cout: int, dtype) -> bool:
-    """Whether Winograd beats XLA's direct convolution here (measured, BENCHMARKS.md).
-
-    On CPU only (GPU libraries pick their own algorithms). The transforms move about 4× the
-    activations through memory, which the 2.25× fewer FLOPs repay only with many channels
-    (from ``conv3_1`` on) and while the tiles stay in cache: up to 64×64 positions in float32,
-    128×128 in bfloat16, whose products also run twice as fast.
-    """
-    if jax.default_backend() != "cpu" or cin + cout < 384 or min(cin, cout) < 128:
-        return False
-    limit = 128 * 128 if jnp.dtype(dtype) == jnp.bfloat16 else 64 * 64
-    return h * w <= limit
-
-
-def prepare_kernels(
-    params: dict[str, dict[str, jax.Array]], dtype: jnp.dtype = jnp.float32
-) -> dict[str, dict[str, jax.Array]]:
-    """Every conv kernel cast to ``dtype``, its backward kernel and Winograd forms, computed once.
-
-    Returns ``{"conv1_1": {"forward": (3, 3, Cin, Cout), "backward": (3, 3, Cout, Cin)}, ...}``
-    with ``backward[i, j, o, c] = forward[2 - i, 2 - j, c, o]``; layers with at least 128 input
-    and output channels (and 384 together) also get ``"winograd"`` ``(16, Cin, Cout)`` and
-    ``"winograd_backward"`` ``(16, Cout, Cin)`` (:func:`winograd_kernel` of each), on CPU. Pass
-    the result to :func:`forward` (or :class:`VGG19`) as ``prepared``. Computed outside an
-    optimisation loop it takes all of this out of every step: XLA does not hoist loop-invariant
-    ops out of a ``while_loop`` on CPU, and re-transposing the 13 kernels of a ``relu5_1``
-    network inside the loop tripled the step time at 128 px on a 2-core CPU.
-    """
-    dtype = jnp.dtype(dtype)
-    cpu = jax.default_backend() == "cpu"
-    out = {}
-    for name, leaves in params.items():
-        k = leaves["kernel"]
-        kb = jnp.transpose(k[::-1, ::-1], (0, 1, 3, 2))
-        entry = {"forward": k.astype(dtype), "backward": kb.astype(dtype)}
-        cin, cout = k.shape[2:]
-        if cpu and cin + cout >= 384 and min(cin, cout) >= 128:
-            entry["winograd"] = winograd_kernel(k).astype(dtype)
-            entry["winograd_backward"] = winograd_kernel(kb).astype(dtype)
-        out[name] = entry
-    return out
 
 
 def _run_block(
@@ -364,6 +202,7 @@ def _run_block(
     names: tuple[str, ...],
     wanted: tuple[str, ...],
     pooling: str,
+    fast: bool,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     out = {}
     for name in names:
@@ -374,7 +213,7 @@ def _run_block(
         elif name.startswith("relu"):
             x = jax.nn.relu(x)
         else:
-            x = pool2x2(x, pooling)
+            x = pool2x2(x, pooling, fast=fast)
         if name in wanted:
             out[name] = x
     return x, out
@@ -394,9 +233,13 @@ def forward(
     """Pure VGG forward pass of one preprocessed ``(H, W, 3)`` image; see :class:`VGG`.
 
     With ``remat``, each block is wrapped in ``jax.checkpoint``: only block inputs and requested
-    activations are kept for the backward pass, the rest is recomputed. ``prepared`` (from
-    :func:`prepare_kernels` of the same ``params``) supplies cast kernels and the kernels of the
-    input gradient, computed once outside the caller's loop; the result is the same.
+    activations are kept for the backward pass, the rest is recomputed.
+
+    ``prepared`` picks the implementation, a static choice (:data:`nst_jax.kernels.KERNELS`):
+    ``None`` or ``{}`` runs plain XLA (``lax.conv_general_dilated``, a max reduction; both AD
+    modes); a :func:`nst_jax.kernels.prepare_kernels` tree of the same ``params`` made for CPU
+    runs the CPU-tuned kernels with what it precomputed (reverse mode only). The values are
+    the same to float rounding.
     """
     if x.ndim != 3 or x.shape[-1] != 3:
         raise ValueError(f"VGG takes one (H, W, 3) image, got shape {x.shape}")
@@ -414,7 +257,11 @@ def forward(
         if not names:
             break
         run = functools.partial(
-            _run_block, names=names, wanted=tuple(n for n in names if n in wanted), pooling=pooling
+            _run_block,
+            names=names,
+            wanted=tuple(n for n in names if n in wanted),
+            pooling=pooling,
+            fast=bool(prepared),
         )
         if remat:
             run = jax.checkpoint(run)

@@ -22,7 +22,8 @@ import numpy as np
 
 from nst_jax import preprocessing as prep_lib
 from nst_jax.errors import NstError
-from nst_jax.vgg import NETWORK_NAMES, VGG, check_network, conv_layers, prepare_kernels
+from nst_jax import kernels
+from nst_jax.vgg import NETWORK_NAMES, VGG, check_network, conv_layers
 
 Params = dict[str, dict[str, jax.Array]]
 
@@ -43,20 +44,22 @@ class VGGWeights:
     label: str = flax.struct.field(pytree_node=False, default="")
     pretrained: bool = flax.struct.field(pytree_node=False, default=True)
     network: str = flax.struct.field(pytree_node=False, default="vgg19")
-    #: Derived, never saved: :func:`nst_jax.vgg.prepare_kernels` of ``params`` (see :meth:`prepare`).
+    #: Derived, never saved: :func:`nst_jax.kernels.prepare_kernels` of ``params`` (see :meth:`prepare`).
     prepared: Params | None = None
 
-    def prepare(self, dtype: Any = jnp.float32) -> "VGGWeights":
-        """A copy that also carries the kernels cast to ``dtype`` and flipped for the backward pass.
+    def prepare(self, dtype: Any = jnp.float32, platform: str | None = None) -> "VGGWeights":
+        """A copy carrying the kernels prepared for the optimisation loop on ``platform``.
 
-        Call it once outside an optimisation loop (before the loop, or at the top of a jitted
-        chunk): features and losses are unchanged, each step skips casting and re-transposing
-        every kernel. Weights already prepared in ``dtype`` are returned as they are.
+        On CPU (:func:`nst_jax.kernels.kernels_for`) the kernels are cast to ``dtype``, flipped
+        for the backward pass and Winograd-transformed once, so each step skips that work; on
+        any other platform nothing is precomputed (``prepared={}``: plain XLA convolutions).
+        Features and losses are unchanged. ``platform=None`` keeps an existing preparation's
+        choice, else takes the platform of the arrays; under ``jit`` the arrays have no device,
+        so pass ``platform`` there (without it, unprepared weights stay unprepared: plain XLA).
+        Weights already prepared for ``dtype`` and ``platform`` are returned as they are.
         """
-        first = next(iter(self.prepared.values()), None) if self.prepared else None
-        if first is not None and first["forward"].dtype == jnp.dtype(dtype):
-            return self
-        return self.replace(prepared=prepare_kernels(self.params, dtype))
+        prepared = kernels.reprepare(self.params, self.prepared, dtype, platform=platform)
+        return self if prepared is self.prepared else self.replace(prepared=prepared)
 
 
 @functools.lru_cache(maxsize=None)

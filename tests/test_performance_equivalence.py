@@ -1,8 +1,8 @@
 """The optimised step computes what the straightforward formulation computes.
 
-The speed-ups of issue 5 (kernels cast and flipped once outside the loop with a custom VJP, a
-reshape max-pool, per-block remat, buffer donation, bfloat16 activations) must not change the
-numbers. The reference here is written the plain way, independently of ``nst_jax.vgg``:
+The speed-ups of issue 5 (the CPU kernels of ``nst_jax.kernels``: kernels cast and flipped once
+outside the loop with a custom VJP, Winograd, a byte-mask max-pool; per-block remat, buffer
+donation, bfloat16 activations) must not change the numbers. The reference here is written the plain way, independently of ``nst_jax.vgg``:
 ``lax.conv_general_dilated`` with the HWIO kernel, ``lax.reduce_window`` pooling, and ``jax.grad``
 through all of it.
 """
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax import losses, vgg
+from nst_jax import kernels, losses, vgg
 from nst_jax.config import get_preset
 from nst_jax.objective import LossSpec, compute_targets, style_transfer_loss
 from nst_jax.optimize import OptimSpec
@@ -80,22 +80,40 @@ def rel_err(a, b) -> float:
 
 
 def test_backward_kernel_is_the_rotated_transposed_kernel(weights):
-    prepared = vgg.prepare_kernels(weights.params)
+    prepared = kernels.prepare_kernels(weights.params, platform="cpu")
     k = np.asarray(weights.params["conv2_1"]["kernel"])
     kb = np.asarray(prepared["conv2_1"]["backward"])
     assert kb.shape == (3, 3, 128, 64)
     for i in range(3):
         for j in range(3):
             np.testing.assert_array_equal(kb[i, j], k[2 - i, 2 - j].T)
-    assert prepared["conv2_1"]["forward"].dtype == jnp.float32
+    assert "forward" not in prepared["conv2_1"]  # float32: the parameters' kernel is used as is
     assert "winograd" not in prepared["conv2_2"]  # 128 -> 128: not worth it
-    bf16 = vgg.prepare_kernels(weights.params, jnp.bfloat16)["conv5_1"]
-    assert bf16["backward"].dtype == jnp.bfloat16
-    if jax.default_backend() == "cpu":
-        np.testing.assert_allclose(
-            prepared["conv4_1"]["winograd"], vgg.winograd_kernel(weights.params["conv4_1"]["kernel"])
-        )
-        assert bf16["winograd_backward"].shape == (16, 512, 512)
+    np.testing.assert_allclose(
+        prepared["conv4_1"]["winograd"], kernels.winograd_kernel(weights.params["conv4_1"]["kernel"])
+    )
+    bf16 = kernels.prepare_kernels(weights.params, jnp.bfloat16, platform="cpu")["conv5_1"]
+    assert bf16["backward"].dtype == bf16["forward"].dtype == jnp.bfloat16
+    assert set(bf16) == {"forward", "backward", "winograd"}  # the backward reuses "winograd"
+
+
+def test_kernel_choice_follows_the_arrays_platform(weights):
+    assert kernels.KERNELS == ("xla", "cpu")
+    assert [kernels.kernels_for(p) for p in ("cpu", "gpu", "cuda", "tpu")] == ["cpu"] + ["xla"] * 3
+    assert kernels.prepare_kernels(weights.params, platform="gpu") == {}
+    assert kernels.array_platform(weights.params) == "cpu"  # the test arrays live on the CPU
+    assert kernels.prepared_kind(weights.prepare().prepared) == "cpu"
+    gpu = weights.prepare(platform="gpu")
+    assert gpu.prepared == {} and gpu.prepare("bfloat16") is gpu  # a choice is kept
+    cpu = weights.prepare("bfloat16", platform="cpu")
+    assert cpu.prepare("bfloat16") is cpu and cpu.prepare(platform="cpu").prepared["conv1_1"][
+        "backward"].dtype == jnp.float32
+    # Under jit the arrays have no device: without a platform the weights stay plain XLA.
+    assert jax.jit(lambda w: w.prepare().prepared)(weights) is None
+    inside = jax.jit(lambda w: w.prepare("bfloat16", platform="cpu").prepared)(weights)
+    assert inside["conv5_1"]["winograd"].dtype == jnp.bfloat16
+    kept = jax.jit(lambda w: w.prepare("bfloat16").prepared)(weights.prepare())
+    assert kept["conv5_1"]["forward"].dtype == jnp.bfloat16  # re-prepared for CPU, the choice made
 
 
 def plain_conv(x, k):
@@ -104,14 +122,22 @@ def plain_conv(x, k):
     )[0]
 
 
+def rotated(k):
+    """The kernel of a convolution's input gradient: rotated by 180°, channels transposed."""
+    return jnp.transpose(k[::-1, ::-1], (0, 1, 3, 2))
+
+
 @pytest.mark.parametrize("hw", [(8, 8), (9, 7), (1, 3)])
-def test_winograd_conv_matches_plain_conv(hw):
+@pytest.mark.parametrize("transpose", [False, True])
+def test_winograd_conv_matches_plain_conv(hw, transpose):
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((*hw, 5)), jnp.float32)
-    k = jnp.asarray(rng.standard_normal((3, 3, 5, 6)), jnp.float32)
-    got = jax.jit(vgg.winograd_conv)(x, vgg.winograd_kernel(k))
+    # Transposed, k is the kernel of the convolution whose input gradient this computes.
+    k = jnp.asarray(rng.standard_normal((3, 3, 6, 5) if transpose else (3, 3, 5, 6)), jnp.float32)
+    conv = jax.jit(lambda x, u: kernels.winograd_conv(x, u, transpose=transpose))
+    got = conv(x, kernels.winograd_kernel(k))
     assert got.shape == (*hw, 6)
-    assert rel_err(got, plain_conv(x, k)) < 1e-5
+    assert rel_err(got, plain_conv(x, rotated(k) if transpose else k)) < 1e-5
 
 
 @pytest.mark.parametrize("winograd", [False, True])
@@ -122,13 +148,13 @@ def test_prepared_conv_matches_plain_conv_and_its_gradients(winograd):
     k = jnp.asarray(rng.standard_normal((3, 3, cin, cout)) / np.sqrt(9 * cin), jnp.float32)
     b = jnp.asarray(rng.standard_normal((cout,)), jnp.float32)
     ct = jnp.asarray(rng.standard_normal((9, 7, cout)), jnp.float32)
-    prepared = vgg.prepare_kernels({"c": {"kernel": k}})["c"]
-    assert ("winograd" in prepared) == (winograd and jax.default_backend() == "cpu")
+    prepared = kernels.prepare_kernels({"c": {"kernel": k}}, platform="cpu")["c"]
+    assert ("winograd" in prepared) == winograd
 
     def plain(x, k):
         return plain_conv(x, k) + b
 
-    fast = jax.jit(lambda x, k: vgg.conv3x3(x, k, b, prepared={**prepared, "forward": k}))
+    fast = jax.jit(lambda x, k: vgg.conv3x3(x, k, b, prepared=prepared))
     y, vjp = jax.vjp(fast, x, k)
     y0, vjp0 = jax.vjp(plain, x, k)
     assert rel_err(y, y0) < 1e-5
@@ -145,11 +171,11 @@ def test_prepared_conv_matches_plain_conv_and_its_gradients(winograd):
 def test_forward_with_prepared_kernels_and_remat_matches_plain(weights, images, pooling):
     x = preprocess(images[0], weights.preprocessing)
     want = plain_vgg(weights.params, x, vgg.LAYERS, pooling)
-    prepared = vgg.prepare_kernels(weights.params)
-    for remat in (False, True):
+    prepared = kernels.prepare_kernels(weights.params, platform="cpu")
+    for remat, q in ((False, prepared), (True, prepared), (False, {})):
         got = jax.jit(
             lambda p, q, x: vgg.forward(p, x, vgg.LAYERS, pooling=pooling, remat=remat, prepared=q)
-        )(weights.params, prepared, x)
+        )(weights.params, q, x)
         for name in vgg.LAYERS:
             assert got[name].shape == want[name].shape, name
             assert rel_err(got[name], want[name]) < 1e-5, name
@@ -162,7 +188,9 @@ def test_optimised_loss_and_gradient_equal_plain(weights, images, preset, remat)
     targets = compute_targets(weights, content, style, spec)
     plain = jax.jit(jax.value_and_grad(lambda x: plain_loss(x, targets, weights, spec)))
     fast = jax.jit(
-        jax.value_and_grad(lambda x, w: style_transfer_loss(x, targets, w.prepare(), spec)[0])
+        jax.value_and_grad(
+            lambda x, w: style_transfer_loss(x, targets, w.prepare(platform="cpu"), spec)[0]
+        )
     )
     v0, g0 = plain(x)
     v, g = fast(x, weights)
@@ -171,12 +199,11 @@ def test_optimised_loss_and_gradient_equal_plain(weights, images, preset, remat)
 
 
 def test_compiled_adam_step_equals_plain_adam_step(weights, images):
-    """One step of the production chunk (donated state, prepared kernels, while_loop) by hand."""
-    import importlib
-
+    """One step of the production chunk (donated state, prepared kernels, while_loop, vmap and
+    shard_map over a batch of one) against Adam by hand."""
     import optax
 
-    stylize = importlib.import_module("nst_jax.stylize")  # the package exports a function of that name
+    from nst_jax import programs, sharding
 
     spec = get_preset("gatys").loss
     content, style, x = images
@@ -190,10 +217,14 @@ def test_compiled_adam_step_equals_plain_adam_step(weights, images):
     # ~lr / eps · 1e-4 max|g| = 1e-5 lr, and a wrong step (sign, scale, clipping, a second
     # step, a stale state) is still off by a large fraction of |u| <= lr / 11.
     optim = dataclasses.replace(OptimSpec(), adam_eps=10.0 * float(jnp.max(jnp.abs(g0))))
-    state = stylize._init_jit(x, targets, weights, spec=spec, optim=optim)
-    state, hist = stylize._chunk_jit(
-        state, jnp.int32(1), targets, weights, spec=spec, optim=optim, chunk=2
-    )
+    weights = weights.prepare(spec.jnp_dtype)  # as the engine does, outside the jitted chunk
+    assert kernels.prepared_kind(weights.prepared) == "cpu"
+    kw = dict(spec=spec, optim=optim, shared=True, mesh=sharding.batch_mesh(jax.devices()[:1]))
+    rows = {"content": jax.tree.map(lambda a: a[None], targets["content"]),
+            "style": targets["style"]}
+    state = programs.init(x[None], rows, weights, **kw)
+    state, hist = programs.chunk(state, jnp.int32(1), rows, weights, chunk=2, **kw)
+    state, hist = jax.tree.map(lambda a: a[0], (state, hist))
     opt = optax.adam(optim.learning_rate, b1=optim.adam_b1, b2=optim.adam_b2, eps=optim.adam_eps)
     upd, _ = opt.update(g0, opt.init(x), x)
     want = jnp.clip(x + upd, 0.0, 1.0)
@@ -210,7 +241,7 @@ def test_bfloat16_loss_and_gradient_are_close_to_float32(weights, images):
         spec = get_preset("gatys").replace(dtype=dtype).loss
         targets = compute_targets(weights, content, style, spec)
         (v, aux), g = jax.jit(
-            jax.value_and_grad(lambda x: style_transfer_loss(x, targets, weights.prepare(dtype), spec), has_aux=True)
+            jax.value_and_grad(lambda x: style_transfer_loss(x, targets, weights.prepare(dtype, platform="cpu"), spec), has_aux=True)
         )(x)
         assert v.dtype == jnp.float32 and aux["style"].dtype == jnp.float32
         out[dtype] = (float(v), np.asarray(g, np.float64).ravel())
@@ -226,8 +257,9 @@ def test_max_pool_gradient_shares_ties_like_jax_max():
     )[:, :, None]
     g = jnp.asarray([[1.0, 2.0], [3.0, 4.0]])[:, :, None]
     want = jax.vjp(lambda x: x.reshape(2, 2, 2, 2, 1).max(axis=(1, 3)), x)[1](g)[0]
-    got = jax.vjp(lambda x: vgg.pool2x2(x, "max"), x)[1](g)[0]
+    got = jax.vjp(lambda x: vgg.pool2x2(x, "max", fast=True), x)[1](g)[0]
     np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(jax.vjp(lambda x: vgg.pool2x2(x, "max"), x)[1](g)[0], want)
     assert float(got[0, 1, 0]) == 0.5 and float(got[0, 2, 0]) == 0.5  # a tie of 3s, and of 0s
 
 
