@@ -147,15 +147,47 @@ def problem_spec() -> dict:
 ADAM = {"lr": 0.02, "b1": 0.99, "b2": 0.999, "eps": 0.1}  # nst-jax's OptimSpec defaults
 
 
+def _single_image_programs():
+    """nst-jax's step for one image: the engine's chunk (``nst_jax.programs.chunk``) without the
+    batch axis — the same ``init_state``/``run_chunk``/loss, prepared kernels and CPU compiler
+    options — as a namespace ``init``, ``chunk`` (with ``.lower``), ``loss``."""
+    import functools
+    import types
+
+    import jax
+
+    from nst_jax.objective import style_transfer_loss
+    from nst_jax.optimize import init_state, run_chunk
+    from nst_jax.programs import CPU_COMPILER_OPTIONS
+
+    opts = CPU_COMPILER_OPTIONS if jax.devices()[0].platform == "cpu" else None
+
+    def loss_fn(targets, weights, spec):
+        return lambda x: style_transfer_loss(x, targets, weights, spec)
+
+    @functools.partial(jax.jit, static_argnames=("spec", "optim"), compiler_options=opts)
+    def init(x, targets, weights, *, spec, optim):
+        return init_state(x, loss_fn(targets, weights, spec), optim)
+
+    @functools.partial(jax.jit, static_argnames=("spec", "optim", "chunk"), donate_argnums=(0,),
+                       compiler_options=opts)
+    def chunk(state, n, targets, weights, *, spec, optim, chunk):
+        return run_chunk(state, n, loss_fn(targets, weights, spec), optim, chunk)
+
+    @functools.partial(jax.jit, static_argnames=("spec",))
+    def loss(image, targets, weights, *, spec):
+        return style_transfer_loss(image, targets, weights, spec)
+
+    return types.SimpleNamespace(init=init, chunk=chunk, loss=loss, COMPILER_OPTIONS=opts)
+
+
 def _jax_setup(task):
     """Weights (from the shared .npz), LossSpec, images and jitted helpers for one size."""
-    import importlib
-
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    S = importlib.import_module("nst_jax.stylize")  # the package re-exports a function of that name
+    S = _single_image_programs()
     from nst_jax.objective import LossSpec, compute_targets
     from nst_jax.preprocessing import CAFFE
     from nst_jax.weights import VGGWeights
@@ -167,7 +199,7 @@ def _jax_setup(task):
         params.setdefault(layer, {})[leaf] = jnp.asarray(data[key])
     weights = VGGWeights(params=params, preprocessing=CAFFE, label="random", pretrained=False)
     spec = LossSpec(**task["spec"], dtype=task.get("dtype", "float32"), remat=task.get("remat", False))
-    # As stylize.optimize_image does: kernels cast and flipped once per run, outside the loop.
+    # As the engine does: kernels cast and flipped once per run, outside the loop.
     weights = weights.prepare(spec.jnp_dtype)
     return jax, jnp, np, S, spec, weights, compute_targets
 
@@ -176,17 +208,14 @@ def _targets(compute_targets, weights, size, spec):
     """``compute_targets``' result for the sample images at ``size``² (no masks, one style).
 
     Computed as two compiled calls, style Gram matrices first, then the content features of
-    the content layers only, each with ``stylize.COMPILER_OPTIONS``: at 4096² one program for
-    both (as ``compute_targets`` under one ``jit``) needs more memory than the step itself.
+    the content layers only, each with the engine's CPU compiler options: at 4096² one program
+    for both (as ``compute_targets`` under one ``jit``) needs more memory than the step itself.
     """
-    import importlib
-
     import jax
 
     from nst_jax.objective import features_for, style_grams
 
-    S = importlib.import_module("nst_jax.stylize")
-    opts = getattr(S, "COMPILER_OPTIONS", None)
+    opts = _single_image_programs().COMPILER_OPTIONS
     content, style = load_square(CONTENT, size), load_square(STYLE, size)
     grams = jax.jit(lambda w, s: style_grams(w, s, spec), compiler_options=opts)(weights, style)
     jax.block_until_ready(grams)
@@ -203,7 +232,7 @@ def _optim(task):
     if task["optimizer"] == "lbfgs":
         return OptimSpec(optimizer="lbfgs", learning_rate=1.0, lbfgs_memory=task.get("history", 100))
     return OptimSpec(
-        learning_rate=ADAM["lr"], b1=ADAM["b1"], b2=ADAM["b2"], eps=ADAM["eps"]
+        learning_rate=ADAM["lr"], adam_b1=ADAM["b1"], adam_b2=ADAM["b2"], adam_eps=ADAM["eps"]
     )
 
 
@@ -216,11 +245,11 @@ def worker_jax_steps(task) -> dict:
     size = task["size"]
     targets = _targets(compute_targets, weights, size, spec)
     optim = _optim(task)
-    state = S._init_jit(jnp.asarray(noise_init(size)), targets, weights, spec=spec, optim=optim)
+    state = S.init(jnp.asarray(noise_init(size)), targets, weights, spec=spec, optim=optim)
     jax.block_until_ready(state)
     one = jnp.int32(1)
     t = time.perf_counter()
-    compiled = S._chunk_jit.lower(
+    compiled = S.chunk.lower(
         state, one, targets, weights, spec=spec, optim=optim, chunk=1
     ).compile()
     compile_s = time.perf_counter() - t
@@ -255,10 +284,10 @@ def worker_jax_memory(task) -> dict:
     targets = _targets(compute_targets, weights, size, spec)
     after_targets = maxrss_mib()
     optim = _optim({"optimizer": "adam"})
-    state = S._init_jit(jnp.asarray(noise_init(size)), targets, weights, spec=spec, optim=optim)
+    state = S.init(jnp.asarray(noise_init(size)), targets, weights, spec=spec, optim=optim)
     jax.block_until_ready(state)
     t = time.perf_counter()
-    compiled = S._chunk_jit.lower(state, jnp.int32(1), targets, weights, spec=spec, optim=optim, chunk=1).compile()
+    compiled = S.chunk.lower(state, jnp.int32(1), targets, weights, spec=spec, optim=optim, chunk=1).compile()
     compile_s = time.perf_counter() - t
     temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
     t = time.perf_counter()
@@ -284,18 +313,18 @@ def worker_jax_quality(task) -> dict:
     size = task["size"]
     targets = _targets(compute_targets, weights, size, spec)
     optim = _optim({"optimizer": "adam"})
-    state = S._init_jit(jnp.asarray(noise_init(size)), targets, weights, spec=spec, optim=optim)
+    state = S.init(jnp.asarray(noise_init(size)), targets, weights, spec=spec, optim=optim)
     chunk = 20
     done = 0
     while done < task["steps"]:
         n = min(chunk, task["steps"] - done)
-        state, hist = S._chunk_jit(state, jnp.int32(n), targets, weights, spec=spec, optim=optim, chunk=chunk)
+        state, hist = S.chunk(state, jnp.int32(n), targets, weights, spec=spec, optim=optim, chunk=chunk)
         done += n
     spec32 = LossSpec(**task["spec"])
     targets32 = _targets(compute_targets, weights, size, spec32)
     image = result_image(state, optim)
-    loss32, _ = S._loss_jit(image, targets32, weights, spec=spec32)
-    own, _ = S._loss_jit(image, targets, weights, spec=spec)
+    loss32, _ = S.loss(image, targets32, weights, spec=spec32)
+    own, _ = S.loss(image, targets, weights, spec=spec)
     return {"loss_f32": float(loss32), "loss_own": float(own), "steps": int(state.step)}
 
 
@@ -316,7 +345,7 @@ def worker_jax_time_to_loss(task) -> dict:
     spec32 = LossSpec(**task["spec"])
     final = task["scales"][-1][0]
     targets32 = _targets(compute_targets, weights, final, spec32)
-    S._loss_jit(jnp.asarray(noise_init(final)), targets32, weights, spec=spec32)[0].block_until_ready()
+    S.loss(jnp.asarray(noise_init(final)), targets32, weights, spec=spec32)[0].block_until_ready()
     optim = _optim(task)
     chunk = task.get("chunk", 5)
     clock = 0.0
@@ -328,7 +357,7 @@ def worker_jax_time_to_loss(task) -> dict:
         targets = _targets(compute_targets, weights, size, spec)
         if image.shape[0] != size:
             image = imageops.resize(image, (size, size))
-        state = S._init_jit(image, targets, weights, spec=spec, optim=optim)
+        state = S.init(image, targets, weights, spec=spec, optim=optim)
         jax.block_until_ready(state)
         clock += time.perf_counter() - t
         last = k == len(task["scales"]) - 1
@@ -336,7 +365,7 @@ def worker_jax_time_to_loss(task) -> dict:
         while (done < iters) if not last else (clock < task["budget_s"] or not trace):
             n = chunk if last else min(chunk, iters - done)
             t = time.perf_counter()
-            state, hist = S._chunk_jit(state, jnp.int32(n), targets, weights, spec=spec, optim=optim, chunk=chunk)
+            state, hist = S.chunk(state, jnp.int32(n), targets, weights, spec=spec, optim=optim, chunk=chunk)
             image = result_image(state, optim)
             image.block_until_ready()
             clock += time.perf_counter() - t
@@ -344,7 +373,7 @@ def worker_jax_time_to_loss(task) -> dict:
             if bool(state.diverged):
                 break
             if last:
-                loss = float(S._loss_jit(image, targets32, weights, spec=spec32)[0])
+                loss = float(S.loss(image, targets32, weights, spec=spec32)[0])
                 trace.append((clock, int(state.step), loss))
                 if loss <= task["target"]:
                     reached = clock
