@@ -165,7 +165,7 @@ def _device_checks() -> dict:
 def device_report(weights):  # ``weights``: random_weights(0) compiled here, loaded there
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve())], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
