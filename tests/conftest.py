@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import h5py
-import numpy as np
-import pytest
-
-from nst_jax.vgg import NETWORKS, conv_kernel_shape, conv_layers
-
-# The CLI turns on JAX's persistent compilation cache; in-process CLI tests would switch it on
-# for every later test (order-dependent, and writing to the user's cache). Tests that check the
-# cache run the CLI in a subprocess with this variable overridden.
+# One persistent XLA compilation cache for this test session, in a fresh temporary directory,
+# on from the first compile on (set before JAX is imported: JAX reads these at import) and
+# inherited by every subprocess the tests start. A CLI subprocess, the four-device run of
+# tests/test_batch.py or a script then loads the programs that this process or an earlier
+# subprocess already compiled (random weights alone are ~70 small programs, ~10 s of CPU per
+# fresh process) instead of compiling them again. A loaded program is the compiled program,
+# so results do not depend on which test compiled first; an empty cache only costs time.
+# Tests that measure a process's memory start their subprocesses without it (test_memory.py).
+_COMPILE_CACHE = tempfile.mkdtemp(prefix="nst-jax-test-xla-cache-")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILE_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+# The CLI's own switch stays off: it would point an in-process run at the user's cache.
 os.environ.setdefault("NST_JAX_COMPILE_CACHE", "off")
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from nst_jax.vgg import NETWORKS, conv_kernel_shape, conv_layers  # noqa: E402
+
+#: Environment variables that switch the session's compilation cache on in a subprocess.
+COMPILE_CACHE_ENV = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_COMPILE_CACHE, ignore_errors=True)
 
 
 def _random_vgg_params(seed: int, network: str = "vgg19") -> dict[str, dict[str, np.ndarray]]:

@@ -151,13 +151,13 @@ def test_ctrl_c_writes_best_image_so_far(tmp_path, pair):
            "--steps", "100000", "--chunk-size", "5", "--save-every", "5"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 600
         while not (tmp_path / "out_00005.png").exists():
             assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "no progress within 120 s"
+            assert time.time() < deadline, "no progress within 600 s"
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -56,7 +56,7 @@ def test_two_processes_write_disjoint_shares_exactly_once(tmp_path):
     logs = []
     try:
         for p in procs:
-            logs.append(p.communicate(timeout=240))
+            logs.append(p.communicate(timeout=600))
     finally:
         for p in procs:
             if p.poll() is None:

@@ -16,6 +16,8 @@ from nst_jax import memory
 from nst_jax.cli import main
 from nst_jax.config import get_preset
 
+from conftest import COMPILE_CACHE_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -27,8 +29,13 @@ def _measure_script():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
-def test_estimate_is_within_25_percent_of_the_measured_peak_at_two_sizes():
+def test_estimate_is_within_25_percent_of_the_measured_peak_at_two_sizes(monkeypatch):
     measure = _measure_script().measure
+    # Measured as calibrated: compiling included. A program loaded from the test session's
+    # compilation cache (tests/conftest.py) would leave out the compiler's memory, and only
+    # when an earlier test happened to compile the same program.
+    for var in COMPILE_CACHE_ENV:
+        monkeypatch.delenv(var, raising=False)
 
     def ok(r):
         return 0.75 <= r["estimate"] / r["measured"] <= 1.25
