@@ -12,6 +12,7 @@ object, so the loss stays a pure function that ``jit``, ``grad`` and ``vmap`` se
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -169,11 +170,20 @@ def compute_targets(
     Returns:
       ``{"content": {layer: (H_l, W_l, C_l)}, "style": {layer: (C_l, C_l)}}``; with masks the
       style Grams are stacked ``(R, C_l, C_l)`` and ``"masks": {layer: (R, H_l, W_l)}`` is added.
+
+    Compiled (one program per shapes and spec), also when called outside ``jit``: run op by op,
+    the VGG passes cost a small compilation per operation and shape.
     """
     if not isinstance(styles, (list, tuple)):
         styles = [styles]
+    blend = None if style_blend is None else tuple(float(b) for b in style_blend)
+    return _compute_targets(weights, content, list(styles), masks, spec=spec, blend=blend)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "blend"))
+def _compute_targets(weights, content, styles, masks, *, spec: LossSpec, blend) -> Targets:
     grams = [style_grams(weights, s, spec) for s in styles]
-    return assemble_targets(weights, content, grams, spec, style_blend=style_blend, masks=masks)
+    return assemble_targets(weights, content, grams, spec, style_blend=blend, masks=masks)
 
 
 def assemble_targets(
