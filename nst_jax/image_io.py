@@ -82,6 +82,17 @@ def load_image(
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise NstError(f"the image size must be a positive number of pixels, got {v!r}")
     p = Path(path)
+    with _reading(p) as fail:
+        rgb = _decode(p, reduce_to, fail)
+    if max_size is not None:
+        rgb = np.clip(resize_image(rgb, fit_longest_side(rgb.shape[:2], max_size)), 0.0, 1.0)
+    return rgb
+
+
+@contextlib.contextmanager
+def _reading(p: Path):
+    """Checks that ``p`` is a non-empty file, and turns Pillow's errors while reading it into
+    one ``NstError`` sentence; yields ``fail(problem) -> NstError``."""
 
     def fail(problem: str) -> NstError:
         return NstError(f"cannot read image {str(p)!r}: {problem}")
@@ -93,7 +104,10 @@ def load_image(
     try:
         if p.stat().st_size == 0:
             raise fail("the file is empty (0 bytes)")
-        rgb = _decode(p, reduce_to, fail)
+        with warnings.catch_warnings():
+            # Pillow warns above its soft limit; the limit enforced here is MAX_PIXELS.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield fail
     except NstError:
         raise
     except Image.DecompressionBombError as e:
@@ -104,33 +118,27 @@ def load_image(
         raise fail("not a recognised image file") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise fail(f"the file is truncated or corrupt ({e})") from e
-    if max_size is not None:
-        rgb = np.clip(resize_image(rgb, fit_longest_side(rgb.shape[:2], max_size)), 0.0, 1.0)
-    return rgb
 
 
 def _decode(p: Path, reduce_to: int | None, fail) -> np.ndarray:
     """Pillow's decode of ``p`` (size-checked, reduced, EXIF-oriented) as float RGB."""
-    with warnings.catch_warnings():
-        # Pillow warns above its soft limit; the limit enforced here is MAX_PIXELS below.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(p) as im:
-            width, height = im.size
-            if width == 0 or height == 0:
-                raise fail(f"the image has zero size ({width}x{height} pixels)")
-            if width * height > MAX_PIXELS:
-                raise fail(
-                    f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS:,} pixels "
-                    "(possible decompression bomb)"
-                )
-            if reduce_to is not None and im.format == "JPEG":
-                factor = max(width, height) // (2 * reduce_to)
-                if factor >= 2:
-                    im.draft(im.mode, (-(-width // factor), -(-height // factor)))
-            im.load()  # full decode now, so truncation is detected here
-            if reduce_to is not None:
-                im = _reduce(im, reduce_to)
-            return _to_float_rgb(_exif_transpose(im))
+    with Image.open(p) as im:
+        width, height = im.size
+        if width == 0 or height == 0:
+            raise fail(f"the image has zero size ({width}x{height} pixels)")
+        if width * height > MAX_PIXELS:
+            raise fail(
+                f"{width}x{height} pixels exceeds the limit of {MAX_PIXELS:,} pixels "
+                "(possible decompression bomb)"
+            )
+        if reduce_to is not None and im.format == "JPEG":
+            factor = max(width, height) // (2 * reduce_to)
+            if factor >= 2:
+                im.draft(im.mode, (-(-width // factor), -(-height // factor)))
+        im.load()  # full decode now, so truncation is detected here
+        if reduce_to is not None:
+            im = _reduce(im, reduce_to)
+        return _to_float_rgb(_exif_transpose(im))
 
 
 def _reduce(im: Image.Image, reduce_to: int) -> Image.Image:
@@ -304,7 +312,7 @@ def save_image(path: PathLike, img: np.ndarray) -> None:
         arr = arr[..., 0]
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)) or 0 in arr.shape:
         raise ValueError(f"expected a non-empty (H, W, 3) or (H, W) image, got shape {arr.shape}")
-    u8 = np.round(np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    u8 = _to_u8(arr)
     buf = io.BytesIO()
     try:
         Image.fromarray(u8).save(buf, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
@@ -339,21 +347,8 @@ def image_size(path: PathLike) -> tuple[int, int]:
       NstError: as :func:`load_image` for a missing, empty or unrecognised file.
     """
     p = Path(path)
-    if p.is_dir() or not p.exists():
-        raise NstError(f"cannot read image {str(p)!r}: no such file")
-    if p.stat().st_size == 0:
-        raise NstError(f"cannot read image {str(p)!r}: the file is empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                return int(im.size[0]), int(im.size[1])
-    except Image.DecompressionBombError as e:
-        raise NstError(f"cannot read image {str(p)!r}: it exceeds Pillow's decompression-bomb limit") from e
-    except UnidentifiedImageError as e:
-        raise NstError(f"cannot read image {str(p)!r}: not a recognised image file") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise NstError(f"cannot read image {str(p)!r}: the file is truncated or corrupt ({e})") from e
+    with _reading(p), Image.open(p) as im:
+        return int(im.size[0]), int(im.size[1])
 
 
 def encode_png(img: np.ndarray) -> bytes:
@@ -361,7 +356,11 @@ def encode_png(img: np.ndarray) -> bytes:
     arr = np.asarray(img, dtype=np.float32)
     if arr.ndim != 3 or arr.shape[-1] != 3 or 0 in arr.shape:
         raise ValueError(f"expected a non-empty (H, W, 3) image, got shape {arr.shape}")
-    u8 = np.round(np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(u8).save(buf, format="PNG")
+    Image.fromarray(_to_u8(arr)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _to_u8(arr: np.ndarray) -> np.ndarray:
+    """Clipped to ``[0, 1]`` (NaN as 0) and rounded to 8 bits."""
+    return np.round(np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)

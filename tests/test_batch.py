@@ -20,9 +20,12 @@ import numpy as np
 import pytest
 
 from nst_jax import programs, sharding
+from nst_jax.errors import NstError
 from nst_jax.inputs import pair_indices
 from nst_jax.transfer import compile_count, stylize_batch
-from nst_jax.errors import NstError
+
+# One worker runs this whole file: its four-device report (a module fixture) is computed once.
+pytestmark = pytest.mark.xdist_group("four_devices")
 
 # --------------------------------------------------------------------------------------------
 # Pure host-side logic (in-process, one device)
