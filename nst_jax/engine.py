@@ -29,9 +29,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from nst_jax import imageops, programs, sharding
+from nst_jax import programs, sharding
 from nst_jax.config import StyleConfig
-from nst_jax.inputs import Item, initial_image, resized_style, restore_colors
+from nst_jax.inputs import Item, initial_image, resized_content, resized_style, restore_colors
 from nst_jax.targets import GramCache, fill_rows, group_targets
 from nst_jax.optimize import HISTORY_KEYS, OptimSpec
 from nst_jax.results import ChunkHook, ChunkReport, StylizeResult, diverged_message
@@ -289,7 +289,7 @@ class Engine:
     def unstarted(self, item: Item) -> StylizeResult:
         """The result of an item whose group never ran (a stop came first): its start image."""
         hw = item.shapes[0]
-        content = _resize_content(item.content, max(hw))
+        content = resized_content(item, max(hw))
         style = resized_style(item.styles[0], item.style_scales[0], max(hw))
         init = initial_image(content, style, self.config, self.init_image)
         nan = float("nan")
@@ -302,7 +302,3 @@ class Engine:
             terms=terms, loss=nan, steps=0, diverged=None, interrupted=True, seconds=0.0,
             weights_label=self.weights.label, iterate=self.optim.reported,
         )
-
-
-def _resize_content(content: np.ndarray, side: int) -> np.ndarray:
-    return np.asarray(imageops.resize_longest(content, side))

@@ -91,6 +91,11 @@ def make_item(
                 masks=check_masks(masks, hw, len(styles)))
 
 
+def resized_content(item: Item, side: int) -> np.ndarray:
+    """The item's working content with longest side ``side``."""
+    return np.asarray(imageops.resize_longest(item.content, side))
+
+
 def resized_style(style: np.ndarray, scale: float, side: int) -> jax.Array:
     """The style image at ``scale`` times the content's longest side ``side`` (at least 8 px)."""
     return imageops.resize_longest(style, max(8, round(side * scale)))

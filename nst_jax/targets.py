@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from nst_jax import imageops, programs, sharding
-from nst_jax.inputs import Item, check_big_enough, resized_style
+from nst_jax.inputs import Item, check_big_enough, resized_content, resized_style
 from nst_jax.objective import LossSpec, Targets, style_grams, style_targets
 from nst_jax.weights import VGGWeights
 
@@ -32,10 +32,9 @@ class GramCache:
         """``(resized style, {layer: Gram})`` of ``style`` at ``scale`` × ``side``."""
         style_x = resized_style(style, scale, side)
         k = (key, tuple(style_x.shape))
-        if k not in self._cache:
-            grams = programs.style_targets_of(self.weights, style_x, spec=self.spec,
-                                              mesh=self.mesh)
-            self._cache[k] = jax.tree.map(np.asarray, jax.device_get(grams))
+        if k not in self._cache:  # kept on the device: a shared style is placed from there
+            self._cache[k] = programs.style_targets_of(self.weights, style_x, spec=self.spec,
+                                                       mesh=self.mesh)
         return style_x, self._cache[k]
 
     @functools.cached_property
@@ -81,7 +80,7 @@ def group_targets(
     when every row takes that one style (replicated once, not per row).
     """
     spec, side = cache.spec, max(hw)
-    contents = [np.asarray(imageops.resize_longest(it.content, side)) for it in members]
+    contents = [resized_content(it, side) for it in members]
     per_item = [[cache(s, k, f, side) for s, k, f in
                  zip(it.styles, it.style_keys, it.style_scales)] for it in members]
     for c, styles in zip(contents, per_item):

@@ -24,9 +24,6 @@ from nst_jax.errors import NstError
 from nst_jax.inputs import pair_indices
 from nst_jax.transfer import compile_count, stylize_batch
 
-# One worker runs this whole file: its four-device report (a module fixture) is computed once.
-pytestmark = pytest.mark.xdist_group("four_devices")
-
 # --------------------------------------------------------------------------------------------
 # Pure host-side logic (in-process, one device)
 

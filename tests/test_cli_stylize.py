@@ -145,23 +145,30 @@ def test_argparse_errors_exit_nonzero(pair, tmp_path):
     assert e.value.code == 2
 
 
-def test_ctrl_c_writes_best_image_so_far(tmp_path, pair):
-    out = tmp_path / "out.png"
+def signal_after_first_save(pair, out: Path, signum: int, *, timeout: float = 300):
+    """Runs a long ``nst-jax stylize`` to ``out`` (intermediates every 5 steps), sends ``signum``
+    once the first intermediate exists; returns ``(returncode, stdout, stderr)``."""
     cmd = [sys.executable, "-m", "nst_jax", "stylize", *pair, "-o", str(out), *TINY,
            "--steps", "100000", "--chunk-size", "5", "--save-every", "5"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 600
-        while not (tmp_path / "out_00005.png").exists():
+        while not (out.parent / "out_00005.png").exists():
             assert proc.poll() is None, proc.communicate()
             assert time.time() < deadline, "no progress within 600 s"
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=300)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, stderr
+    return proc.returncode, stdout, stderr
+
+
+def test_ctrl_c_writes_best_image_so_far(tmp_path, pair):
+    out = tmp_path / "out.png"
+    returncode, stdout, stderr = signal_after_first_save(pair, out, signal.SIGINT)
+    assert returncode == 130, stderr
     assert "interrupted" in stdout
     img = np.asarray(Image.open(out))
     assert img.shape == (27, 40, 3)

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import tracemalloc
 
 import h5py
@@ -322,22 +321,11 @@ def test_12_weight_files_holding_nan_are_refused(tmp_path, capsys, vgg_params, k
 # 13. SIGTERM -----------------------------------------------------------------------------------------
 
 def test_13_sigterm_keeps_the_best_image_and_exits_143(tmp_path, pair):
+    from test_cli_stylize import signal_after_first_save
+
     out = tmp_path / "out.png"
-    cmd = [sys.executable, "-m", "nst_jax", "stylize", *pair, "-o", str(out), *TINY,
-           "--steps", "100000", "--chunk-size", "5", "--save-every", "5"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 600
-        while not (tmp_path / "out_00005.png").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "no progress within 600 s"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM == 143, stderr
+    returncode, stdout, stderr = signal_after_first_save(pair, out, signal.SIGTERM, timeout=180)
+    assert returncode == 128 + signal.SIGTERM == 143, stderr
     assert "SIGTERM" in stderr and "interrupted" in stdout and "Traceback" not in stderr
     assert np.asarray(Image.open(out)).shape == (27, 40, 3)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
