@@ -65,15 +65,35 @@ def _compiled(static: tuple[str, ...], donate: tuple[int, ...] = ()):
     return wrap
 
 
+def _each_row(fn, in_axes: tuple):
+    """``vmap(fn, in_axes)``, or ``fn`` on the row itself where a device holds one row.
+
+    One row is not vmapped: vmap turns every ``lax.cond`` with a per-row predicate into a
+    ``select`` that runs both branches, and L-BFGS's zoom line search is made of them (one
+    L-BFGS step of a single image took twice as long vmapped, BENCHMARKS.md).
+    """
+    def per_row(f, args, other=lambda sub: sub):  # f on each leaf with a row axis
+        return [jax.tree.map(lambda ax, sub: other(sub) if ax is None else jax.tree.map(f, sub),
+                             ax, x, is_leaf=lambda a: a is None) for ax, x in zip(in_axes, args)]
+
+    def rows(*args):
+        sizes = set(jax.tree.leaves(per_row(lambda a: a.shape[0], args, lambda sub: None)))
+        if sizes != {1}:
+            return jax.vmap(fn, in_axes=in_axes)(*args)
+        return jax.tree.map(lambda a: a[None], fn(*per_row(lambda a: a[0], args)))
+
+    return rows
+
+
 def _on_rows(fn, mesh: Mesh, in_axes: tuple):
-    """``vmap(fn, in_axes)`` on each device's rows; ``None`` axes are replicated inputs."""
+    """``fn`` on each device's rows (:func:`_each_row`); ``None`` axes are replicated inputs."""
     specs = jax.tree.map(
         lambda a: P() if a is None else P(sharding.BATCH_AXIS), in_axes,
         is_leaf=lambda a: a is None,
     )
     # check_vma=False: run_chunk's loop carries start from constants (replicated type) and
     # become per-device values; with no collectives in these programs the check buys nothing.
-    return jax.shard_map(jax.vmap(fn, in_axes=in_axes), mesh=mesh, in_specs=specs,
+    return jax.shard_map(_each_row(fn, in_axes), mesh=mesh, in_specs=specs,
                          out_specs=P(sharding.BATCH_AXIS), check_vma=False)
 
 
