@@ -65,27 +65,31 @@ def _compiled(static: tuple[str, ...], donate: tuple[int, ...] = ()):
     return wrap
 
 
-def _each_row(fn, in_axes: tuple):
-    """``vmap(fn, in_axes)``, or ``fn`` on the row itself where a device holds one row.
+def _each_row(fn, in_axes: tuple, sequential: bool = False):
+    """``fn`` over the rows a device holds: ``vmap(fn, in_axes)``, or one row after another
+    (``lax.map``) when ``sequential``; a single row runs as itself.
 
-    One row is not vmapped: vmap turns every ``lax.cond`` with a per-row predicate into a
-    ``select`` that runs both branches, and L-BFGS's zoom line search is made of them (one
-    L-BFGS step of a single image took twice as long vmapped, BENCHMARKS.md).
+    vmap turns every ``lax.cond`` with a per-row predicate into a ``select`` that runs both
+    branches, and L-BFGS's zoom line search is made of them: an L-BFGS step of one image took
+    1.5–1.9x as long vmapped, and 8 rows one after another beat their vmap by 6% on an H200
+    and 2.5x on CPU, while Adam's steps gain from vmap (2x on the H200; BENCHMARKS.md).
     """
     def per_row(f, args, other=lambda sub: sub):  # f on each leaf with a row axis
         return [jax.tree.map(lambda ax, sub: other(sub) if ax is None else jax.tree.map(f, sub),
                              ax, x, is_leaf=lambda a: a is None) for ax, x in zip(in_axes, args)]
 
     def rows(*args):
-        sizes = set(jax.tree.leaves(per_row(lambda a: a.shape[0], args, lambda sub: None)))
-        if sizes != {1}:
-            return jax.vmap(fn, in_axes=in_axes)(*args)
-        return jax.tree.map(lambda a: a[None], fn(*per_row(lambda a: a[0], args)))
+        (n,) = set(jax.tree.leaves(per_row(lambda a: a.shape[0], args, lambda sub: None)))
+        if n == 1:
+            return jax.tree.map(lambda a: a[None], fn(*per_row(lambda a: a[0], args)))
+        if sequential:
+            return jax.lax.map(lambda i: fn(*per_row(lambda a: a[i], args)), jnp.arange(n))
+        return jax.vmap(fn, in_axes=in_axes)(*args)
 
     return rows
 
 
-def _on_rows(fn, mesh: Mesh, in_axes: tuple):
+def _on_rows(fn, mesh: Mesh, in_axes: tuple, sequential: bool = False):
     """``fn`` on each device's rows (:func:`_each_row`); ``None`` axes are replicated inputs."""
     specs = jax.tree.map(
         lambda a: P() if a is None else P(sharding.BATCH_AXIS), in_axes,
@@ -93,7 +97,7 @@ def _on_rows(fn, mesh: Mesh, in_axes: tuple):
     )
     # check_vma=False: run_chunk's loop carries start from constants (replicated type) and
     # become per-device values; with no collectives in these programs the check buys nothing.
-    return jax.shard_map(_each_row(fn, in_axes), mesh=mesh, in_specs=specs,
+    return jax.shard_map(_each_row(fn, in_axes, sequential), mesh=mesh, in_specs=specs,
                          out_specs=P(sharding.BATCH_AXIS), check_vma=False)
 
 
@@ -171,7 +175,8 @@ def chunk(states, n, targets, weights, *, spec, optim, shared, mesh, chunk: int)
         return s, {**hist, "diverged": s.diverged}
 
     axes = (0, target_axes(targets, shared), None, None)
-    return _on_rows(one, mesh, axes)(states, targets, weights, n)
+    sequential = optim.optimizer == "lbfgs"  # see _each_row
+    return _on_rows(one, mesh, axes, sequential)(states, targets, weights, n)
 
 
 @_compiled(("optim",))
