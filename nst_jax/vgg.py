@@ -80,7 +80,6 @@ CONV_LAYERS: tuple[str, ...] = conv_layers("vgg19")
 LAYERS: tuple[str, ...] = all_layers("vgg19")
 
 _INDEX = {net: {name: i for i, name in enumerate(all_layers(net))} for net in NETWORKS}
-_LAYER_INDEX = _INDEX["vgg19"]
 _KERAS_CONV = re.compile(r"^block(\d)_conv(\d)$")
 _KERAS_POOL = re.compile(r"^block(\d)_pool$")
 

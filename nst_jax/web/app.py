@@ -39,16 +39,11 @@ from nst_jax.web.forms import FormError
 from nst_jax.web.jobs import Job
 from nst_jax.web.studio import Session, Studio, new_token
 
-_STATIC = {
-    "index.html": "text/html",
-    "app.js": "text/javascript",
-    "style.css": "text/css",
-}
+_STATIC = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 _CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
-uploads.FIELD_BYTES = 4096
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
