@@ -10,8 +10,9 @@ import dataclasses
 import math
 import re
 
-from nst_jax.config import COLOR_MODES, OPTIMIZERS, PRESETS, StyleConfig, get_preset
+from nst_jax.config import COLOR_MODES, PRESETS, StyleConfig, get_preset
 from nst_jax.errors import NstError
+from nst_jax.optimize import OPTIMIZERS
 
 
 class FormError(NstError):
