@@ -20,10 +20,7 @@ from typing import Any
 
 from nst_jax.checks import check_choice, check_int, check_positive, plain_fields
 from nst_jax.errors import NstError
-from nst_jax.objective import DTYPES as DTYPES
 from nst_jax.objective import LossSpec
-from nst_jax.optimize import OPTIMIZERS as OPTIMIZERS
-from nst_jax.optimize import OUTPUT_ITERATES as OUTPUT_ITERATES
 from nst_jax.optimize import OptimSpec
 from nst_jax.vgg import NETWORKS, min_side
 
@@ -84,9 +81,8 @@ class RunSpec:
                 raise NstError(f"min size {self.min_size} is larger than size {self.size}")
         if self.scale_steps is not None:
             if len(self.scale_steps) != self.scales:
-                raise NstError(
-                    f"{len(self.scale_steps)} scale step counts given for {self.scales} scales"
-                )
+                raise NstError(f"{len(self.scale_steps)} scale step counts given for "
+                               f"{self.scales} scales")
             for n in self.scale_steps:
                 check_int(n, "steps per scale", minimum=1)
         if self.scales > 1 and self.size is None:
@@ -121,9 +117,7 @@ class RunSpec:
         if len(self.style_scale) == 1:
             return float(self.style_scale[0])
         if len(self.style_scale) != n_styles:
-            raise NstError(
-                f"{len(self.style_scale)} style scales given for {n_styles} style images"
-            )
+            raise NstError(f"{len(self.style_scale)} style scales given for {n_styles} style images")
         return float(self.style_scale[index])
 
 
@@ -192,7 +186,8 @@ class StyleConfig:
         parts = {}
         for part in _PARTS:
             mine = {k: v for k, v in changes.items() if FIELD_PART[k] == part}
-            parts[part] = dataclasses.replace(getattr(self, part), **mine) if mine else getattr(self, part)
+            own = getattr(self, part)
+            parts[part] = dataclasses.replace(own, **mine) if mine else own
         return StyleConfig(**parts)
 
     def scale_sizes(self, content_hw: tuple[int, int]) -> list[int]:
@@ -213,10 +208,8 @@ class StyleConfig:
 def check_init_path(config: StyleConfig) -> None:
     """Raises ``NstError`` when ``config.init`` is neither a start kind nor an existing file."""
     if config.run.init_is_path and not os.path.exists(config.run.init):
-        raise NstError(
-            f"init must be 'content', 'noise', 'style' or an existing image path, "
-            f"got {config.run.init!r}"
-        )
+        raise NstError(f"init must be 'content', 'noise', 'style' or an existing image path, "
+                       f"got {config.run.init!r}")
 
 
 _TF_TUTORIAL = StyleConfig()
@@ -230,30 +223,15 @@ PRESETS: dict[str, StyleConfig] = {
     # features (BENCHMARKS.md, quality table), a noise start left no trace of the content
     # after 200 iterations at any weight balance that also took the style.
     "gatys": _TF_TUTORIAL.replace(
-        content_layers=("relu4_2",),
-        style_layers=CAFFE_STYLE,
-        content_weight=5.0,
-        style_weight=100.0,
-        tv_weight=1e-3,
-        convention="jcjohnson",
-        optimizer="lbfgs",
-        learning_rate=1.0,
-        steps=1000,
-        chunk_size=10,
-        init="content",
+        content_layers=("relu4_2",), style_layers=CAFFE_STYLE, content_weight=5.0,
+        style_weight=100.0, tv_weight=1e-3, convention="jcjohnson", optimizer="lbfgs",
+        learning_rate=1.0, steps=1000, chunk_size=10, init="content",
     ),
     # Small and fast, for tests and smoke runs (random or real weights).
     "tiny": _TF_TUTORIAL.replace(
-        content_layers=("relu3_1",),
-        style_layers=("relu1_1", "relu2_1", "relu3_1"),
-        content_weight=10.0,
-        style_weight=1e-2,
-        tv_weight=1.0,
-        learning_rate=0.05,
-        adam_b1=0.9,
-        steps=30,
-        chunk_size=10,
-        size=48,
+        content_layers=("relu3_1",), style_layers=("relu1_1", "relu2_1", "relu3_1"),
+        content_weight=10.0, style_weight=1e-2, tv_weight=1.0, learning_rate=0.05, adam_b1=0.9,
+        steps=30, chunk_size=10, size=48,
     ),
 }
 

@@ -34,10 +34,7 @@ from nst_jax.weights_file import LAYOUTS, converted_filename, file_digest, save_
 #: The preprocessing each layout's weights were trained with (ONNX files do not record it:
 #: it must be named, as one of these keys).
 PREPROCESSING: dict[str, prep_lib.Preprocessing] = {
-    "keras": prep_lib.KERAS,
-    "torchvision": prep_lib.TORCHVISION,
-    "caffe": prep_lib.CAFFE,
-}
+    "keras": prep_lib.KERAS, "torchvision": prep_lib.TORCHVISION, "caffe": prep_lib.CAFFE}
 
 Params = dict[str, dict[str, np.ndarray]]
 
@@ -55,18 +52,12 @@ def detect_layout(path: str | os.PathLike) -> str:
         return "torchvision"
     if suffix == ".onnx":
         return "onnx"
-    raise NstError(
-        f"cannot tell the layout of {path} from its name; pass --layout keras, torchvision, "
-        "caffe or onnx"
-    )
+    raise NstError(f"cannot tell the layout of {path} from its name; pass --layout keras, "
+                   "torchvision, caffe or onnx")
 
 
 def read_published(
-    path: str | os.PathLike,
-    layout: str,
-    *,
-    name: str | None = None,
-    network: str | None = None,
+    path: str | os.PathLike, layout: str, *, name: str | None = None, network: str | None = None
 ) -> Params:
     """Parameters (HWIO float32 numpy arrays) from a published file in ``layout``.
 
@@ -84,12 +75,8 @@ def read_published(
 
 
 def convert_weights(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    *,
-    layout: str | None = None,
-    network: str | None = None,
-    preprocessing: str | None = None,
+    src: str | os.PathLike, dst: str | os.PathLike, *, layout: str | None = None,
+    network: str | None = None, preprocessing: str | None = None,
 ) -> Path:
     """Converts a published VGG-16/VGG-19 file to an nst-jax weight file at ``dst``.
 
@@ -106,10 +93,8 @@ def convert_weights(
     if not src.is_file():
         raise NstError(f"{src} is not a file")
     if dst.is_dir():
-        raise NstError(
-            f"output {dst} is a directory; give a file name such as "
-            f"{dst / converted_filename(layout or 'keras', network or 'vgg19')}"
-        )
+        example = dst / converted_filename(layout or "keras", network or "vgg19")
+        raise NstError(f"output {dst} is a directory; give a file name such as {example}")
     if dst.exists() and os.path.samefile(src, dst):
         raise NstError(f"output {dst} is the input file; choose another name")
     layout = layout or detect_layout(src)
@@ -121,16 +106,8 @@ def convert_weights(
             "mean/std: PyTorch, MXNet/Gluon and the ONNX model zoo's vgg16-7/vgg19-7)"
         )
     if preprocessing is not None and preprocessing not in PREPROCESSING:
-        raise NstError(
-            f"preprocessing must be one of {', '.join(PREPROCESSING)}, got {preprocessing!r}"
-        )
+        raise NstError(f"preprocessing must be one of {', '.join(PREPROCESSING)}, got "
+                       f"{preprocessing!r}")
     params = read_published(src, layout, network=network)
-    return save_weights(
-        dst,
-        params,
-        PREPROCESSING[preprocessing or layout],
-        source_file=src.name,
-        source_sha256=file_digest(src, "sha256"),
-        layout=layout,
-        network=network,
-    )
+    return save_weights(dst, params, PREPROCESSING[preprocessing or layout], source_file=src.name,
+                        source_sha256=file_digest(src, "sha256"), layout=layout, network=network)

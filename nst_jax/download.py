@@ -42,8 +42,6 @@ _CHUNK = 1 << 20
 #: Most bytes any download may have (the published files are at most ~575 MB): a server that
 #: sends no Content-Length, or a huge one, cannot fill the disk.
 MAX_DOWNLOAD_BYTES = 2 << 30
-
-
 PART_SUFFIX = ".part"
 
 
@@ -116,15 +114,11 @@ def _announced_size(url: str, response, expected_size: int | None) -> int | None
     header = response.headers.get("Content-Length")
     total = int(header) if header and header.isdigit() else None
     if total is not None and total > MAX_DOWNLOAD_BYTES:
-        raise NstError(
-            f"{url} is {total} bytes, more than the {MAX_DOWNLOAD_BYTES} bytes any VGG "
-            "weight file has; wrong file or mirror"
-        )
+        raise NstError(f"{url} is {total} bytes, more than the {MAX_DOWNLOAD_BYTES} bytes any VGG "
+                       "weight file has; wrong file or mirror")
     if expected_size is not None and total is not None and total != expected_size:
-        raise NstError(
-            f"{url} is {total} bytes, but the published file is {expected_size} bytes; "
-            "wrong file or mirror"
-        )
+        raise NstError(f"{url} is {total} bytes, but the published file is {expected_size} bytes; "
+                       "wrong file or mirror")
     return total
 
 
@@ -151,15 +145,9 @@ def _fetch(
     with _open_url(url, timeout) as response:
         total = _announced_size(url, response, expected_size)
         limit = expected_size or MAX_DOWNLOAD_BYTES
-        bar = tqdm(
-            total=total or expected_size,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=posixpath.basename(urllib.parse.urlparse(url).path) or url,
-            file=sys.stderr,
-            disable=not progress,
-        )
+        bar = tqdm(total=total or expected_size, unit="B", unit_scale=True, unit_divisor=1024,
+                   desc=posixpath.basename(urllib.parse.urlparse(url).path) or url,
+                   file=sys.stderr, disable=not progress)
         with bar:
             while True:
                 chunk, lost = _read_chunk(url, response, received)
@@ -180,9 +168,8 @@ def _fetch(
                 received += len(chunk)
                 bar.update(len(chunk))
     if total is not None and received != total:
-        raise NstError(
-            f"download of {url} was cut off: received {received} of {total} bytes; try again"
-        )
+        raise NstError(f"download of {url} was cut off: received {received} of {total} bytes; "
+                       "try again")
     return {name: d.hexdigest() for name, d in digests.items()}
 
 
@@ -253,13 +240,8 @@ def _fetch_and_save(
 
 
 def download_weights(
-    source: str = "keras",
-    dest_dir: str | os.PathLike | None = None,
-    *,
-    url: str | None = None,
-    expected_hash: str | None = None,
-    progress: bool = True,
-    timeout: float = 60.0,
+    source: str = "keras", dest_dir: str | os.PathLike | None = None, *, url: str | None = None,
+    expected_hash: str | None = None, progress: bool = True, timeout: float = 60.0,
     model: str = "vgg19",
 ) -> Path:
     """Downloads, verifies and converts one published file; returns the converted file.

@@ -19,7 +19,7 @@ from pathlib import Path
 from nst_jax.errors import NstError
 
 
-def make_dir(path: str | os.str | os.PathLike, what: str = "output directory") -> Path:
+def make_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
     """``mkdir -p path``; every failure (a file in the way, read-only, no permission) is one
     ``NstError`` sentence."""
     p = Path(path)
@@ -34,22 +34,19 @@ def make_dir(path: str | os.str | os.PathLike, what: str = "output directory") -
     return p
 
 
-def fsync_path(path: str | os.str | os.PathLike) -> None:
+def fsync_path(path: str | os.PathLike) -> None:
     """``fsync`` of a file (errors propagate) or of a directory (best effort: not possible on
     every platform), so a rename into it survives a crash."""
-    if os.path.isdir(path):
-        with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        return
-    fd = os.open(path, os.O_RDONLY)
+    is_dir = os.path.isdir(path)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        if not is_dir:
+            raise
 
 
 def check_writable(path: str | os.PathLike, what: str = "file") -> None:

@@ -31,25 +31,13 @@ PathLike = Union[str, "os.PathLike[str]"]
 MAX_PIXELS = 178_956_970
 
 # Output format by file extension; JPEG and WebP are written at quality 95.
-_FORMATS = {
-    ".png": "PNG",
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".webp": "WEBP",
-    ".bmp": "BMP",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".ppm": "PPM",
-}
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
+            ".tif": "TIFF", ".tiff": "TIFF", ".ppm": "PPM"}
 SUPPORTED_EXTENSIONS = tuple(sorted(_FORMATS))
 _SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
 
 _SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
-_SAMPLE_FILES = {
-    "chelsea": "chelsea.jpg",
-    "strokes": "strokes.jpg",
-    "hubble": "hubble.jpg",
-}
+_SAMPLE_FILES = {"chelsea": "chelsea.jpg", "strokes": "strokes.jpg", "hubble": "hubble.jpg"}
 # Names accepted by sample_path(); see nst_jax/samples/SOURCES.md for origins and licences.
 SAMPLES = tuple(_SAMPLE_FILES)
 SAMPLE_CONTENT = "chelsea"
@@ -185,8 +173,7 @@ def _to_float_rgb(im: Image.Image) -> np.ndarray:
             scale = 65535.0 if peak <= 65535.0 else float(2**31 - 1)
         gray = np.clip(gray / scale, 0.0, 1.0).astype(np.float32)
         return np.repeat(gray[..., None], 3, axis=-1)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
-    if has_alpha:
+    if _has_alpha(im):
         if mode == "P":
             im = im.convert("RGBA")  # a palette's transparency index becomes alpha
         rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
@@ -197,21 +184,13 @@ def _to_float_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im, dtype=np.float32) / np.float32(255.0)
 
 
-# --------------------------------------------------------------------------------------------
-# Resizing
-
-
 def is_complete_image(path: PathLike) -> bool:
     """True when ``path`` is a non-empty image file that decodes without error (cheap check that
     a resumed batch can trust an existing output)."""
     p = Path(path)
     try:
-        if not p.is_file() or p.stat().st_size == 0:
-            return False
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                im.load()
+        with _reading(p), Image.open(p) as im:
+            im.load()
         return True
     except Exception:  # noqa: BLE001 - any failure means "not a finished output"
         return False
@@ -221,6 +200,10 @@ def load_mask(path: PathLike) -> np.ndarray:
     """A region mask: the image's luminance as float32 ``(H, W)`` in ``[0, 1]`` (white = in)."""
     rgb = load_image(path)
     return (rgb @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Resizing
 
 
 def fit_longest_side(shape_hw: tuple[int, int], max_size: int) -> tuple[int, int]:
@@ -255,17 +238,12 @@ def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if arr.shape[:2] == (h, w):
         return arr.copy()
     planes = arr[..., None] if arr.ndim == 2 else arr
-    out = np.stack(
-        [
-            np.asarray(
-                Image.fromarray(np.ascontiguousarray(planes[..., c])).resize(
-                    (w, h), Image.Resampling.LANCZOS
-                )
-            )
-            for c in range(planes.shape[-1])
-        ],
-        axis=-1,
-    )
+
+    def resized(plane: np.ndarray) -> np.ndarray:
+        image = Image.fromarray(np.ascontiguousarray(plane))
+        return np.asarray(image.resize((w, h), Image.Resampling.LANCZOS))
+
+    out = np.stack([resized(planes[..., c]) for c in range(planes.shape[-1])], axis=-1)
     return out[..., 0] if arr.ndim == 2 else out
 
 

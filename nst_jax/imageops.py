@@ -58,34 +58,27 @@ def as_rgb01(image, name: str = "image") -> np.ndarray:
     if a.dtype == np.uint16:
         return (a.astype(np.float32) / np.float32(65535.0)).astype(np.float32)
     if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
-        raise NstError(
-            f"{name} has dtype {a.dtype}; give uint8 (0..255), uint16 (0..65535) or floats in "
-            "[0, 1]"
-        )
+        raise NstError(f"{name} has dtype {a.dtype}; give uint8 (0..255), uint16 (0..65535) or "
+                       "floats in [0, 1]")
     a = a.astype(np.float32)
     finite = np.isfinite(a)
     if not finite.all():
-        raise NstError(
-            f"{name} has {a.size - int(finite.sum())} values that are NaN or infinite; "
-            "images must be finite"
-        )
+        raise NstError(f"{name} has {a.size - int(finite.sum())} values that are NaN or infinite; "
+                       "images must be finite")
     lo, hi = float(a.min()), float(a.max())
     if lo < -FLOAT_TOLERANCE or hi > 1.0 + FLOAT_TOLERANCE:
         scaled = hi > 1.0 + FLOAT_TOLERANCE and lo >= -FLOAT_TOLERANCE
         hint = " (divide 0..255 data by 255)" if scaled else ""
-        raise NstError(
-            f"{name} has values from {lo:g} to {hi:g}, but float images must lie in [0, 1]{hint}"
-        )
+        raise NstError(f"{name} has values from {lo:g} to {hi:g}, but float images must lie in "
+                       f"[0, 1]{hint}")
     return np.clip(a, 0.0, 1.0)
 
 
 # --- colour -----------------------------------------------------------------------------------
 
 #: RGB → YIQ (NTSC): Y is luminance, I and Q carry the chroma.
-_RGB_TO_YIQ = np.array(
-    [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
-    np.float32,
-)
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263],
+                        [0.211456, -0.522591, 0.311135]], np.float32)
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ.astype(np.float64)).astype(np.float32)
 
 

@@ -61,14 +61,8 @@ def luminance_style(style: np.ndarray, content: np.ndarray) -> np.ndarray:
 
 
 def make_item(
-    index: int,
-    content: np.ndarray,
-    styles: Sequence[tuple[int, np.ndarray]],
-    config: StyleConfig,
-    *,
-    n_styles: int,
-    blend=None,
-    masks=None,
+    index: int, content: np.ndarray, styles: Sequence[tuple[int, np.ndarray]],
+    config: StyleConfig, *, n_styles: int, blend=None, masks=None,
 ) -> Item:
     """An :class:`Item` from RGB ``[0, 1]`` arrays; ``styles`` are ``(style index, image)``."""
     work, prepared, keys = content, [], []
@@ -132,16 +126,14 @@ def restore_colors(image: np.ndarray, item: Item, config: StyleConfig) -> np.nda
 def check_big_enough(content_hw, style_hws, spec: LossSpec) -> None:
     """Raises ``NstError`` when an image is too small for the deepest loss layer."""
     need = min_side(spec.all_layers)
-    named = [("content image", content_hw)] + [
-        (f"style image {i + 1}", hw) for i, hw in enumerate(style_hws)
-    ]
+    named = [("content image", content_hw)]
+    named += [(f"style image {i + 1}", hw) for i, hw in enumerate(style_hws)]
     for what, (h, w) in named:
         if min(h, w) < need:
             raise NstError(
                 f"the {what} is {w}x{h} px at this scale, too small for the layers "
                 f"{', '.join(spec.all_layers)}: their deepest needs at least {need} px on the "
-                "short side (raise --size, --min-size or --style-scale, or use shallower layers)"
-            )
+                "short side (raise --size, --min-size or --style-scale, or use shallower layers)")
 
 
 def check_masks(masks, content_hw, n_styles: int) -> np.ndarray | None:
@@ -156,10 +148,8 @@ def check_masks(masks, content_hw, n_styles: int) -> np.ndarray | None:
     if m.shape[0] != n_styles:
         raise NstError(f"{m.shape[0]} masks given for {n_styles} style images (one per style)")
     if tuple(m.shape[1:]) != tuple(content_hw):
-        raise NstError(
-            f"mask size {m.shape[2]}x{m.shape[1]} does not match the content image size "
-            f"{content_hw[1]}x{content_hw[0]}"
-        )
+        raise NstError(f"mask size {m.shape[2]}x{m.shape[1]} does not match the content image "
+                       f"size {content_hw[1]}x{content_hw[0]}")
     if not np.all((m >= 0) & (m <= 1)):
         raise NstError("mask values must lie in [0, 1]")
     return m
@@ -176,17 +166,14 @@ def pair_indices(n_contents: int, n_styles: int, pairing: str) -> list[tuple[int
     """
     if pairing == "broadcast":
         if n_styles != 1:
-            raise NstError(
-                f"pairing 'broadcast' takes one style image, got {n_styles} (use 'zip' for one "
-                "style per content image or 'product' for every content with every style)"
-            )
+            raise NstError(f"pairing 'broadcast' takes one style image, got {n_styles} (use 'zip' "
+                           "for one style per content image or 'product' for every content with "
+                           "every style)")
         return [(c, 0) for c in range(n_contents)]
     if pairing == "zip":
         if n_styles != n_contents:
-            raise NstError(
-                f"pairing 'zip' needs one style image per content image, got {n_styles} style "
-                f"and {n_contents} content images"
-            )
+            raise NstError(f"pairing 'zip' needs one style image per content image, got {n_styles} "
+                           f"style and {n_contents} content images")
         return [(c, c) for c in range(n_contents)]
     if pairing == "product":
         if n_styles < 1:

@@ -23,13 +23,8 @@ import numpy as np
 
 from nst_jax.errors import NstError, first_line
 from nst_jax.vgg import NETWORK_NAMES, NETWORKS, conv_layers
-from nst_jax.weights import (
-    expected_shapes,
-    infer_network,
-    nonfinite_problems,
-    param_problems,
-    require_network,
-)
+from nst_jax.weights import (expected_shapes, infer_network, nonfinite_problems, param_problems,
+                             require_network)
 from nst_jax.weights_file import FORMAT, as_float32, open_hdf5, read_dataset
 
 Params = dict[str, dict[str, np.ndarray]]
@@ -44,9 +39,8 @@ def keras_name(layer: str) -> str:
 
 
 def _names(values: Any) -> list[str]:
-    return [
-        v.decode("utf-8") if isinstance(v, (bytes, np.bytes_)) else str(v) for v in np.ravel(values)
-    ]
+    return [v.decode("utf-8") if isinstance(v, (bytes, np.bytes_)) else str(v)
+            for v in np.ravel(values)]
 
 
 def _weights_root(f: h5py.File, name: str) -> h5py.Group:
@@ -60,10 +54,8 @@ def _weights_root(f: h5py.File, name: str) -> h5py.Group:
     if "layer_names" not in f.attrs and isinstance(f.get("model_weights"), h5py.Group):
         root = f["model_weights"]
     if "layer_names" not in root.attrs:
-        raise NstError(
-            f"{name} is not a Keras legacy HDF5 weight file (no 'layer_names' attribute; "
-            "Keras 3 '.weights.h5' files are not supported)"
-        )
+        raise NstError(f"{name} is not a Keras legacy HDF5 weight file (no 'layer_names' "
+                       "attribute; Keras 3 '.weights.h5' files are not supported)")
     return root
 
 
@@ -82,17 +74,15 @@ def _read_layers(root: h5py.Group, problems: list[str]) -> dict[str, dict[str, A
             continue
         weight_names = _names(group.attrs.get("weight_names", []))
         if len(weight_names) != 2:
-            problems.append(
-                f"layer {layer_name} lists {len(weight_names)} weights, expected 2 (kernel, bias)"
-            )
+            problems.append(f"layer {layer_name} lists {len(weight_names)} weights, expected 2 "
+                            "(kernel, bias)")
             continue
         leaves = {}
         for leaf, weight_name in zip(("kernel", "bias"), weight_names, strict=True):
             dataset = group.get(weight_name)
             if not isinstance(dataset, h5py.Dataset):
-                problems.append(
-                    f"layer {layer_name} lists weight {weight_name!r}, which is not in the file"
-                )
+                problems.append(f"layer {layer_name} lists weight {weight_name!r}, which is not "
+                                "in the file")
                 continue
             expected = expected_shapes().get(layer, {}).get(leaf)
             leaves[leaf] = as_float32(read_dataset(dataset, expected))
@@ -125,8 +115,6 @@ def read_keras_h5(
     problems += param_problems(params, network=network, source_names=source_names)
     problems += nonfinite_problems(params)
     if problems:
-        raise NstError(
-            f"{name} (keras layout) does not hold {NETWORK_NAMES[network]} weights: "
-            + "; ".join(problems)
-        )
+        raise NstError(f"{name} (keras layout) does not hold {NETWORK_NAMES[network]} weights: "
+                       + "; ".join(problems))
     return params

@@ -57,8 +57,9 @@ def prepared_kind(prepared: Params | None) -> str | None:
     return "cpu" if prepared else "xla"
 
 
-def _winograd_layer(cin: int, cout: int) -> bool:
-    # Channel counts for which Winograd can pay at some size (conv3_1 on), see _winograd_pays.
+def winograd_layer(cin: int, cout: int) -> bool:
+    """Channel counts for which Winograd can pay at some size (``conv3_1`` on), see
+    :func:`_winograd_pays`."""
     return cin + cout >= 384 and min(cin, cout) >= 128
 
 
@@ -86,7 +87,7 @@ def _prepare_cpu(params: Params, dtype: Any) -> dict:
         entry = {"backward": jnp.transpose(k[::-1, ::-1], (0, 1, 3, 2)).astype(dtype)}
         if dtype != k.dtype:
             entry["forward"] = k.astype(dtype)
-        if _winograd_layer(*k.shape[2:]):
+        if winograd_layer(*k.shape[2:]):
             entry["winograd"] = winograd_kernel(k).astype(dtype)
         out[name] = entry
     return out
@@ -121,12 +122,8 @@ def reprepare(
 def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """SAME, stride-1 convolution of one ``(H, W, Cin)`` map with an HWIO kernel (plain XLA)."""
     return jax.lax.conv_general_dilated(
-        x[None],
-        kernel,
-        window_strides=(1, 1),
-        padding="SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )[0]
+        x[None], kernel, window_strides=(1, 1), padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
 
 
 def prepared_conv(x: jax.Array, kernel: jax.Array, entry: Mapping[str, jax.Array]) -> jax.Array:
@@ -238,7 +235,7 @@ def _winograd_pays(h: int, w: int, cin: int, cout: int, dtype) -> bool:
     repay only with many channels (from ``conv3_1`` on) and while the tiles stay in cache: up
     to 64×64 positions in float32, 128×128 in bfloat16, whose products also run twice as fast.
     """
-    if not _winograd_layer(cin, cout):
+    if not winograd_layer(cin, cout):
         return False
     limit = 128 * 128 if jnp.dtype(dtype) == jnp.bfloat16 else 64 * 64
     return h * w <= limit

@@ -122,10 +122,7 @@ def content_loss(
 
 
 def style_layer_loss(
-    features: jax.Array,
-    target_gram: jax.Array,
-    *,
-    convention: str | LossConvention = "tf",
+    features: jax.Array, target_gram: jax.Array, *, convention: str | LossConvention = "tf",
     mask: jax.Array | None = None,
 ) -> jax.Array:
     """Style loss of one layer: compares ``gram_matrix(features)`` with ``target_gram``.
@@ -154,11 +151,8 @@ def default_layer_weights(layers: Sequence[str], convention: str | LossConventio
 
 
 def style_loss(
-    features: Features,
-    target_grams: Mapping[str, jax.Array],
-    *,
-    layer_weights: Mapping[str, float] | None = None,
-    convention: str | LossConvention = "tf",
+    features: Features, target_grams: Mapping[str, jax.Array], *,
+    layer_weights: Mapping[str, float] | None = None, convention: str | LossConvention = "tf",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted style loss ``Σ_l w_l E_l`` over the layers of ``target_grams``.
 
@@ -184,12 +178,10 @@ def style_loss(
         * style_layer_loss(features[layer], target_grams[layer], convention=convention)
         for layer in layers
     }
-    return _sum(terms), terms
+    return sum_terms(terms), terms
 
 
-def total_variation_loss(
-    image: jax.Array, *, kind: str = "l1", scale: float = 1.0
-) -> jax.Array:
+def total_variation_loss(image: jax.Array, *, kind: str = "l1", scale: float = 1.0) -> jax.Array:
     """Total variation of one ``(H, W, C)`` image, float32 scalar.
 
     ``"l1"``: ``Σ |x[i+1, j] - x[i, j]| + Σ |x[i, j+1] - x[i, j]|`` over all valid pairs (what
@@ -237,5 +229,6 @@ def _acc(x: jax.Array) -> jnp.dtype:
     return jnp.promote_types(x.dtype, jnp.float32)
 
 
-def _sum(terms: Mapping[str, jax.Array]) -> jax.Array:
+def sum_terms(terms: Mapping[str, jax.Array]) -> jax.Array:
+    """The sum of ``terms``' values as a float32 scalar (0 when there are none)."""
     return sum(terms.values(), jnp.zeros((), jnp.float32))

@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 from nst_jax.errors import NstError
-from nst_jax.kernels import kernels_for
+from nst_jax.kernels import kernels_for, winograd_layer
 from nst_jax.vgg import NETWORKS, canonical_layer, conv_kernel_shape, conv_layers, layer_depth
 
 #: Bytes kept per activation element for the backward pass, per element of all conv outputs
@@ -70,24 +70,21 @@ def _block(conv: str) -> int:
     return int(conv[len("conv"):].split("_")[0])
 
 
+def _elements(conv: str, hw: tuple[int, int], network: str) -> int:
+    """``C_l H_l W_l`` of one conv layer's output at input size ``hw``."""
+    s = 2 ** (_block(conv) - 1)
+    return conv_kernel_shape(conv, network)[-1] * (hw[0] // s) * (hw[1] // s)
+
+
 def activation_elements(hw: tuple[int, int], layers: Sequence[str], network: str = "vgg19") -> int:
     """``Σ_l C_l H_l W_l`` over the conv layers up to the deepest of ``layers`` at ``hw``."""
-    h, w = hw
-    total = 0
-    for conv in _conv_layers_through(layers, network):
-        s = 2 ** (_block(conv) - 1)
-        total += conv_kernel_shape(conv, network)[-1] * (h // s) * (w // s)
-    return total
+    return sum(_elements(c, hw, network) for c in _conv_layers_through(layers, network))
 
 
 def _largest_block_elements(hw: tuple[int, int], layers: Sequence[str], network: str) -> int:
-    h, w = hw
     per_block: dict[int, int] = {}
     for conv in _conv_layers_through(layers, network):
-        b = _block(conv)
-        s = 2 ** (b - 1)
-        c = conv_kernel_shape(conv, network)[-1]
-        per_block[b] = per_block.get(b, 0) + c * (h // s) * (w // s)
+        per_block[_block(conv)] = per_block.get(_block(conv), 0) + _elements(conv, hw, network)
     return max(per_block.values())
 
 
@@ -106,24 +103,16 @@ def prepared_weight_bytes(
         kh, kw, cin, cout = conv_kernel_shape(conv, network)
         copies = 1 + (dtype_bytes != 4)
         total += kh * kw * cin * cout * dtype_bytes * copies
-        if cin + cout >= 384 and min(cin, cout) >= 128:
+        if winograd_layer(cin, cout):
             total += 16 * cin * cout * dtype_bytes
     return total
 
 
 def estimate_bytes(
-    content_hw: tuple[int, int],
-    style_hws: Sequence[tuple[int, int]],
-    *,
-    content_layers: Sequence[str],
-    style_layers: Sequence[str],
-    dtype: str = "float32",
-    remat: bool = False,
-    optimizer: str = "adam",
-    lbfgs_memory: int = 20,
-    batch: int = 1,
-    cpu: bool = True,
-    network: str = "vgg19",
+    content_hw: tuple[int, int], style_hws: Sequence[tuple[int, int]], *,
+    content_layers: Sequence[str], style_layers: Sequence[str], dtype: str = "float32",
+    remat: bool = False, optimizer: str = "adam", lbfgs_memory: int = 20, batch: int = 1,
+    cpu: bool = True, network: str = "vgg19",
 ) -> Estimate:
     """Peak memory of a run at ``content_hw`` (the optimised size) with styles at ``style_hws``.
 
@@ -133,14 +122,10 @@ def estimate_bytes(
     layers = tuple(canonical_layer(n, network) for n in (*content_layers, *style_layers))
     blocks = NETWORKS[network]
     b = 2 if dtype == "bfloat16" else 4
-    h, w = content_hw
-    pixels = h * w
+    pixels = content_hw[0] * content_hw[1]
     if remat:
-        kept = sum(
-            conv_kernel_shape(c, network)[-1]
-            * (h // 2 ** (_block(c) - 1))
-            * (w // 2 ** (_block(c) - 1))
-            for c in _conv_layers_through(layers, network)
+        kept = sum(  # the block boundaries: each block's last conv
+            _elements(c, content_hw, network) for c in _conv_layers_through(layers, network)
             if c == f"conv{_block(c)}_{len(blocks[_block(c) - 1])}"
         )
         largest = _largest_block_elements(content_hw, layers, network)
@@ -149,25 +134,16 @@ def estimate_bytes(
         act = ACTIVATION_FACTOR * b * activation_elements(content_hw, layers, network)
     image_vectors = 7 + (2 * lbfgs_memory + 4 if optimizer == "lbfgs" else 2)
     state = image_vectors * 3 * 4 * pixels
-    content_feats = b * sum(
-        conv_kernel_shape(c, network)[-1]
-        * (h // 2 ** (_block(c) - 1))
-        * (w // 2 ** (_block(c) - 1))
-        for c in (_as_conv(n, network) for n in content_layers)
-    )
+    content_feats = b * sum(_elements(_as_conv(n, network), content_hw, network)
+                            for n in content_layers)
     grams = sum(conv_kernel_shape(_as_conv(n, network), network)[-1] ** 2 for n in style_layers) * 4
     per_image = act + state + content_feats + grams
     # Targets: forward-only passes (no backward buffers), one style image at a time.
-    forward = max(
-        [b * activation_elements(hw, layers, network) for hw in [*style_hws, content_hw]],
-        default=0,
-    )
+    forward = max(b * activation_elements(hw, layers, network) for hw in [*style_hws, content_hw])
     return Estimate(
-        activations=int(batch * act),
-        state=int(batch * (state + content_feats + grams)),
+        activations=int(batch * act), state=int(batch * (state + content_feats + grams)),
         targets=int(max(0, forward - batch * per_image)),
-        weights=prepared_weight_bytes(layers, b, cpu, network),
-        runtime=RUNTIME_BYTES,
+        weights=prepared_weight_bytes(layers, b, cpu, network), runtime=RUNTIME_BYTES,
     )
 
 
@@ -236,14 +212,8 @@ def gib(n: float) -> str:
 
 
 def check_fits(
-    content_hw: tuple[int, int],
-    style_hws: Sequence[tuple[int, int]],
-    config,
-    *,
-    batch: int = 1,
-    batch_flag: bool = False,
-    limit: int | None = None,
-    network: str = "vgg19",
+    content_hw: tuple[int, int], style_hws: Sequence[tuple[int, int]], config, *,
+    batch: int = 1, batch_flag: bool = False, limit: int | None = None, network: str = "vgg19",
 ) -> Estimate:
     """Raises :class:`OutOfMemory` (one sentence: estimate, limit, what would fit) when the run
     of ``config`` (a :class:`~nst_jax.config.StyleConfig`) cannot fit; returns the estimate.
@@ -255,18 +225,16 @@ def check_fits(
 
     cpu = kernels_for(jax.devices()[0].platform) == "cpu"  # the device available_bytes reads
 
-    def est(hw, shws, **changes) -> int:
+    def estimate_of(hw, shws, **changes) -> Estimate:
         kw = dict(content_layers=config.content_layers, style_layers=config.style_layers,
                   dtype=config.dtype, remat=config.remat, optimizer=config.optimizer,
                   lbfgs_memory=config.lbfgs_memory, batch=batch, cpu=cpu, network=network)
-        kw.update(changes)
-        return estimate_bytes(hw, shws, **kw).total
+        return estimate_bytes(hw, shws, **{**kw, **changes})
 
-    estimate = estimate_bytes(
-        content_hw, style_hws, content_layers=config.content_layers,
-        style_layers=config.style_layers, dtype=config.dtype, remat=config.remat,
-        optimizer=config.optimizer, lbfgs_memory=config.lbfgs_memory, batch=batch, cpu=cpu,
-        network=network)
+    def est(hw, shws, **changes) -> int:
+        return estimate_of(hw, shws, **changes).total
+
+    estimate = estimate_of(content_hw, style_hws)
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return estimate
     what = "the given limit"
@@ -296,16 +264,17 @@ def check_fits(
 
 def _largest_size(est, hw, style_hws, limit) -> int | None:
     longest = max(hw)
+
+    def fits(side: int) -> bool:
+        f = side / longest
+        return est(_scaled(hw, f), [_scaled(s, f) for s in style_hws]) <= limit
+
     lo, hi = 8, longest
-    if est(_scaled(hw, lo), [_scaled(s, lo / longest) for s in style_hws]) > limit:
+    if not fits(lo):
         return None
     while lo < hi:  # the estimate grows with the size: bisect the longest side
         mid = (lo + hi + 1) // 2
-        f = mid / longest
-        if est(_scaled(hw, mid), [_scaled(s, f) for s in style_hws]) <= limit:
-            lo = mid
-        else:
-            hi = mid - 1
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     return lo if lo < longest else None
 
 
@@ -316,11 +285,8 @@ def _largest_batch(est, hw, style_hws, limit, batch) -> int:
     return n
 
 
-def _scaled(hw, target):
-    if isinstance(target, float):
-        return max(1, round(hw[0] * target)), max(1, round(hw[1] * target))
-    s = target / max(hw)
-    return max(1, round(hw[0] * s)), max(1, round(hw[1] * s))
+def _scaled(hw, f: float) -> tuple[int, int]:
+    return max(1, round(hw[0] * f)), max(1, round(hw[1] * f))
 
 
 @contextlib.contextmanager

@@ -92,18 +92,13 @@ class LossSpec:
     def layer_weights(self) -> dict[str, float]:
         """``{style_layer: w_l}``."""
         w = self.style_layer_weights or losses.default_layer_weights(
-            self.style_layers, self.convention
-        )
+            self.style_layers, self.convention)
         return dict(zip(self.style_layers, w))
 
     @property
     def content_layer_weights(self) -> dict[str, float]:
-        return dict(
-            zip(
-                self.content_layers,
-                losses.default_layer_weights(self.content_layers, self.convention),
-            )
-        )
+        w = losses.default_layer_weights(self.content_layers, self.convention)
+        return dict(zip(self.content_layers, w))
 
     @property
     def all_layers(self) -> tuple[str, ...]:
@@ -116,13 +111,8 @@ class LossSpec:
 
 def features_for(weights: VGGWeights, image: jax.Array, layers: Sequence[str], spec: LossSpec):
     """:func:`extract_features` with the spec's pooling, dtype and remat."""
-    return extract_features(
-        weights,
-        image.astype(spec.jnp_dtype),
-        layers,
-        pooling=spec.pooling,
-        remat=spec.remat,
-    )
+    return extract_features(weights, image.astype(spec.jnp_dtype), layers, pooling=spec.pooling,
+                            remat=spec.remat)
 
 
 def style_grams(weights: VGGWeights, style: jax.Array, spec: LossSpec) -> dict[str, jax.Array]:
@@ -143,19 +133,12 @@ def blend_grams(
         raise NstError(
             f"style blend weights must be >= 0, finite and not all zero, got {list(blend)}"
         )
-    return {
-        k: sum((b / total) * g[k] for b, g in zip(blend, grams)) for k in grams[0]
-    }
+    return {k: sum((b / total) * g[k] for b, g in zip(blend, grams)) for k in grams[0]}
 
 
 def compute_targets(
-    weights: VGGWeights,
-    content: jax.Array,
-    styles: jax.Array | Sequence[jax.Array],
-    spec: LossSpec,
-    *,
-    style_blend: Sequence[float] | None = None,
-    masks: jax.Array | None = None,
+    weights: VGGWeights, content: jax.Array, styles: jax.Array | Sequence[jax.Array],
+    spec: LossSpec, *, style_blend: Sequence[float] | None = None, masks: jax.Array | None = None,
 ) -> Targets:
     """Content features of ``content`` and (blended or per-region) style Grams of ``styles``.
 
@@ -187,13 +170,8 @@ def _compute_targets(weights, content, styles, masks, *, spec: LossSpec, blend) 
 
 
 def assemble_targets(
-    weights: VGGWeights,
-    content: jax.Array,
-    grams: Sequence[Mapping[str, jax.Array]],
-    spec: LossSpec,
-    *,
-    style_blend: Sequence[float] | None = None,
-    masks: jax.Array | None = None,
+    weights: VGGWeights, content: jax.Array, grams: Sequence[Mapping[str, jax.Array]],
+    spec: LossSpec, *, style_blend: Sequence[float] | None = None, masks: jax.Array | None = None,
 ) -> Targets:
     """:func:`compute_targets` from already computed style Grams (one dict per style image).
 
@@ -201,21 +179,14 @@ def assemble_targets(
     everything needs far more memory than the separate ones).
     """
     content_feats = features_for(weights, content, spec.content_layers, spec)
-    targets: Targets = {
-        "content": {k: jax.lax.stop_gradient(v) for k, v in content_feats.items()}
-    }
     hw = tuple(content.shape[:2])
-    return {**targets, **style_targets(weights, hw, grams, spec, style_blend=style_blend, masks=masks)}
+    return {"content": {k: jax.lax.stop_gradient(v) for k, v in content_feats.items()},
+            **style_targets(weights, hw, grams, spec, style_blend=style_blend, masks=masks)}
 
 
 def style_targets(
-    weights: VGGWeights,
-    hw: tuple[int, int],
-    grams: Sequence[Mapping[str, jax.Array]],
-    spec: LossSpec,
-    *,
-    style_blend: Sequence[float] | None = None,
-    masks: jax.Array | None = None,
+    weights: VGGWeights, hw: tuple[int, int], grams: Sequence[Mapping[str, jax.Array]],
+    spec: LossSpec, *, style_blend: Sequence[float] | None = None, masks: jax.Array | None = None,
 ) -> Targets:
     """The style part of the targets for an ``hw``-sized image, from each style's Grams.
 
@@ -253,9 +224,7 @@ def style_targets(
 def check_targets(targets: Targets, spec: LossSpec) -> None:
     """Raises ``NstError`` naming every layer of ``spec`` that ``targets`` lacks."""
     if not isinstance(targets, Mapping) or not {"content", "style"} <= set(targets):
-        raise NstError(
-            "targets must be the {'content': ..., 'style': ...} dict of compute_targets"
-        )
+        raise NstError("targets must be the {'content': ..., 'style': ...} dict of compute_targets")
     missing = [f"content {k}" for k in spec.content_layers if k not in targets["content"]]
     missing += [f"style {k}" for k in spec.style_layers if k not in targets["style"]]
     if missing:
@@ -286,29 +255,16 @@ def style_transfer_loss(
     conv = losses.get_convention(spec.convention)
     check_targets(targets, spec)
     feats = features_for(weights, image, spec.all_layers, spec)
-    cw = spec.content_layer_weights
+    cw, lw = spec.content_layer_weights, spec.layer_weights
     content_terms = {
-        k: spec.content_weight * cw[k] * losses.content_loss(feats[k], targets["content"][k], convention=conv)
+        k: spec.content_weight * cw[k]
+        * losses.content_loss(feats[k], targets["content"][k], convention=conv)
         for k in spec.content_layers
     }
-    lw = spec.layer_weights
-    style_terms = {
-        k: spec.style_weight * lw[k] * _style_term(feats[k], targets, k, conv)
-        for k in spec.style_layers
-    }
+    style_terms = {k: spec.style_weight * lw[k] * _style_term(feats[k], targets, k, conv)
+                   for k in spec.style_layers}
     tv = spec.tv_weight * losses.total_variation_loss(image, kind=conv.tv, scale=conv.tv_scale)
-    content_total = _sum(content_terms)
-    style_total = _sum(style_terms)
-    total = content_total + style_total + tv
-    aux = {
-        "content": content_total,
-        "style": style_total,
-        "tv": tv,
-        "content_layers": content_terms,
-        "style_layers": style_terms,
-    }
-    return total, aux
-
-
-def _sum(terms: Mapping[str, jax.Array]) -> jax.Array:
-    return sum(terms.values(), jnp.zeros((), jnp.float32))
+    content_total, style_total = losses.sum_terms(content_terms), losses.sum_terms(style_terms)
+    aux = {"content": content_total, "style": style_total, "tv": tv,
+           "content_layers": content_terms, "style_layers": style_terms}
+    return content_total + style_total + tv, aux

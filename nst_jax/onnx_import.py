@@ -38,10 +38,8 @@ def _load_model(path: Path, name: str):
         import onnx
         from onnx import numpy_helper
     except ImportError:
-        raise NstError(
-            f"reading {Path(name).name} needs the onnx package, which is not installed; "
-            "install it with: pip install 'nst-jax[onnx]'"
-        ) from None
+        raise NstError(f"reading {Path(name).name} needs the onnx package, which is not installed; "
+                       "install it with: pip install 'nst-jax[onnx]'") from None
     if not path.is_file():
         raise NstError(f"{name} does not exist" if not path.exists() else f"{name} is not a file")
     try:
@@ -128,15 +126,12 @@ def _match(convs, network: str) -> list[str]:
         for i, cout in enumerate(block):
             label, kernel, bias, pools = convs[k]
             if kernel.shape[:2] != (cout, cin) or bias.shape != (cout,):
-                problems.append(
-                    f"conv{b + 1}_{i + 1} (node {label!r}) has kernel {kernel.shape} and bias "
-                    f"{bias.shape}, expected ({cout}, {cin}, 3, 3) and ({cout},)"
-                )
+                problems.append(f"conv{b + 1}_{i + 1} (node {label!r}) has kernel {kernel.shape} "
+                                f"and bias {bias.shape}, expected ({cout}, {cin}, 3, 3) and "
+                                f"({cout},)")
             if pools - first_pools != b:
-                problems.append(
-                    f"conv{b + 1}_{i + 1} (node {label!r}) follows {pools - first_pools} poolings, "
-                    f"expected {b}"
-                )
+                problems.append(f"conv{b + 1}_{i + 1} (node {label!r}) follows "
+                                f"{pools - first_pools} poolings, expected {b}")
             k, cin = k + 1, cout
     return problems
 
@@ -165,15 +160,8 @@ def read_onnx(
         len(convs) - sum(len(b) for b in NETWORKS[n]))))
     problems = problems + fits[chosen]
     if problems:
-        raise NstError(
-            f"{name} does not hold a {NETWORK_NAMES[chosen]} convolution trunk: "
-            + "; ".join(problems[:6])
-            + ("; ..." if len(problems) > 6 else "")
-        )
-    return {
-        layer: {
-            "kernel": np.ascontiguousarray(kernel.astype(np.float32).transpose(2, 3, 1, 0)),
-            "bias": bias.astype(np.float32).reshape(-1),
-        }
-        for layer, (_, kernel, bias, _) in zip(conv_layers(chosen), convs, strict=True)
-    }
+        raise NstError(f"{name} does not hold a {NETWORK_NAMES[chosen]} convolution trunk: "
+                       + "; ".join(problems[:6]) + ("; ..." if len(problems) > 6 else ""))
+    return {layer: {"kernel": np.ascontiguousarray(kernel.astype(np.float32).transpose(2, 3, 1, 0)),
+                    "bias": bias.astype(np.float32).reshape(-1)}
+            for layer, (_, kernel, bias, _) in zip(conv_layers(chosen), convs, strict=True)}

@@ -33,8 +33,6 @@ from nst_jax.errors import NstError
 
 LossFn = Callable[[jax.Array], tuple[jax.Array, dict[str, Any]]]
 HISTORY_KEYS = ("total", "content", "style", "tv")
-
-
 OPTIMIZERS = ("adam", "lbfgs")
 #: Which image a run reports: lowest loss seen, the final iterate, or the moving average.
 OUTPUT_ITERATES = ("best", "last", "ema")
@@ -91,13 +89,9 @@ def make_optimizer(spec: OptimSpec) -> optax.GradientTransformationExtraArgs:
         return optax.adam(spec.learning_rate, b1=spec.adam_b1, b2=spec.adam_b2, eps=spec.adam_eps)
     if spec.optimizer == "lbfgs":
         lr = None if spec.learning_rate == 1.0 else spec.learning_rate
-        return optax.lbfgs(
-            learning_rate=lr,
-            memory_size=spec.lbfgs_memory,
-            linesearch=optax.scale_by_zoom_linesearch(
-                max_linesearch_steps=20, initial_guess_strategy="one"
-            ),
-        )
+        linesearch = optax.scale_by_zoom_linesearch(max_linesearch_steps=20,
+                                                    initial_guess_strategy="one")
+        return optax.lbfgs(learning_rate=lr, memory_size=spec.lbfgs_memory, linesearch=linesearch)
     raise ValueError(f"unknown optimizer {spec.optimizer!r}")
 
 
@@ -133,16 +127,10 @@ def init_state(image: jax.Array, loss_fn: LossFn, spec: OptimSpec) -> RunState:
     # Strong types throughout, so the state a chunk returns has exactly the input's types and
     # the chunk program compiles once.
     opt_state = jax.tree.map(lambda a: jnp.asarray(a, dtype=jnp.asarray(a).dtype), opt_state)
-    return RunState(
-        image=image,
-        opt_state=opt_state,
-        best_image=image,
-        best_loss=jnp.asarray(jnp.inf, jnp.float32),
-        ema_image=image,
-        step=jnp.zeros((), jnp.int32),
-        diverged=jnp.zeros((), bool),
-        diverged_image=jnp.zeros_like(image),
-    )
+    return RunState(image=image, opt_state=opt_state, best_image=image,
+                    best_loss=jnp.asarray(jnp.inf, jnp.float32), ema_image=image,
+                    step=jnp.zeros((), jnp.int32), diverged=jnp.zeros((), bool),
+                    diverged_image=jnp.zeros_like(image))
 
 
 def _all_finite(tree) -> jax.Array:
@@ -159,9 +147,8 @@ def _step(state: RunState, loss_fn: LossFn, spec: OptimSpec):
         loss = otu.tree_get(state.opt_state, "value")
         grad = otu.tree_get(state.opt_state, "grad")
         terms = {"content": nan, "style": nan, "tv": nan}
-        updates, new_opt = opt.update(
-            grad, state.opt_state, x, value=loss, grad=grad, value_fn=lambda y: f(y)[0]
-        )
+        updates, new_opt = opt.update(grad, state.opt_state, x, value=loss, grad=grad,
+                                      value_fn=lambda y: f(y)[0])
         new_x = x + updates
     else:
         (loss, aux), grad = jax.value_and_grad(f, has_aux=True)(x)

@@ -64,8 +64,3 @@ def preprocess(image: jax.Array, p: Preprocessing) -> jax.Array:
     inv_std = 1.0 / jnp.asarray(p.std, jnp.float32)
     return ((x.astype(jnp.float32) * p.scale - mean) * inv_std).astype(image.dtype)
 
-
-def deprocess(x: jax.Array, p: Preprocessing) -> jax.Array:
-    """Inverse of :func:`preprocess`: network input → RGB ``[0, 1]`` image (not clipped)."""
-    y = (x.astype(jnp.float32) * jnp.asarray(p.std) + jnp.asarray(p.mean)) / p.scale
-    return y[..., ::-1] if p.channel_order == "BGR" else y

@@ -91,10 +91,8 @@ def _each_row(fn, in_axes: tuple, sequential: bool = False):
 
 def _on_rows(fn, mesh: Mesh, in_axes: tuple, sequential: bool = False):
     """``fn`` on each device's rows (:func:`_each_row`); ``None`` axes are replicated inputs."""
-    specs = jax.tree.map(
-        lambda a: P() if a is None else P(sharding.BATCH_AXIS), in_axes,
-        is_leaf=lambda a: a is None,
-    )
+    specs = jax.tree.map(lambda a: P() if a is None else P(sharding.BATCH_AXIS), in_axes,
+                         is_leaf=lambda a: a is None)
     # check_vma=False: run_chunk's loop carries start from constants (replicated type) and
     # become per-device values; with no collectives in these programs the check buys nothing.
     return jax.shard_map(_each_row(fn, in_axes, sequential), mesh=mesh, in_specs=specs,

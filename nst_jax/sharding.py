@@ -49,9 +49,7 @@ ENV_PROCESS_ID = "NST_JAX_PROCESS_ID"
 
 
 def initialize(
-    coordinator: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
 ) -> bool:
     """Joins a multi-process run through :func:`jax.distributed.initialize`, if one is asked for.
 
@@ -75,10 +73,8 @@ def initialize(
             f"--process-id I (or ${ENV_COORDINATOR}, ${ENV_NUM_PROCESSES}, ${ENV_PROCESS_ID})"
         )
     if num_processes < 1 or not 0 <= process_id < num_processes:
-        raise NstError(
-            f"process id must be in [0, {num_processes}) for {num_processes} processes, "
-            f"got {process_id}"
-        )
+        raise NstError(f"process id must be in [0, {num_processes}) for {num_processes} "
+                       f"processes, got {process_id}")
     if ":" not in coordinator:
         raise NstError(f"the coordinator must be HOST:PORT, got {coordinator!r}")
     # Before any backend exists: the CPU client only gets cross-process collectives this way.

@@ -65,14 +65,8 @@ def style_row(item: Item, hw, grams: Sequence[dict], spec: LossSpec, weights: VG
 
 
 def group_targets(
-    members: list[Item],
-    hw: tuple[int, int],
-    *,
-    layout: sharding.SlotLayout,
-    mesh: Mesh,
-    weights: VGGWeights,
-    cache: GramCache,
-    shared: tuple | None = None,
+    members: list[Item], hw: tuple[int, int], *, layout: sharding.SlotLayout, mesh: Mesh,
+    weights: VGGWeights, cache: GramCache, shared: tuple | None = None,
 ) -> tuple[Targets, list[np.ndarray], list[jax.Array]]:
     """Targets of the group at shape ``hw``, with the resized contents and first styles.
 

@@ -36,18 +36,8 @@ from nst_jax.weights_file import as_float32
 Params = dict[str, dict[str, np.ndarray]]
 
 #: What ``torch.load`` raises on a damaged file (besides the unpickler's refusals).
-_LOAD_ERRORS = (
-    RuntimeError,
-    EOFError,
-    OSError,
-    KeyError,
-    ValueError,
-    TypeError,
-    AttributeError,
-    IndexError,
-    zipfile.BadZipFile,
-    pickle.PickleError,
-)
+_LOAD_ERRORS = (RuntimeError, EOFError, OSError, KeyError, ValueError, TypeError, AttributeError,
+                IndexError, zipfile.BadZipFile, pickle.PickleError)
 
 
 def torch_feature_index(network: str = "vgg19") -> dict[str, int]:
@@ -75,10 +65,8 @@ def _torch_load(path: Path, name: str) -> dict[str, Any]:
     try:
         import torch
     except ImportError:
-        raise NstError(
-            f"reading {Path(name).name} needs PyTorch, which is not installed; "
-            "install it with: pip install 'nst-jax[torch]'"
-        ) from None
+        raise NstError(f"reading {Path(name).name} needs PyTorch, which is not installed; "
+                       "install it with: pip install 'nst-jax[torch]'") from None
     try:
         with warnings.catch_warnings():
             # e.g. "Detected pickle protocol 4": noise next to the one-line error or success.
@@ -89,29 +77,20 @@ def _torch_load(path: Path, name: str) -> dict[str, Any]:
         refused = re.search(r"GLOBAL ([\w.]+)", str(err))
         if refused or "global" in str(err).lower():
             what = f" (it references {refused.group(1)})" if refused else ""
-            raise NstError(
-                f"{name} contains pickled Python objects other than tensors; refusing to load it, "
-                f"since unpickling them could run arbitrary code{what}"
-            ) from None
-        raise NstError(
-            f"{name} is not a readable PyTorch file, it may be truncated or damaged "
-            "(the restricted unpickler rejected its contents)"
-        ) from None
+            raise NstError(f"{name} contains pickled Python objects other than tensors; refusing "
+                           f"to load it, since unpickling them could run arbitrary code"
+                           f"{what}") from None
+        raise NstError(f"{name} is not a readable PyTorch file, it may be truncated or damaged "
+                       "(the restricted unpickler rejected its contents)") from None
     except _LOAD_ERRORS as err:
-        raise NstError(
-            f"{name} is not a readable PyTorch file, it may be truncated or damaged "
-            f"({first_line(err)})"
-        ) from None
+        raise NstError(f"{name} is not a readable PyTorch file, it may be truncated or damaged "
+                       f"({first_line(err)})") from None
     state = obj
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
         raise NstError(f"{name} holds a {type(state).__name__}, not a state_dict of tensors")
-    return {
-        (k[len("module.") :] if k.startswith("module.") else k): v
-        for k, v in state.items()
-        if isinstance(k, str)
-    }
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(k, str)}
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -168,18 +147,13 @@ def read_torch_state_dict(
     network = network or found
     problems = []
     if unexpected:
-        hint = (
-            " (batch-norm VGG is not supported)"
-            if any("running_" in k for k in unexpected)
-            else ""
-        )
+        norm = any("running_" in k for k in unexpected)
+        hint = " (batch-norm VGG is not supported)" if norm else ""
         problems.append(f"unexpected keys {', '.join(unexpected)}{hint}")
     source_names = {layer: f"features.{i}" for layer, i in torch_feature_index(network).items()}
     problems += param_problems(params, network=network, source_names=source_names)
     problems += nonfinite_problems(params)
     if problems:
-        raise NstError(
-            f"{name} (torchvision key layout, kernels shown as HWIO) does not hold "
-            f"{NETWORK_NAMES[network]} weights: " + "; ".join(problems)
-        )
+        raise NstError(f"{name} (torchvision key layout, kernels shown as HWIO) does not hold "
+                       f"{NETWORK_NAMES[network]} weights: " + "; ".join(problems))
     return params

@@ -100,17 +100,9 @@ def _default_device() -> jax.Device:
 
 @memory.oom_as_error("stylizing")
 def stylize(
-    content,
-    style,
-    config: StyleConfig,
-    weights: VGGWeights,
-    *,
-    init_image=None,
-    style_blend: Sequence[float] | None = None,
-    masks=None,
-    callback: Callback | None = None,
-    progress: bool = False,
-    on_chunk: ChunkHook | None = None,
+    content, style, config: StyleConfig, weights: VGGWeights, *, init_image=None,
+    style_blend: Sequence[float] | None = None, masks=None, callback: Callback | None = None,
+    progress: bool = False, on_chunk: ChunkHook | None = None,
 ) -> StylizeResult:
     """Paints ``content`` in the style of ``style``.
 
@@ -175,16 +167,9 @@ def _batch_items(contents, styles, pairs, config: StyleConfig) -> list[Item]:
 
 @memory.oom_as_error("stylizing a batch")
 def stylize_batch(
-    contents: Sequence,
-    styles,
-    config: StyleConfig,
-    weights: VGGWeights,
-    *,
-    pairing: str | Sequence[tuple[int, int]] = "broadcast",
-    init_image=None,
-    mesh: Mesh | None = None,
-    progress: bool = False,
-    should_stop: Callable[[], bool] | None = None,
+    contents: Sequence, styles, config: StyleConfig, weights: VGGWeights, *,
+    pairing: str | Sequence[tuple[int, int]] = "broadcast", init_image=None,
+    mesh: Mesh | None = None, progress: bool = False, should_stop: Callable[[], bool] | None = None,
 ) -> list[StylizeResult]:
     """Paints every content image in its style(s), batched over all devices (and processes).
 

@@ -37,13 +37,7 @@ from nst_jax.errors import NstError
 #: Output channels of each convolution, per block, for each network.
 NETWORKS: dict[str, tuple[tuple[int, ...], ...]] = {
     "vgg16": ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)),
-    "vgg19": (
-        (64, 64),
-        (128, 128),
-        (256, 256, 256, 256),
-        (512, 512, 512, 512),
-        (512, 512, 512, 512),
-    ),
+    "vgg19": ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4),
 }
 #: Display names, e.g. ``"VGG-16"``.
 NETWORK_NAMES = {"vgg16": "VGG-16", "vgg19": "VGG-19"}
@@ -80,7 +74,6 @@ CONV_LAYERS: tuple[str, ...] = conv_layers("vgg19")
 LAYERS: tuple[str, ...] = all_layers("vgg19")
 
 _INDEX = {net: {name: i for i, name in enumerate(all_layers(net))} for net in NETWORKS}
-_LAYER_INDEX = _INDEX["vgg19"]
 _KERAS_CONV = re.compile(r"^block(\d)_conv(\d)$")
 _KERAS_POOL = re.compile(r"^block(\d)_pool$")
 
@@ -167,19 +160,14 @@ def pool2x2(x: jax.Array, kind: str, *, fast: bool = False) -> jax.Array:
 
 def _conv_init(shape: tuple[int, int, int, int]):
     def init(key):
-        return {
-            "kernel": nn.initializers.lecun_normal()(key, shape, jnp.float32),
-            "bias": jnp.zeros(shape[-1:], jnp.float32),
-        }
+        kernel = nn.initializers.lecun_normal()(key, shape, jnp.float32)
+        return {"kernel": kernel, "bias": jnp.zeros(shape[-1:], jnp.float32)}
 
     return init
 
 
 def conv3x3(
-    x: jax.Array,
-    kernel: jax.Array,
-    bias: jax.Array,
-    *,
+    x: jax.Array, kernel: jax.Array, bias: jax.Array, *,
     prepared: Mapping[str, jax.Array] | None = None,
 ) -> jax.Array:
     """3×3, stride-1, SAME convolution of one ``(H, W, Cin)`` map with an HWIO kernel, plus bias.
@@ -196,13 +184,8 @@ def conv3x3(
 
 
 def _run_block(
-    params: dict[str, dict[str, jax.Array]],
-    x: jax.Array,
-    *,
-    names: tuple[str, ...],
-    wanted: tuple[str, ...],
-    pooling: str,
-    fast: bool,
+    params: dict[str, dict[str, jax.Array]], x: jax.Array, *,
+    names: tuple[str, ...], wanted: tuple[str, ...], pooling: str, fast: bool,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     out = {}
     for name in names:
@@ -220,15 +203,9 @@ def _run_block(
 
 
 def forward(
-    params: dict[str, dict[str, jax.Array]],
-    x: jax.Array,
-    layers: Sequence[str],
-    *,
-    pooling: str = "max",
-    dtype: jnp.dtype = jnp.float32,
-    remat: bool = False,
-    prepared: dict[str, dict[str, jax.Array]] | None = None,
-    network: str = "vgg19",
+    params: dict[str, dict[str, jax.Array]], x: jax.Array, layers: Sequence[str], *,
+    pooling: str = "max", dtype: jnp.dtype = jnp.float32, remat: bool = False,
+    prepared: dict[str, dict[str, jax.Array]] | None = None, network: str = "vgg19",
 ) -> dict[str, jax.Array]:
     """Pure VGG forward pass of one preprocessed ``(H, W, 3)`` image; see :class:`VGG`.
 
@@ -256,13 +233,8 @@ def forward(
         names = tuple(n for n in index if _block_of(n) == b + 1 and index[n] <= last)
         if not names:
             break
-        run = functools.partial(
-            _run_block,
-            names=names,
-            wanted=tuple(n for n in names if n in wanted),
-            pooling=pooling,
-            fast=bool(prepared),
-        )
+        run = functools.partial(_run_block, names=names, pooling=pooling, fast=bool(prepared),
+                                wanted=tuple(n for n in names if n in wanted))
         if remat:
             run = jax.checkpoint(run)
         block_params = {
@@ -302,9 +274,7 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(
-        self,
-        x: jax.Array,
-        layers: Sequence[str] = ("pool5",),
+        self, x: jax.Array, layers: Sequence[str] = ("pool5",),
         prepared: dict[str, dict[str, jax.Array]] | None = None,
     ) -> dict[str, jax.Array]:
         """Activations at ``layers``; ``prepared`` as in :func:`forward`."""
@@ -314,16 +284,8 @@ class VGG(nn.Module):
             for name in conv_layers(self.network)
             if _INDEX[self.network][name] <= last
         }
-        return forward(
-            params,
-            x,
-            layers,
-            pooling=self.pooling,
-            dtype=self.dtype,
-            remat=self.remat,
-            prepared=prepared,
-            network=self.network,
-        )
+        return forward(params, x, layers, pooling=self.pooling, dtype=self.dtype,
+                       remat=self.remat, prepared=prepared, network=self.network)
 
 
 class VGG19(VGG):

@@ -67,54 +67,39 @@ def expected_shapes(network: str = "vgg19") -> dict[str, dict[str, tuple[int, ..
     """``{layer: {"kernel": shape, "bias": shape}}`` from ``jax.eval_shape`` of ``VGG.init``."""
     module = VGG(network=check_network(network))
     abstract = jax.eval_shape(
-        lambda: module.init(jax.random.key(0), jnp.zeros((32, 32, 3)), layers=("pool5",))
-    )
-    return {
-        layer: {k: tuple(v.shape) for k, v in leaves.items()}
-        for layer, leaves in abstract["params"].items()
-    }
+        lambda: module.init(jax.random.key(0), jnp.zeros((32, 32, 3)), layers=("pool5",)))
+    return {layer: {k: tuple(v.shape) for k, v in leaves.items()}
+            for layer, leaves in abstract["params"].items()}
 
 
 def random_weights(
-    seed: int = 0,
-    preprocessing: prep_lib.Preprocessing = prep_lib.KERAS,
-    network: str = "vgg19",
+    seed: int = 0, preprocessing: prep_lib.Preprocessing = prep_lib.KERAS, network: str = "vgg19",
 ) -> VGGWeights:
     """A seeded random-weight VGG (He init, ``N(0, 2 / (9 C_in))``, so activations stay O(1)).
 
     Random weights give stylization that matches colours and fine texture but none of a
     pretrained network's structure; it is for tests and for trying the tool without downloads.
-    The values come from NumPy's PCG64 generator, the same on every platform; drawing them with
-    ``jax.random`` compiled one small program per layer shape (~15 CPU seconds in every fresh
-    process, which every CLI run and test subprocess with random weights paid).
+    The values come from NumPy's PCG64 generator, the same on every platform and, unlike
+    ``jax.random``, without a compiled program per layer shape in every fresh process.
     """
     rng = np.random.default_rng(seed)
-    params = {
-        name: {
-            "kernel": jnp.asarray(
-                rng.standard_normal(leaves["kernel"], np.float32)
-                * np.float32(np.sqrt(2.0 / (9 * leaves["kernel"][2])))
-            ),
-            "bias": jnp.asarray(np.zeros(leaves["bias"], np.float32)),
-        }
-        for name, leaves in expected_shapes(network).items()
-    }
-    return VGGWeights(
-        params=params,
-        preprocessing=preprocessing,
-        label=f"RANDOM {NETWORK_NAMES[network]} weights (seed {seed}), not pretrained",
-        pretrained=False,
-        network=network,
-    )
+
+    def he(shape: tuple[int, ...]) -> np.ndarray:
+        return rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2.0 / (9 * shape[2])))
+
+    params = {name: {"kernel": jnp.asarray(he(leaves["kernel"])),
+                     "bias": jnp.asarray(np.zeros(leaves["bias"], np.float32))}
+              for name, leaves in expected_shapes(network).items()}
+    label = f"RANDOM {NETWORK_NAMES[network]} weights (seed {seed}), not pretrained"
+    return VGGWeights(params=params, preprocessing=preprocessing, label=label, pretrained=False,
+                      network=network)
 
 
 # --------------------------------------------------------------------------- structure checks
 
 
 def param_problems(
-    params: Mapping[str, Mapping[str, Any]],
-    *,
-    network: str = "vgg19",
+    params: Mapping[str, Mapping[str, Any]], *, network: str = "vgg19",
     source_names: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Every way ``params`` differs from :func:`expected_shapes` of ``network``, one phrase each.
@@ -190,11 +175,8 @@ def nonfinite_problems(params: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def check_params(
-    params: Mapping[str, Mapping[str, Any]],
-    *,
-    network: str | None = None,
-    what: str = "parameters",
-    source_names: Mapping[str, str] | None = None,
+    params: Mapping[str, Mapping[str, Any]], *, network: str | None = None,
+    what: str = "parameters", source_names: Mapping[str, str] | None = None,
 ) -> str:
     """Raises ``NstError`` naming every problem :func:`param_problems` finds; returns the network.
 
@@ -215,7 +197,6 @@ def check_params(
 def require_network(found: str, required: str | None, what: str) -> None:
     """Raises ``NstError`` when ``required`` names a network other than ``found``."""
     if required is not None and check_network(required) != found:
-        raise NstError(
-            f"{what} holds {NETWORK_NAMES[found]} weights, but {NETWORK_NAMES[required]} is "
-            f"required here; use {NETWORK_NAMES[required]} weights or drop the requirement"
-        )
+        need = NETWORK_NAMES[required]
+        raise NstError(f"{what} holds {NETWORK_NAMES[found]} weights, but {need} is required "
+                       f"here; use {need} weights or drop the requirement")

@@ -45,6 +45,7 @@ FORMAT_VERSION = 2
 LEGACY_FORMAT = "nst-jax-vgg19"
 LAYOUTS = ("keras", "torchvision", "caffe", "onnx")
 
+
 def converted_filename(source: str, network: str = "vgg19") -> str:
     """Name of the file ``nst-jax weights download --model NETWORK --source SOURCE`` writes.
 
@@ -122,13 +123,8 @@ def _str_attr(attrs: Any, key: str) -> str:
 
 
 def save_weights(
-    path: str | os.PathLike,
-    params: Mapping[str, Mapping[str, Any]],
-    preprocessing: prep_lib.Preprocessing,
-    *,
-    source_file: str,
-    source_sha256: str,
-    layout: str,
+    path: str | os.PathLike, params: Mapping[str, Mapping[str, Any]],
+    preprocessing: prep_lib.Preprocessing, *, source_file: str, source_sha256: str, layout: str,
     network: str | None = None,
 ) -> Path:
     """Writes ``params`` and their preprocessing as an nst-jax weight file; returns the path.
@@ -193,22 +189,12 @@ class WeightsFileInfo:
 
     @property
     def label(self) -> str:
-        return (
-            f"pretrained {NETWORK_NAMES[self.network]} ({self.layout} layout, "
-            f"from {self.source_file})"
-        )
+        name = NETWORK_NAMES[self.network]
+        return f"pretrained {name} ({self.layout} layout, from {self.source_file})"
 
 
-_REQUIRED_ATTRS = (
-    "format_version",
-    "source_file",
-    "source_sha256",
-    "layout",
-    "channel_order",
-    "scale",
-    "mean",
-    "std",
-)
+_REQUIRED_ATTRS = ("format_version", "source_file", "source_sha256", "layout", "channel_order",
+                   "scale", "mean", "std")
 
 
 def _read_info(path: Path, f: h5py.File) -> WeightsFileInfo:
@@ -221,42 +207,28 @@ def _read_info(path: Path, f: h5py.File) -> WeightsFileInfo:
                 f"nst-jax weights convert {path} -o {converted_filename('keras')}"
             )
         found = "no 'format' attribute" if fmt is None else f"format {fmt!r}"
-        raise NstError(
-            f"{path} is not an nst-jax VGG weight file ({found}, expected {FORMAT!r})"
-        )
+        raise NstError(f"{path} is not an nst-jax VGG weight file ({found}, expected {FORMAT!r})")
     missing = [key for key in _REQUIRED_ATTRS if key not in attrs]
     if missing:
-        raise NstError(
-            f"{path} lacks the attribute{'s' if len(missing) > 1 else ''} "
-            f"{', '.join(repr(k) for k in missing)} of nst-jax weight files"
-        )
+        raise NstError(f"{path} lacks the attribute{'s' if len(missing) > 1 else ''} "
+                       f"{', '.join(repr(k) for k in missing)} of nst-jax weight files")
     try:
         version = int(attrs["format_version"])
         if version > FORMAT_VERSION:
-            raise NstError(
-                f"{path} has format version {version}, newer than this nst-jax reads "
-                f"({FORMAT_VERSION}); upgrade nst-jax"
-            )
+            raise NstError(f"{path} has format version {version}, newer than this nst-jax reads "
+                           f"({FORMAT_VERSION}); upgrade nst-jax")
         network = _str_attr(attrs, "network") if "network" in attrs else "vgg19"
         if network not in NETWORKS:
-            raise NstError(
-                f"{path} is for network {network!r}, which this nst-jax does not know "
-                f"(it knows {', '.join(NETWORKS)})"
-            )
+            raise NstError(f"{path} is for network {network!r}, which this nst-jax does not know "
+                           f"(it knows {', '.join(NETWORKS)})")
+        preprocessing = prep_lib.Preprocessing(
+            channel_order=_str_attr(attrs, "channel_order"), scale=float(attrs["scale"]),
+            mean=tuple(float(v) for v in np.ravel(attrs["mean"])),
+            std=tuple(float(v) for v in np.ravel(attrs["std"])))
         return WeightsFileInfo(
-            network=network,
-            path=path,
-            format_version=version,
-            layout=_str_attr(attrs, "layout"),
-            source_file=_str_attr(attrs, "source_file"),
-            source_sha256=_str_attr(attrs, "source_sha256"),
-            preprocessing=prep_lib.Preprocessing(
-                channel_order=_str_attr(attrs, "channel_order"),
-                scale=float(attrs["scale"]),
-                mean=tuple(float(v) for v in np.ravel(attrs["mean"])),
-                std=tuple(float(v) for v in np.ravel(attrs["std"])),
-            ),
-        )
+            path=path, format_version=version, layout=_str_attr(attrs, "layout"),
+            source_file=_str_attr(attrs, "source_file"), preprocessing=preprocessing,
+            source_sha256=_str_attr(attrs, "source_sha256"), network=network)
     except (KeyError, TypeError, ValueError) as err:
         raise NstError(f"{path} has a malformed attribute: {first_line(err)}") from None
 
@@ -301,10 +273,5 @@ def load_weights(path: str | os.PathLike, *, network: str | None = None) -> VGGW
             else:
                 params[layer] = None
     check_params(params, network=info.network, what=f"the weights in {path}")
-    return VGGWeights(
-        params=jax.tree.map(jnp.asarray, params),
-        preprocessing=info.preprocessing,
-        label=info.label,
-        pretrained=True,
-        network=info.network,
-    )
+    return VGGWeights(params=jax.tree.map(jnp.asarray, params), preprocessing=info.preprocessing,
+                      label=info.label, pretrained=True, network=info.network)

@@ -41,37 +41,30 @@ class Source:
         return posixpath.basename(urllib.parse.urlparse(self.url).path)
 
 
+_KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+_CAFFE_URL = "https://web.eecs.umich.edu/~justincj/models/"
+
 SOURCES: dict[str, Source] = {
     "keras": Source(
-        name="keras",
-        url="https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
-        "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "keras", _KERAS_URL + "vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
         # The md5 Keras itself checks (``file_hash`` in keras.applications.vgg19).
-        hash_algorithm="md5",
-        hash="253f8cb515780f3b799900260a226db6",
-        layout="keras",
+        hash_algorithm="md5", hash="253f8cb515780f3b799900260a226db6", layout="keras",
         description="Keras applications VGG-19 without the classifier (about 80 MB)",
     ),
     "torchvision": Source(
-        name="torchvision",
-        url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+        "torchvision", "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
         hash_algorithm="sha256",
         hash="dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44",
-        layout="torchvision",
-        size=574_673_361,
+        layout="torchvision", size=574_673_361,
         description="torchvision VGG-19 with the classifier (about 550 MB)",
     ),
     "caffe": Source(
-        name="caffe",
-        url="https://web.eecs.umich.edu/~justincj/models/vgg19-d01eb7cb.pth",
+        "caffe", _CAFFE_URL + "vgg19-d01eb7cb.pth",
         # Only a prefix is published: like torchvision's ``check_hash``, the file name carries
-        # the first 8 hex digits of the file's SHA-256, and that prefix is what is checked. The
-        # full digest is not pinned because it was never published and this project could not
-        # fetch the file to compute it (no network here); pin it with --sha256 FULL_HEX once
-        # known. User-given hashes must be full digests (parse_hash).
-        hash_algorithm="sha256",
-        hash="d01eb7cb",
-        layout="caffe",
+        # the first 8 hex digits of the file's SHA-256, and that prefix is what is checked (the
+        # full digest was never published; pin it with --sha256 FULL_HEX). User-given hashes
+        # must be full digests (parse_hash).
+        hash_algorithm="sha256", hash="d01eb7cb", layout="caffe",
         description="Caffe VGG-19 ported to PyTorch by jcjohnson (about 550 MB)",
     ),
 }
@@ -79,35 +72,25 @@ SOURCES: dict[str, Source] = {
 #: The VGG-16 (configuration D) files of the same three publishers.
 VGG16_SOURCES: dict[str, Source] = {
     "keras": Source(
-        name="keras",
-        url="https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
-        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "keras", _KERAS_URL + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
         # ``file_hash`` in keras.applications.vgg16 (WEIGHTS_PATH_NO_TOP).
-        hash_algorithm="md5",
-        hash="6d6bbae143d832006294945121d1f1fc",
-        layout="keras",
+        hash_algorithm="md5", hash="6d6bbae143d832006294945121d1f1fc", layout="keras",
         description="Keras applications VGG-16 without the classifier (about 56 MB)",
         network="vgg16",
     ),
     "torchvision": Source(
-        name="torchvision",
-        url="https://download.pytorch.org/models/vgg16-397923af.pth",
+        "torchvision", "https://download.pytorch.org/models/vgg16-397923af.pth",
         hash_algorithm="sha256",
         hash="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
-        layout="torchvision",
+        layout="torchvision", network="vgg16",
         description="torchvision VGG-16 with the classifier (about 530 MB)",
-        network="vgg16",
     ),
     "caffe": Source(
-        name="caffe",
-        url="https://web.eecs.umich.edu/~justincj/models/vgg16-00b39a1b.pth",
+        "caffe", _CAFFE_URL + "vgg16-00b39a1b.pth",
         # As for VGG-19: only the file name's 8-hex-digit SHA-256 prefix is published.
-        hash_algorithm="sha256",
-        hash="00b39a1b",
-        layout="caffe",
+        hash_algorithm="sha256", hash="00b39a1b", layout="caffe", network="vgg16",
         description="Caffe VGG-16 ported to PyTorch by jcjohnson, as neural-style-pt uses "
         "(about 530 MB)",
-        network="vgg16",
     ),
 }
 
@@ -141,8 +124,6 @@ def parse_hash(expected_hash: str | None, source: Source) -> tuple[str, str]:
     if not re.fullmatch(r"[0-9a-f]+", digest) or len(digest) != full:
         # A user-given hash must be complete: a short prefix (8 hex digits = 32 bits) is easy to
         # forge and proves little.
-        raise NstError(
-            f"expected {algorithm} must be all {full} hexadecimal digits of the digest, "
-            f"got {digest!r}"
-        )
+        raise NstError(f"expected {algorithm} must be all {full} hexadecimal digits of the "
+                       f"digest, got {digest!r}")
     return algorithm, digest

@@ -24,13 +24,9 @@ ENV_CACHE = "NST_JAX_CACHE"
 
 #: Where a source checkout keeps its (gitignored) weight files: ``<repo>/weights``.
 REPO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
 #: Converted files that default discovery looks for in each directory, in order of preference:
 #: VGG-19 (the paper's network) before VGG-16.
-WEIGHT_FILENAMES: tuple[str, ...] = tuple(
-    converted_filename(s, n) for n in ("vgg19", "vgg16") for s in LAYOUTS
-)
+WEIGHT_FILENAMES = tuple(converted_filename(s, n) for n in ("vgg19", "vgg16") for s in LAYOUTS)
 
 
 class WeightsNotFound(NstError):
@@ -75,9 +71,8 @@ def _from_spec(spec: str, origin: str) -> Path:
     if path.is_dir():
         found = _find_in_dir(path)
         if found is None:
-            raise NstError(
-                f"{origin} {path} is a directory holding none of {', '.join(WEIGHT_FILENAMES)}"
-            )
+            raise NstError(f"{origin} {path} is a directory holding none of "
+                           f"{', '.join(WEIGHT_FILENAMES)}")
         return found
     if not path.exists():
         raise NstError(f"{origin} {path} does not exist")
@@ -111,20 +106,17 @@ def not_found_message() -> str:
         f"(about 80 MB, saved to {cache_dir()}), or pass `--weights random` to run with untrained "
         "random weights"
     )
-    raw = [(d / s.filename, s) for d in search_dirs() for s in all_sources() if (d / s.filename).is_file()]
+    raw = [(d / s.filename, s) for d in search_dirs() for s in all_sources()
+           if (d / s.filename).is_file()]
     if raw:
         src, source = raw[0]
         out = src.parent / converted_filename(source.layout, source.network)
-        message += (
-            f"; {src} is an unconverted published file, convert it with `nst-jax weights convert "
-            f"{src} -o {out} --layout {source.layout}`"
-        )
+        message += (f"; {src} is an unconverted published file, convert it with `nst-jax weights "
+                    f"convert {src} -o {out} --layout {source.layout}`")
     return message
 
 
-def resolve_weights(
-    spec: str | None, *, seed: int = 0, network: str | None = None
-) -> VGGWeights:
+def resolve_weights(spec: str | None, *, seed: int = 0, network: str | None = None) -> VGGWeights:
     """The weights to use: ``spec`` is a path, ``"random"`` or None for default discovery.
 
     Order: ``spec`` (a weights file or a directory holding one), then ``$NST_JAX_WEIGHTS`` (same,

@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             raise NstError(f"output {str(o)!r} would overwrite an input image; choose another -o")
     make_dir(out_dir)
     image_io.check_output_path(outputs[0])  # a writable directory and an encoder for --ext
-    init_image = image_io.load_image(config.init) if common.init_is_path(config) else None
+    init_image = image_io.load_image(config.init) if config.run.init_is_path else None
     with safety.folder_lock(out_dir) if _holds_lock() else contextlib.nullcontext():
         return _run_locked(args, config, start, contents, styles, pairing, pairs, names, outputs,
                            out_dir, init_image)

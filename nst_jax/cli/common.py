@@ -36,10 +36,6 @@ def setup_runtime(args: argparse.Namespace):
     return devices
 
 
-def init_is_path(config: StyleConfig) -> bool:
-    return config.run.init_is_path
-
-
 def style_side(config: StyleConfig, index: int, n_styles: int) -> int | None:
     """Longest side style image ``index`` is used at (the size it may be decoded down to)."""
     if config.size is None:
@@ -53,13 +49,10 @@ def check_blend(args: argparse.Namespace, n_styles: int):
         return None
     blend = [w for group in blend for w in group]  # "0.7 0.3" or "0.7,0.3"
     if len(blend) != n_styles:
-        raise NstError(
-            f"--style-blend has {len(blend)} weights but {n_styles} style image(s) were given"
-        )
+        raise NstError(f"--style-blend has {len(blend)} weights but {n_styles} style image(s) "
+                       "were given")
     if any(not (0 <= b < float("inf")) for b in blend) or sum(blend) <= 0:
-        raise NstError(
-            f"--style-blend weights must be >= 0, finite and not all zero, got {blend}"
-        )
+        raise NstError(f"--style-blend weights must be >= 0, finite and not all zero, got {blend}")
     return tuple(blend)
 
 
@@ -72,9 +65,8 @@ RANDOM_NOTICE = """\
 """
 
 
-def load_weights_for_cli(
-    args: argparse.Namespace, *, seed: int | None = None, network: str | None = None
-):
+def load_weights_for_cli(args: argparse.Namespace, *, seed: int | None = None,
+                         network: str | None = None):
     """Resolves ``--weights`` (or the defaults), of ``network`` when one is required; prints a
     loud notice for random weights."""
     from nst_jax.weights_store import resolve_weights
@@ -117,10 +109,8 @@ def print_summary(result, out, config: StyleConfig | None = None) -> None:
     t = result.terms
     print(f"wrote {out}  ({result.image.shape[1]}x{result.image.shape[0]}): "
           f"{describe_output(result, config)}")
-    print(
-        f"steps {result.steps}  time {result.seconds:.1f}s  total loss {result.loss:.6g} of the "
-        f"written image (content {t['content']:.4g}, style {t['style']:.4g}, tv {t['tv']:.4g})"
-    )
+    print(f"steps {result.steps}  time {result.seconds:.1f}s  total loss {result.loss:.6g} of the "
+          f"written image (content {t['content']:.4g}, style {t['style']:.4g}, tv {t['tv']:.4g})")
     totals = np.asarray(result.history.get("total", []), np.float64)
     finite = totals[np.isfinite(totals)]
     if finite.size:

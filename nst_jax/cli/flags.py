@@ -12,9 +12,10 @@ import math
 import os
 
 from nst_jax.cli.common import status
-from nst_jax.config import COLOR_MODES, OPTIMIZERS, OUTPUT_ITERATES, PRESETS, StyleConfig, get_preset
+from nst_jax.config import COLOR_MODES, PRESETS, StyleConfig, get_preset
 from nst_jax.losses import CONVENTIONS
 from nst_jax.objective import DTYPES
+from nst_jax.optimize import OPTIMIZERS, OUTPUT_ITERATES
 from nst_jax.vgg import NETWORKS, POOLINGS
 
 DEFAULT_PRESET = "tf-tutorial"
@@ -27,18 +28,19 @@ def _layers(text: str) -> tuple[str, ...]:
     return names
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+def _comma_list(cast, what: str):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(cast(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            message = f"expected comma-separated {what}, got {text!r}"
+            raise argparse.ArgumentTypeError(message) from None
+
+    return parse
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+_floats = _comma_list(float, "numbers")
+_ints = _comma_list(int, "integers")
 
 
 def _init(text: str) -> str:
@@ -46,28 +48,21 @@ def _init(text: str) -> str:
     return {"random": "noise", "image": "content"}.get(text, text)
 
 
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < -1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (or -1: random), got {v}")
-    return v
+def _int_at_least(minimum: int, shown: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer {shown}, got {v}")
+        return v
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
-
-
-def _blend(text: str) -> tuple[float, ...]:
-    return _floats(text)
+_seed = _int_at_least(-1, ">= 0 (or -1: random)")
+_positive_int = _int_at_least(0, ">= 0")
 
 
 def _choices(values) -> dict:
@@ -179,7 +174,7 @@ def add_config_flags(p: argparse.ArgumentParser, *, single: bool = True) -> None
                        default=None, metavar="N",
                        help="also write OUT_<step>.EXT every N steps, the step zero-padded to 5 "
                        "digits (out_00100.png); 0 = off (default 0)")
-        g.add_argument("--style-blend", "--style-weights", "-sw", type=_blend, nargs="+",
+        g.add_argument("--style-blend", "--style-weights", "-sw", type=_floats, nargs="+",
                        default=None, metavar="W",
                        help="one blend weight per style image, space- or comma-separated "
                        "(default equal)")

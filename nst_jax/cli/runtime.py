@@ -43,9 +43,7 @@ def parse_devices(spec: list[str] | str | None, gpu: str | None = None) -> list 
         items = [s.strip() for s in text.replace(" ", ",").split(",") if s.strip()]
     if not items:
         raise NstError("--devices needs at least one device, e.g. cpu:0 or gpu:0")
-    devices = []
-    for item in items:
-        devices.append(_one_device(item, jax))
+    devices = [_one_device(item, jax) for item in items]
     if len({d.platform for d in devices}) > 1:
         raise NstError(f"devices must all be of one kind, got {', '.join(items)}")
     return list(dict.fromkeys(devices))
@@ -54,10 +52,8 @@ def parse_devices(spec: list[str] | str | None, gpu: str | None = None) -> list 
 def available() -> str:
     import jax
 
-    return ", ".join(f"{d.platform}:{d.id}" for d in jax.devices()) + (
-        "" if jax.default_backend() == "cpu" else
-        ", " + ", ".join(f"cpu:{d.id}" for d in jax.devices("cpu"))
-    )
+    extra = [] if jax.default_backend() == "cpu" else jax.devices("cpu")
+    return ", ".join(device_name(d) for d in [*jax.devices(), *extra])
 
 
 def _one_device(item: str, jax):

@@ -122,19 +122,16 @@ def run(args: argparse.Namespace) -> int:
     masks = None
     if args.style_masks:
         if len(args.style_masks) != len(styles):
-            raise NstError(
-                f"--style-masks has {len(args.style_masks)} masks but {len(styles)} style "
-                "image(s) were given (one mask per style)"
-            )
+            raise NstError(f"--style-masks has {len(args.style_masks)} masks but {len(styles)} "
+                           "style image(s) were given (one mask per style)")
         masks = [image_io.load_mask(m) for m in args.style_masks]
         for path, m in zip(args.style_masks, masks):
             if m.shape != content.shape[:2]:
-                raise NstError(
-                    f"mask {path!r} is {m.shape[1]}x{m.shape[0]} but the content image is "
-                    f"{content.shape[1]}x{content.shape[0]}; masks must match the content size"
-                )
+                raise NstError(f"mask {path!r} is {m.shape[1]}x{m.shape[0]} but the content image "
+                               f"is {content.shape[1]}x{content.shape[0]}; masks must match the "
+                               "content size")
     init_image = (image_io.load_image(config.init, reduce_to=side)
-                  if common.init_is_path(config) else None)
+                  if config.run.init_is_path else None)
     devices = common.setup_runtime(args)
     import contextlib
 
@@ -166,17 +163,9 @@ def _stylize(args, config, out, content, styles, blend, masks, init_image) -> in
         image_io.save_image(safety.intermediate_path(out, step), image)
 
     try:
-        result = stylize(
-            content,
-            styles,
-            config,
-            weights,
-            init_image=init_image,
-            style_blend=blend,
-            masks=masks,
-            callback=save_intermediate if config.save_every else None,
-            on_chunk=reporter,
-        )
+        result = stylize(content, styles, config, weights, init_image=init_image,
+                         style_blend=blend, masks=masks, on_chunk=reporter,
+                         callback=save_intermediate if config.save_every else None)
     finally:
         reporter.close()
     image_io.save_image(out, result.image)
@@ -190,7 +179,6 @@ def _stylize(args, config, out, content, styles, blend, masks, init_image) -> in
     if result.interrupted:
         return common.EXIT_INTERRUPTED
     return 0
-
 
 
 def _with_print_steps(config, args):

@@ -36,26 +36,14 @@ def _register_download(actions) -> None:
         description="Fetch published VGG weights, verify their checksum, convert them and save "
         "MODEL-SOURCE.nst.h5. Does nothing if a valid converted file is already there.",
     )
-    p.add_argument(
-        "--model",
-        choices=tuple(NETWORKS),
-        default="vgg19",
-        help="vgg19 (default; the paper's network) or vgg16 (faster, less memory)",
-    )
-    p.add_argument(
-        "--source",
-        choices=tuple(SOURCES),
-        default="keras",
-        help="which published weights: keras (default, about 80 MB), torchvision or caffe "
-        "(about 550 MB each; reading them needs pip install 'nst-jax[torch]')",
-    )
-    p.add_argument(
-        "--dest",
-        type=Path,
-        metavar="DIR",
-        help="directory to save into (default: the per-user cache, $NST_JAX_CACHE, else "
-        "$XDG_CACHE_HOME/nst-jax, else ~/.cache/nst-jax)",
-    )
+    p.add_argument("--model", choices=tuple(NETWORKS), default="vgg19",
+                   help="vgg19 (default; the paper's network) or vgg16 (faster, less memory)")
+    p.add_argument("--source", choices=tuple(SOURCES), default="keras",
+                   help="which published weights: keras (default, about 80 MB), torchvision or "
+                   "caffe (about 550 MB each; reading them needs pip install 'nst-jax[torch]')")
+    p.add_argument("--dest", type=Path, metavar="DIR",
+                   help="directory to save into (default: the per-user cache, $NST_JAX_CACHE, "
+                   "else $XDG_CACHE_HOME/nst-jax, else ~/.cache/nst-jax)")
     p.add_argument("--url", help="download from this mirror instead of the official URL")
     digest = p.add_mutually_exclusive_group()
     digest.add_argument("--sha256", metavar="HEX", help="expected SHA-256 (all 64 hex digits)")
@@ -75,24 +63,17 @@ def _register_convert(actions) -> None:
     )
     p.add_argument("src", type=Path, metavar="SRC", help="the published weight file")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DST", help="output file")
-    p.add_argument(
-        "--layout",
-        choices=weights_file.LAYOUTS,
-        help="layout of SRC (default: keras for .h5, torchvision for .pth, onnx for .onnx; "
-        "Caffe .pth files have torchvision's keys, so --layout caffe must be given explicitly)",
-    )
-    p.add_argument(
-        "--model",
-        choices=tuple(NETWORKS),
-        help="require this network (default: whichever SRC holds)",
-    )
-    p.add_argument(
-        "--preprocessing",
-        choices=tuple(convert.PREPROCESSING),
-        help="input encoding the network was trained with; required for ONNX files, which do "
-        "not record it: caffe (= keras: BGR, 0-255, minus the ImageNet mean; Keras, Caffe and "
-        "their tf2onnx exports) or torchvision (RGB, mean/std; PyTorch and the ONNX model zoo)",
-    )
+    p.add_argument("--layout", choices=weights_file.LAYOUTS,
+                   help="layout of SRC (default: keras for .h5, torchvision for .pth, onnx for "
+                   ".onnx; Caffe .pth files have torchvision's keys, so --layout caffe must be "
+                   "given explicitly)")
+    p.add_argument("--model", choices=tuple(NETWORKS),
+                   help="require this network (default: whichever SRC holds)")
+    p.add_argument("--preprocessing", choices=tuple(convert.PREPROCESSING),
+                   help="input encoding the network was trained with; required for ONNX files, "
+                   "which do not record it: caffe (= keras: BGR, 0-255, minus the ImageNet mean; "
+                   "Keras, Caffe and their tf2onnx exports) or torchvision (RGB, mean/std; "
+                   "PyTorch and the ONNX model zoo)")
     p.set_defaults(func=_convert)
 
 
@@ -126,26 +107,15 @@ def _download(args: argparse.Namespace) -> int:
         expected = f"sha256:{args.sha256}"
     elif args.md5:
         expected = f"md5:{args.md5}"
-    path = download.download_weights(
-        args.source,
-        args.dest,
-        url=args.url,
-        expected_hash=expected,
-        progress=not args.quiet,
-        model=args.model,
-    )
+    path = download.download_weights(args.source, args.dest, url=args.url, expected_hash=expected,
+                                     progress=not args.quiet, model=args.model)
     print(path)
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
-    path = convert.convert_weights(
-        args.src,
-        args.output,
-        layout=args.layout,
-        network=args.model,
-        preprocessing=args.preprocessing,
-    )
+    path = convert.convert_weights(args.src, args.output, layout=args.layout, network=args.model,
+                                   preprocessing=args.preprocessing)
     info = weights_file.read_info(path)
     print(f"wrote {path}: {info.label}")
     return 0
@@ -179,10 +149,8 @@ def _info(args: argparse.Namespace) -> int:
 def _path(args: argparse.Namespace) -> int:
     if os.environ.get(weights_store.ENV_WEIGHTS) == "random":
         print("random")
-        print(
-            f"{weights_store.ENV_WEIGHTS}=random: RANDOM VGG weights, not pretrained",
-            file=sys.stderr,
-        )
+        print(f"{weights_store.ENV_WEIGHTS}=random: RANDOM VGG weights, not pretrained",
+              file=sys.stderr)
         return 0
     found = weights_store.find_weights()
     if found is None:

@@ -39,16 +39,9 @@ from nst_jax.web.forms import FormError
 from nst_jax.web.jobs import Job
 from nst_jax.web.studio import Session, Studio, new_token
 
-_STATIC = {
-    "index.html": "text/html",
-    "app.js": "text/javascript",
-    "style.css": "text/css",
-}
-_CSP = (
-    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-)
-uploads.FIELD_BYTES = 4096
+_STATIC = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -190,11 +183,9 @@ async def submit(request: web.Request) -> web.Response:
     studio = request.app[STUDIO]
     limits = studio.limits
     if request.content_length is not None and request.content_length > limits.max_request_bytes:
-        raise uploads.TooLarge(
-            f"the upload is {uploads.human_bytes(request.content_length)}; at most "
-            f"{uploads.human_bytes(limits.max_request_bytes)} per request "
-            f"({uploads.human_bytes(limits.max_upload_bytes)} per image)"
-        )
+        raise uploads.TooLarge(f"the upload is {uploads.human_bytes(request.content_length)}; at "
+                               f"most {uploads.human_bytes(limits.max_request_bytes)} per request "
+                               f"({uploads.human_bytes(limits.max_upload_bytes)} per image)")
     form = uploads.Form(limits)
     try:
         if request.content_type.startswith("multipart/"):
@@ -212,9 +203,8 @@ async def submit(request: web.Request) -> web.Response:
             raise FormError("choose a content image")
         if not form.styles:
             raise FormError("choose at least one style image")
-        sources = [("content image", form.content)] + [
-            (f"style image {i + 1}", s) for i, s in enumerate(form.styles)
-        ]
+        sources = [("content image", form.content)]
+        sources += [(f"style image {i + 1}", s) for i, s in enumerate(form.styles)]
         loaded = await asyncio.to_thread(uploads.decode_all, sources, limits)
     finally:
         for path in form.written:

@@ -37,10 +37,8 @@ class Progress:
     def __init__(self, job: Job):
         self.job = job
         self.first: tuple[int, float] | None = None
-        if job.config.preserve_colors == "luminance":
-            self.chroma = imageops.as_rgb01(job.content, "content image")
-        else:
-            self.chroma = None
+        luminance = job.config.preserve_colors == "luminance"
+        self.chroma = imageops.as_rgb01(job.content, "content image") if luminance else None
 
     def event(self, report: ChunkReport) -> dict:
         now = time.perf_counter()
@@ -55,21 +53,12 @@ class Progress:
             # The run optimises the luminance; show it with the content's colours, as the result.
             chroma = imageops.resize(self.chroma, image.shape[:2])
             image = np.asarray(imageops.recombine_chroma(image, chroma))
-        return {
-            "type": "progress",
-            "job": self.job.id,
-            "step": int(report.step),
-            "total": int(report.total_steps),
-            "scale": int(report.scale),
-            "n_scales": int(report.n_scales),
-            "losses": _finite_or_none(report.losses["total"]),
-            "seconds": float(report.seconds),
-            "rate": rate,
-            "eta": eta,
-            "width": int(image.shape[1]),
-            "height": int(image.shape[0]),
-            "image": png_data_url(image),
-        }
+        return {"type": "progress", "job": self.job.id, "step": int(report.step),
+                "total": int(report.total_steps), "scale": int(report.scale),
+                "n_scales": int(report.n_scales), "losses": _finite_or_none(report.losses["total"]),
+                "seconds": float(report.seconds), "rate": rate, "eta": eta,
+                "width": int(image.shape[1]), "height": int(image.shape[0]),
+                "image": png_data_url(image)}
 
 
 def run_job(job: Job, *, weights: VGGWeights, results_dir: Path) -> None:
@@ -107,16 +96,9 @@ def run_job(job: Job, *, weights: VGGWeights, results_dir: Path) -> None:
     job.result_path = path
     job.state = "stopped" if result.interrupted else "finished"
     h, w = result.image.shape[:2]
-    job.notify({
-        "type": "done",
-        "job": job.id,
-        "status": job.state,
-        "url": f"/api/results/{job.id}.png",
-        "width": int(w),
-        "height": int(h),
-        "steps": int(result.steps),
-        "loss": float(result.loss) if math.isfinite(result.loss) else None,
-        "seconds": float(result.seconds),
-        "diverged": result.diverged,
-        "weights": result.weights_label,
-    })
+    job.notify({"type": "done", "job": job.id, "status": job.state,
+                "url": f"/api/results/{job.id}.png", "width": int(w), "height": int(h),
+                "steps": int(result.steps),
+                "loss": float(result.loss) if math.isfinite(result.loss) else None,
+                "seconds": float(result.seconds), "diverged": result.diverged,
+                "weights": result.weights_label})

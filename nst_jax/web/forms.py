@@ -10,8 +10,9 @@ import dataclasses
 import math
 import re
 
-from nst_jax.config import COLOR_MODES, OPTIMIZERS, PRESETS, StyleConfig, get_preset
+from nst_jax.config import COLOR_MODES, PRESETS, StyleConfig, get_preset
 from nst_jax.errors import NstError
+from nst_jax.optimize import OPTIMIZERS
 
 
 class FormError(NstError):
@@ -51,36 +52,27 @@ TOKEN_RE = re.compile(r"[0-9a-f]{32}")
 
 # (form field, config field, kind): the knobs the page exposes. Empty means "preset's value".
 _FIELDS = [
-    ("size", "size", "int"),
-    ("steps", "steps", "int"),
-    ("content_weight", "content_weight", "float"),
-    ("style_weight", "style_weight", "float"),
-    ("tv_weight", "tv_weight", "float"),
-    ("learning_rate", "learning_rate", "float"),
-    ("optimizer", "optimizer", "choice"),
-    ("scales", "scales", "int"),
-    ("preserve_colors", "preserve_colors", "choice"),
-    ("preview_every", "chunk_size", "int"),
+    ("size", "size", "int"), ("steps", "steps", "int"),
+    ("content_weight", "content_weight", "float"), ("style_weight", "style_weight", "float"),
+    ("tv_weight", "tv_weight", "float"), ("learning_rate", "learning_rate", "float"),
+    ("optimizer", "optimizer", "choice"), ("scales", "scales", "int"),
+    ("preserve_colors", "preserve_colors", "choice"), ("preview_every", "chunk_size", "int"),
 ]
+#: ``{form field: config field}`` of the knobs.
+KNOBS = {f: c for f, c, _ in _FIELDS}
 _CHOICES = {"optimizer": OPTIMIZERS, "preserve_colors": COLOR_MODES, "preset": tuple(PRESETS)}
-_LABELS = {
-    "size": "size",
-    "steps": "steps",
-    "content_weight": "content weight",
-    "style_weight": "style weight",
-    "tv_weight": "TV weight",
-    "learning_rate": "learning rate",
-    "optimizer": "optimiser",
-    "scales": "scales",
-    "preserve_colors": "preserve colours",
-    "preview_every": "preview every",
-    "preset": "preset",
-}
-FORM_FIELDS = tuple(f for f, _, _ in _FIELDS) + ("preset",)
+# How messages name a field, where not by its name with spaces.
+_LABELS = {"tv_weight": "TV weight", "optimizer": "optimiser",
+           "preserve_colors": "preserve colours"}
+FORM_FIELDS = (*KNOBS, "preset")
+
+
+def _label(name: str) -> str:
+    return _LABELS.get(name, name.replace("_", " "))
 
 
 def _int(name: str, text: str, lo: int, hi: int) -> int:
-    label = _LABELS[name]
+    label = _label(name)
     try:
         v = int(text.strip())
     except ValueError:
@@ -91,7 +83,7 @@ def _int(name: str, text: str, lo: int, hi: int) -> int:
 
 
 def _float(name: str, text: str) -> float:
-    label = _LABELS[name]
+    label = _label(name)
     try:
         v = float(text.strip())
     except ValueError:
@@ -106,9 +98,8 @@ def _float(name: str, text: str) -> float:
 def _choice(name: str, text: str) -> str:
     text = text.strip()
     if text not in _CHOICES[name]:
-        raise FormError(
-            f"{_LABELS[name]} must be one of {', '.join(_CHOICES[name])}, got {text[:40]!r}"
-        )
+        raise FormError(f"{_label(name)} must be one of {', '.join(_CHOICES[name])}, got "
+                        f"{text[:40]!r}")
     return text
 
 
@@ -124,19 +115,15 @@ def config_from_form(fields: dict[str, str], limits: Limits) -> StyleConfig:
         config refuses (its message, e.g. "min size 64 is larger than size 32").
     """
     preset = _choice("preset", fields.get("preset") or "tiny")
-    bounds = {
-        "size": (16, limits.max_size),
-        "steps": (1, limits.max_steps),
-        "scales": (1, limits.max_scales),
-        "preview_every": (1, 500),
-    }
+    bounds = {"size": (16, limits.max_size), "steps": (1, limits.max_steps),
+              "scales": (1, limits.max_scales), "preview_every": (1, 500)}
     changes = {}
     for name, field, kind in _FIELDS:
         text = fields.get(name)
         if text is None or not text.strip():
             continue
         if len(text) > 100:
-            raise FormError(f"{_LABELS[name]} is too long ({len(text)} characters)")
+            raise FormError(f"{_label(name)} is too long ({len(text)} characters)")
         if kind == "int":
             changes[field] = _int(name, text, *bounds[name])
         elif kind == "float":
@@ -160,9 +147,8 @@ def config_from_form(fields: dict[str, str], limits: Limits) -> StyleConfig:
 def check_sample(name: str, samples: tuple[str, ...]) -> str:
     """``name`` if it is one of the bundled ``samples`` (never a path)."""
     if name not in samples:
-        raise FormError(
-            f"unknown sample image {name[:40]!r}; the samples are {', '.join(samples)}"
-        )
+        raise FormError(f"unknown sample image {name[:40]!r}; the samples are "
+                        f"{', '.join(samples)}")
     return name
 
 

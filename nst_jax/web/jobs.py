@@ -85,10 +85,8 @@ class JobQueue:
                 raise QueueFull("the server is shutting down")
             pending = len(self._waiting) + (self._running is not None)
             if pending >= self._max_pending:
-                raise QueueFull(
-                    f"{pending} jobs are already waiting or running (the limit is "
-                    f"{self._max_pending}); try again when one has finished"
-                )
+                raise QueueFull(f"{pending} jobs are already waiting or running (the limit is "
+                                f"{self._max_pending}); try again when one has finished")
             self._waiting.append(job)
             position = pending
             job.notify({"type": "queued", "job": job.id, "position": position})
@@ -120,10 +118,8 @@ class JobQueue:
     def snapshot(self) -> dict:
         """``{"running": id or None, "waiting": [ids]}``, for the status endpoint and tests."""
         with self._cond:
-            return {
-                "running": self._running.id if self._running else None,
-                "waiting": [j.id for j in self._waiting],
-            }
+            return {"running": self._running.id if self._running else None,
+                    "waiting": [j.id for j in self._waiting]}
 
     def wait_idle(self, timeout: float) -> bool:
         """Blocks until nothing is waiting or running; False on timeout."""

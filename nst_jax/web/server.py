@@ -90,9 +90,8 @@ class StudioServer:
 
     def __enter__(self) -> "StudioServer":
         self._thread.start()
-        fut = asyncio.run_coroutine_threadsafe(
-            start_site(create_app(self.studio), self._host, self._port), self._loop
-        )
+        site = start_site(create_app(self.studio), self._host, self._port)
+        fut = asyncio.run_coroutine_threadsafe(site, self._loop)
         self._runner, self.url = fut.result(timeout=60)
         return self
 

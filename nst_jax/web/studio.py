@@ -29,18 +29,10 @@ def new_token() -> str:
 
 def preset_knobs(config: StyleConfig, limits: Limits) -> dict:
     """A preset's values of the page's knobs, within the server's limits."""
-    return {
-        "size": min(config.size or limits.max_size, limits.max_size),
-        "steps": min(config.steps, limits.max_steps),
-        "content_weight": config.content_weight,
-        "style_weight": config.style_weight,
-        "tv_weight": config.tv_weight,
-        "learning_rate": config.learning_rate,
-        "optimizer": config.optimizer,
-        "scales": config.scales,
-        "preserve_colors": config.preserve_colors,
-        "preview_every": config.chunk_size,
-    }
+    knobs = {name: getattr(config, field) for name, field in forms.KNOBS.items()}
+    knobs["size"] = min(config.size or limits.max_size, limits.max_size)
+    knobs["steps"] = min(config.steps, limits.max_steps)
+    return knobs
 
 
 class Session:
@@ -114,12 +106,7 @@ class Studio:
             "choices": {"optimizer": list(forms.OPTIMIZERS), "preserve_colors": list(forms.COLOR_MODES)},
             "samples": {"content": [image_io.SAMPLE_CONTENT], "style": list(image_io.SAMPLE_STYLES),
                         "all": list(image_io.SAMPLES)},
-            "limits": {
-                "max_size": self.limits.max_size,
-                "max_steps": self.limits.max_steps,
-                "max_scales": self.limits.max_scales,
-                "max_styles": self.limits.max_styles,
-                "max_upload_bytes": self.limits.max_upload_bytes,
-                "max_pixels": self.limits.max_pixels,
-            },
+            "limits": {k: getattr(self.limits, k) for k in (
+                "max_size", "max_steps", "max_scales", "max_styles", "max_upload_bytes",
+                "max_pixels")},
         }

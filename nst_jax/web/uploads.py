@@ -52,12 +52,10 @@ class Form:
     def add_field(self, name: str, value: str) -> None:
         if len(value) > FIELD_BYTES:
             raise FormError(f"the field {name[:40]!r} is too long")
-        if name == "content_sample":
+        if name in ("content_sample", "style_sample"):
             if value:
-                self.add_image("content", ("sample", forms.check_sample(value, image_io.SAMPLES)))
-        elif name == "style_sample":
-            if value:
-                self.add_image("style", ("sample", forms.check_sample(value, image_io.SAMPLES)))
+                role = name.removesuffix("_sample")
+                self.add_image(role, ("sample", forms.check_sample(value, image_io.SAMPLES)))
         else:
             self.fields[name] = value
 
@@ -108,9 +106,8 @@ async def _save_upload(part, uploads: Path, limit: int, written: list[Path], rol
         while chunk := await part.read_chunk(1 << 16):
             size += len(chunk)
             if size > limit:
-                raise TooLarge(
-                    f"the {role} image {part.filename[:60]!r} is larger than {human_bytes(limit)}"
-                )
+                raise TooLarge(f"the {role} image {part.filename[:60]!r} is larger than "
+                               f"{human_bytes(limit)}")
             f.write(chunk)
     return path, size
 
@@ -130,10 +127,8 @@ def _decode(what: str, src, limits: Limits) -> np.ndarray:
     try:
         width, height = image_io.image_size(path)
         if width * height > limits.max_pixels:
-            raise TooLarge(
-                f"the {what} {shown} is {width}x{height} pixels; at most "
-                f"{limits.max_pixels / 1e6:g} megapixels"
-            )
+            raise TooLarge(f"the {what} {shown} is {width}x{height} pixels; at most "
+                           f"{limits.max_pixels / 1e6:g} megapixels")
         image = image_io.load_image(path)
     except TooLarge:
         raise
