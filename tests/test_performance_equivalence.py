@@ -10,6 +10,7 @@ through all of it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +62,26 @@ def plain_loss(image, targets, weights, spec: LossSpec):
         total += spec.style_weight * w * losses.style_layer_loss(feats[k], targets["style"][k], convention=conv)
     total += spec.tv_weight * losses.total_variation_loss(image, kind=conv.tv, scale=conv.tv_scale)
     return total
+
+
+@functools.cache
+def plain_objective(spec: LossSpec):
+    """``(x, targets, weights) -> (loss, grad)`` of :func:`plain_loss`, jitted once per spec.
+
+    One callable per spec, so every test of that spec runs one compiled program.
+    """
+    return jax.jit(jax.value_and_grad(lambda x, t, w: plain_loss(x, t, w, spec)))
+
+
+@functools.cache
+def fast_objective(spec: LossSpec):
+    """``(x, targets, weights) -> ((loss, aux), grad)`` of :func:`style_transfer_loss` with the
+    kernels prepared for the CPU in ``spec.dtype``, jitted once per spec."""
+
+    def loss(x, targets, weights):
+        return style_transfer_loss(x, targets, weights.prepare(spec.dtype, platform="cpu"), spec)
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))
 
 
 @pytest.fixture(scope="module")
@@ -186,14 +207,8 @@ def test_optimised_loss_and_gradient_equal_plain(weights, images, preset, remat)
     spec = get_preset(preset).replace(remat=remat).loss
     content, style, x = images
     targets = compute_targets(weights, content, style, spec)
-    plain = jax.jit(jax.value_and_grad(lambda x: plain_loss(x, targets, weights, spec)))
-    fast = jax.jit(
-        jax.value_and_grad(
-            lambda x, w: style_transfer_loss(x, targets, w.prepare(platform="cpu"), spec)[0]
-        )
-    )
-    v0, g0 = plain(x)
-    v, g = fast(x, weights)
+    v0, g0 = plain_objective(spec)(x, targets, weights)
+    (v, _), g = fast_objective(spec)(x, targets, weights)
     assert abs(float(v) - float(v0)) <= 1e-5 * abs(float(v0))
     assert rel_err(g, g0) < 1e-4
 
@@ -208,7 +223,7 @@ def test_compiled_adam_step_equals_plain_adam_step(weights, images):
     spec = get_preset("gatys").loss
     content, style, x = images
     targets = compute_targets(weights, content, style, spec)
-    v0, g0 = jax.value_and_grad(lambda x: plain_loss(x, targets, weights, spec))(x)
+    v0, g0 = plain_objective(spec)(x, targets, weights)
     # Adam's first step is u(g) = -lr·g / (|g| + eps). With the presets' eps = 0.1 and |g| up to
     # ~500, entries with |g| ~ eps amplify any gradient difference by up to lr / eps, so float
     # rounding alone (Winograd vs direct convolution, or another fusion inside the while_loop)
@@ -240,9 +255,7 @@ def test_bfloat16_loss_and_gradient_are_close_to_float32(weights, images):
     for dtype in ("float32", "bfloat16"):
         spec = get_preset("gatys").replace(dtype=dtype).loss
         targets = compute_targets(weights, content, style, spec)
-        (v, aux), g = jax.jit(
-            jax.value_and_grad(lambda x: style_transfer_loss(x, targets, weights.prepare(dtype, platform="cpu"), spec), has_aux=True)
-        )(x)
+        (v, aux), g = fast_objective(spec)(x, targets, weights)
         assert v.dtype == jnp.float32 and aux["style"].dtype == jnp.float32
         out[dtype] = (float(v), np.asarray(g, np.float64).ravel())
     (v32, g32), (v16, g16) = out["float32"], out["bfloat16"]
@@ -276,7 +289,7 @@ def test_pytorch_reference_computes_the_same_loss_and_gradient(weights, images, 
     spec = get_preset(preset).loss
     content, style, x = images
     targets = compute_targets(weights, content, style, spec)
-    v, g = jax.value_and_grad(lambda x: style_transfer_loss(x, targets, weights, spec)[0])(x)
+    (v, _), g = fast_objective(spec)(x, targets, weights)
     for channels_last in (False, True):
         ref = tr.TorchStyleTransfer(
             jax.device_get(weights.params), weights.preprocessing, spec,

@@ -185,7 +185,9 @@ def test_style_blend_target_is_weighted_sum(weights, images):
 
 def test_on_chunk_reports_every_chunk_and_can_stop(weights, images):
     content, style = images
-    config = get_preset("tiny").replace(size=24, steps=12, chunk_size=4, scales=2, min_size=16)
+    # The settings of the multi-scale batch-of-one test below: the same compiled programs.
+    config = get_preset("tiny").replace(size=24, steps=12, chunk_size=4, scales=2, min_size=16,
+                                        preserve_colors="luminance", ema_decay=0.5)
     reports = []
     result = stylize(content, style, config, weights, on_chunk=reports.append)
     assert [r.step for r in reports] == [4, 8, 12, 16, 20, 24]
