@@ -214,8 +214,8 @@ def test_optimised_loss_and_gradient_equal_plain(weights, images, preset, remat)
 
 
 def test_compiled_adam_step_equals_plain_adam_step(weights, images):
-    """One step of the production chunk (donated state, prepared kernels, while_loop, vmap and
-    shard_map over a batch of one) against Adam by hand."""
+    """One step of the production chunk (donated state, prepared kernels, while_loop, shard_map
+    over a batch of one, whose one row runs unvmapped) against Adam by hand."""
     import optax
 
     from nst_jax import programs, sharding
