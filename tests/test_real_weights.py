@@ -130,11 +130,14 @@ def test_quality_thresholds_reject_the_photo_and_the_style(real, samples):
     assert painting.style < MAX_STYLE
 
 
-@pytest.mark.parametrize("preset", ["tf-tutorial", "gatys"])
-def test_stylization_keeps_content_and_takes_style(real, samples, preset):
+# Budgets with a margin: at 64 px the style distance of tf-tutorial (Adam) was 0.465, 0.441, 0.404
+# and 0.363 after 40, 60, 80 and 120 steps (content 0.66 to 0.65); gatys (L-BFGS) was at 0.225
+# after 40 and 0.22 after 120 (content 0.72 to 0.75).
+@pytest.mark.parametrize("preset, steps", [("tf-tutorial", 80), ("gatys", 40)])
+def test_stylization_keeps_content_and_takes_style(real, samples, preset, steps):
     """Each preset's recipe at 64 px and a reduced budget passes both measured thresholds."""
     content, style = samples
-    config = nst_jax.get_preset(preset, network=real.network).replace(size=64, steps=120)
+    config = nst_jax.get_preset(preset, network=real.network).replace(size=64, steps=steps)
     result = nst_jax.stylize(content, style, config, real)
     photo = image_io.resize_image(content, result.image.shape[:2])
     q = quality.measure(real, result.image, photo, style)
