@@ -73,6 +73,8 @@ class Engine:
       callback: see :data:`SaveCallback`; ``on_chunk``: a :class:`ChunkReport` of the first
         row after every chunk, a true return asks for a stop.
       stop_requested: polled after every chunk.
+      queue_ahead: queue chunk ``k + 1`` before reading chunk ``k`` back (off: read back
+        first, for measurement; a stop then lands after the chunk it was asked in).
     """
 
     config: StyleConfig
@@ -85,6 +87,7 @@ class Engine:
     callback: SaveCallback | None = None
     on_chunk: ChunkHook | None = None
     stop_requested: Callable[[], bool] = lambda: False
+    queue_ahead: bool = True
 
     def __post_init__(self):
         self.spec = dataclasses.replace(self.config.loss, regions=self.regions)
@@ -167,7 +170,8 @@ class Engine:
         return n
 
     def _scale_loop(self, state, targets, steps, rows, report):
-        """Chunks of one scale, each queued before the previous one is read back."""
+        """Chunks of one scale, each queued before the previous one is read back (unless
+        ``queue_ahead`` is off)."""
         bar = self._bar(steps, rows, report) if self.progress else None
         wants_snapshot = self.on_chunk is not None or self.callback is not None
         dispatched, pending, halt = 0, None, False
@@ -182,11 +186,13 @@ class Engine:
                             if wants_snapshot else None)
                     dispatched += n
                     queued = (hist, n, snap)
+                    if not self.queue_ahead:
+                        pending, queued = queued, None
                 if pending is not None:
                     halt = self._absorb(pending, rows, report, bar) or halt
-                if queued is None:
-                    return state
                 pending = queued
+                if pending is None and (dispatched >= steps or halt):
+                    return state
         finally:
             if bar is not None:
                 bar.close()

@@ -27,6 +27,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import statistics
 import time
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import engine as engine_lib
-from nst_jax import programs, transfer
+from nst_jax import transfer
 from nst_jax.config import get_preset
 from nst_jax.image_io import load_image, sample_path
 from nst_jax.objective import compute_targets, style_transfer_loss
@@ -157,31 +158,14 @@ def bench_rows(args) -> None:
         print(f"| {optim.optimizer} | {a:.2f} | {b:.2f} | {b / a:.2f} |", flush=True)
 
 
-class ReadBackFirst(engine_lib.Engine):
-    """The engine reading each chunk back before queuing the next (the loop before issue 10)."""
-
-    def _scale_loop(self, state, targets, steps, rows, report):
-        wants_snapshot = self.on_chunk is not None or self.callback is not None
-        dispatched = 0
-        while dispatched < steps:
-            n = self._chunk_length(dispatched, steps, report["offset"])
-            state, hist = programs.chunk(state, np.int32(n), targets, self.step_weights,
-                                         chunk=self.config.chunk_size, **self._kw)
-            snap = (programs.snapshot(state, optim=self.optim, mesh=self.mesh)
-                    if wants_snapshot else None)
-            dispatched += n
-            if self._absorb((hist, n, snap), rows, report, None):
-                break
-        return state
-
-
 def bench_loop(args) -> None:
     weights = random_weights(0)
     print("\n## loop: stylize wall seconds, read back first vs queued ahead "
           f"({args.loop_steps} steps, on_chunk hook)")
     print("| size | chunk | read back first s | queued ahead s | ratio |")
     print("|---|---|---|---|---|")
-    variants = {"readback": ReadBackFirst, "queued": engine_lib.Engine}
+    variants = {"readback": functools.partial(engine_lib.Engine, queue_ahead=False),
+                "queued": engine_lib.Engine}
     for size in args.loop_sizes:
         content, style = square("chelsea", size), square("hubble", size)
         for chunk in args.chunks:

@@ -183,7 +183,7 @@ def test_style_blend_target_is_weighted_sum(weights, images):
         compute_targets(weights, content, [style], spec, style_blend=[0.5, 0.5])
 
 
-def test_on_chunk_reports_every_chunk_and_can_stop(weights, images):
+def test_on_chunk_reports_every_chunk_and_can_stop(weights, images, monkeypatch):
     content, style = images
     # The settings of the multi-scale batch-of-one test below: the same compiled programs.
     config = get_preset("tiny").replace(size=24, steps=12, chunk_size=4, scales=2, min_size=16,
@@ -204,6 +204,17 @@ def test_on_chunk_reports_every_chunk_and_can_stop(weights, images):
                       on_chunk=lambda r: seen.append(r.step) or r.step >= 8)
     assert seen == [4, 8, 12]
     assert stopped.interrupted and stopped.steps == 12 and len(stopped.history["total"]) == 12
+
+    # Reading each chunk back before queuing the next (the measurement switch), it lands at 8.
+    import functools
+
+    from nst_jax import engine, transfer
+
+    monkeypatch.setattr(transfer, "Engine", functools.partial(engine.Engine, queue_ahead=False))
+    seen.clear()
+    stopped = stylize(content, style, config, weights,
+                      on_chunk=lambda r: seen.append(r.step) or r.step >= 8)
+    assert seen == [4, 8] and stopped.interrupted and stopped.steps == 8
 
 
 @pytest.mark.parametrize("changes", [
