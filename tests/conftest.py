@@ -37,6 +37,19 @@ def pytest_unconfigure(config):
     shutil.rmtree(_COMPILE_CACHE, ignore_errors=True)
 
 
+#: The files that take longest (sums of their tests' durations, largest first). pytest-xdist
+#: hands whole files to its workers in collection order, so starting these first leaves the
+#: short files to fill the end of both workers' queues instead of one long file running alone.
+LONGEST_FIRST = ("test_performance_equivalence.py", "test_real_weights.py", "test_stylize.py",
+                 "test_batch.py", "test_readme.py", "test_controls.py", "test_distributed.py",
+                 "test_hardening_cli.py", "test_cli_stylize.py", "test_memory.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order in a file kept
+
+
 def _random_vgg_params(seed: int, network: str = "vgg19") -> dict[str, dict[str, np.ndarray]]:
     # He-normal kernels and small biases keep activations O(1)-relative through all layers.
     rng = np.random.default_rng(seed)
