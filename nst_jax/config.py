@@ -117,7 +117,8 @@ class RunSpec:
         if len(self.style_scale) == 1:
             return float(self.style_scale[0])
         if len(self.style_scale) != n_styles:
-            raise NstError(f"{len(self.style_scale)} style scales given for {n_styles} style images")
+            raise NstError(
+                f"{len(self.style_scale)} style scales given for {n_styles} style images")
         return float(self.style_scale[index])
 
 

@@ -2,11 +2,12 @@
 
 Each program is a single-image function of :mod:`nst_jax.optimize` / :mod:`nst_jax.objective`
 (``init_state``, ``run_chunk``, ``result_image``, ``style_transfer_loss``) put through
-``jax.vmap`` over the rows a device holds (a single row runs as itself) and ``jax.shard_map``
-over the ``"batch"`` axis of the group's mesh (:mod:`nst_jax.sharding`). Per-image arrays —
-states, content features, per-image style targets, histories — are split over the mesh; the
-weights and shared style targets are replicated (``in_axes`` ``None``). Nothing crosses devices: every image is
-independent, so a device whose images have all diverged leaves its step loop early.
+``jax.vmap`` over the rows a device holds (L-BFGS steps: one row after another; a single row
+runs as itself, see :func:`_each_row`) and ``jax.shard_map`` over the ``"batch"`` axis of the
+group's mesh (:mod:`nst_jax.sharding`). Per-image arrays — states, content features, per-image
+style targets, histories — are split over the mesh; the weights and shared style targets are
+replicated (``in_axes`` ``None``). Nothing crosses devices: every image is independent, so a
+device whose images have all diverged leaves its step loop early.
 
 ``stylize`` runs a group of one on a one-device mesh through exactly these programs, so a
 single image and a batch of one give the same result.

@@ -6,9 +6,10 @@ styles blended or assigned to region masks, ``save_every`` callbacks, ``on_chunk
 ``"zip"`` (style ``i`` for content ``i``), ``"product"`` (every content with every style,
 content-major) — groups the pairs by their shape at every scale (aspect ratios are kept), and
 runs each group as one batch: ``jax.vmap`` over a device's rows (L-BFGS: ``lax.map``), and
-``jax.shard_map`` over a mesh of all devices of all processes. The same compiled programs (:mod:`nst_jax.programs`) serve
-both, so a batch of one equals ``stylize``, and the step compiles once per group shape
-(:func:`compile_count`); larger batches equal one-at-a-time runs up to float rounding.
+``jax.shard_map`` over a mesh of all devices of all processes. The same compiled programs
+(:mod:`nst_jax.programs`) serve both, so a batch of one equals ``stylize``, and the step
+compiles once per group shape (:func:`compile_count`); larger batches equal one-at-a-time runs
+up to float rounding.
 
 **Sharding** (:mod:`nst_jax.sharding`): per-image arrays are ``NamedSharding(mesh,
 P("batch"))``, the weights and a ``"broadcast"`` style's Grams are replicated. A group of ``n``

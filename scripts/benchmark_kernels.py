@@ -110,8 +110,8 @@ def bench_kernels(args) -> None:
                 base_loss = value if impl == "xla" else base_loss
                 state, hist = compiled(state, n, targets, w)  # warm-up chunk
                 jax.block_until_ready(hist)
-                runs[impl] = dict(compiled=compiled, state=state, w=w, times=[], compile_s=compile_s,
-                                  temp=temp_mib, loss=value,
+                runs[impl] = dict(compiled=compiled, state=state, w=w, times=[],
+                                  compile_s=compile_s, temp=temp_mib, loss=value,
                                   prepared=_tree_bytes(w.prepared) / 2**20)
             for _ in range(args.repeats):
                 for impl, r in runs.items():

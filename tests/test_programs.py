@@ -1,4 +1,4 @@
-"""The engine's compiled programs: what a device holding a single row runs."""
+"""The engine's compiled programs: how a device runs its rows (one, or several under L-BFGS)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ def test_lbfgs_rows_keep_the_line_search_conditionals(weights, rows):
                                 weights, **kw).out_info
     text = programs.chunk.lower(state, np.int32(1), per_row, weights, chunk=2, **kw).as_text()
     assert "stablehlo.case" in text
-
 
 
 def test_lbfgs_rows_one_after_another_equal_single_runs(weights):
