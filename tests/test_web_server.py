@@ -555,7 +555,8 @@ def test_a_job_too_small_for_the_layers_fails_with_a_message(weights, tmp_path):
 
 
 def test_serve_command_prints_its_url_and_stops_cleanly(tmp_path):
-    env = {**os.environ, "TMPDIR": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+    # PYTHONFAULTHANDLER: a server that does not stop is made to print every thread's stack.
+    env = {**os.environ, "TMPDIR": str(tmp_path), "JAX_PLATFORMS": "cpu", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "nst_jax", "serve", "--weights", "random", "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
@@ -571,7 +572,12 @@ def test_serve_command_prints_its_url_and_stops_cleanly(tmp_path):
         assert len(list(tmp_path.glob("nst-jax-serve-*"))) == 1  # its own work directory
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=30)  # it stops at once; 30 s on a busy machine
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            pytest.fail("the server did not stop within 30 s of Ctrl-C; its threads:\n"
+                        + proc.communicate(timeout=30)[1][-6000:])
     assert proc.returncode == 0, err
     assert "RANDOM" in err
     assert list(tmp_path.iterdir()) == []  # the temporary work directory is gone

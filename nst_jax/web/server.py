@@ -38,9 +38,15 @@ def work_directory(path: str | Path | None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: Seconds that requests still being handled when the studio stops get to finish (aiohttp's
+#: default is 60: a stop could take a minute).
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
     """Starts serving ``app``; returns the runner and the URL (with the real port for port 0)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -62,8 +68,14 @@ def serve(weights: VGGWeights, *, host: str = "127.0.0.1", port: int = 8000,
         studio = Studio(weights, root, limits, loopback_only=is_loopback_host(host))
         runner, url = await start_site(create_app(studio), host, port)
         stopped = asyncio.Event()
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # SIGTERM ends it as Ctrl-C does
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+        # Ctrl-C and SIGTERM both set the event, through the loop's own wake-up pipe, and this
+        # task, not cancelled, then closes the site: one stop path for both signals. (Left to
+        # asyncio.run, Ctrl-C cancels this task and aiohttp shuts down inside a cancelled task;
+        # a Ctrl-C in the test suite once took over 60 s to stop the server that way.) Where the
+        # loop takes no handlers (Windows), Ctrl-C raises KeyboardInterrupt, caught below.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                asyncio.get_running_loop().add_signal_handler(signum, stopped.set)
         announce(url)
         try:
             await stopped.wait()
