@@ -90,7 +90,7 @@ def resized_content(item: Item, side: int) -> np.ndarray:
     return np.asarray(imageops.resize_longest(item.content, side))
 
 
-def resized_style(style: np.ndarray, scale: float, side: int) -> jax.Array:
+def resized_style(style: np.ndarray, scale: float, side: int) -> np.ndarray:
     """The style image at ``scale`` times the content's longest side ``side`` (at least 8 px)."""
     return imageops.resize_longest(style, max(8, round(side * scale)))
 
@@ -99,11 +99,11 @@ def initial_image(content: jax.Array, style: jax.Array, config: StyleConfig, ini
     """The starting image: the content, noise, the style (resized) or ``init_image`` (resized)."""
     hw = content.shape[:2]
     if init_image is not None:
-        start = imageops.resize(imageops.as_rgb01(init_image, "init image"), hw)
+        start = imageops.resize_host(imageops.as_rgb01(init_image, "init image"), hw)
     elif config.init == "content":
         start = content
     elif config.init == "style":
-        start = imageops.resize(style, hw)
+        start = imageops.resize_host(style, hw)
     elif config.init == "noise":
         noise = jax.random.uniform(jax.random.key(config.seed), (*hw, 3), jnp.float32)
         # Mostly noise around mid-grey: white noise as in Gatys et al., kept inside the range.
@@ -119,7 +119,7 @@ def restore_colors(image: np.ndarray, item: Item, config: StyleConfig) -> np.nda
     """For ``preserve_colors="luminance"``: the content's chroma on the result's luminance."""
     if config.preserve_colors != "luminance":
         return image
-    chroma = imageops.resize(item.content0, image.shape[:2])
+    chroma = imageops.resize_host(item.content0, image.shape[:2])
     return np.asarray(imageops.recombine_chroma(image, chroma), np.float32)
 
 

@@ -15,7 +15,11 @@ from pathlib import Path
 # fresh process) instead of compiling them again. A loaded program is the compiled program,
 # so results do not depend on which test compiled first; an empty cache only costs time.
 # Tests that measure a process's memory start their subprocesses without it (test_memory.py).
-_COMPILE_CACHE = tempfile.mkdtemp(prefix="nst-jax-test-xla-cache-")
+# pytest-xdist's workers inherit the controller's directory, so a program one worker compiled
+# is loaded by the other (the two share most small programs); the controller removes it.
+_WORKER = "PYTEST_XDIST_WORKER" in os.environ and "JAX_COMPILATION_CACHE_DIR" in os.environ
+_COMPILE_CACHE = (os.environ["JAX_COMPILATION_CACHE_DIR"] if _WORKER
+                  else tempfile.mkdtemp(prefix="nst-jax-test-xla-cache-"))
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILE_CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
@@ -34,7 +38,8 @@ COMPILE_CACHE_ENV = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMP
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(_COMPILE_CACHE, ignore_errors=True)
+    if not _WORKER:
+        shutil.rmtree(_COMPILE_CACHE, ignore_errors=True)
 
 
 #: The files that take longest (sums of their tests' durations, largest first). pytest-xdist
