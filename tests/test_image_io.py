@@ -162,6 +162,20 @@ def test_resize_image_float_and_smooth():
     assert np.all(np.diff(small[2]) > 0)  # a ramp stays monotonic
 
 
+@pytest.mark.parametrize("hw", [(17, 23), (24, 32), (90, 120)])  # shrink, both ways, enlarge
+def test_host_resize_equals_the_jax_resize(hw):
+    """Input preparation resizes on the host; the compiled programs use jax.image.resize (the
+    next scale of a multi-scale run): the same antialiased Lanczos-3, to float rounding."""
+    from nst_jax import imageops
+
+    rng = np.random.default_rng(3)
+    img = rng.uniform(size=(45, 60, 3)).astype(np.float32)  # noise: every frequency
+    host = imageops.resize_host(img, hw)
+    assert host.shape == (*hw, 3) and host.dtype == np.float32 and 0 <= host.min() <= host.max() <= 1
+    np.testing.assert_allclose(host, np.asarray(imageops.resize(img, hw)), rtol=0, atol=2e-5)
+    assert imageops.resize_longest(img, 30).shape == (22, 30, 3)
+
+
 # ---------------------------------------------------------------------------------------------
 # Saving
 
