@@ -188,7 +188,7 @@ def test_7_batch_never_reads_its_outputs_as_inputs(tmp_path, capsys):
     d = tmp_path / "in"
     d.mkdir()
     write_image(d / "a.png", 20, 28, 1)
-    write_image(d / "b.png", 24, 20, 2)
+    write_image(d / "b.png", 20, 28, 2)  # one shape: one group of programs to compile
     style = write_image(tmp_path / "s.png", 20, 20)
     args = ["batch", str(d), "--style", style, "-o", str(d), "--ext", "jpg", *TINY, "--steps", "2"]
     assert main(args) == 0
