@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from nst_jax import torch_import, weights_file
+from nst_jax.cli import main
+from nst_jax.preprocessing import CAFFE, TORCHVISION, preprocess
+from nst_jax.vgg import BLOCKS, LAYERS, VGG19
 
-from nst_jax import torch_import, weights_file  # noqa: E402
-from nst_jax.cli import main  # noqa: E402
-from nst_jax.preprocessing import CAFFE, TORCHVISION, preprocess  # noqa: E402
-from nst_jax.vgg import BLOCKS, LAYERS, VGG19  # noqa: E402
+if importlib.util.find_spec("torch") is None:
+    pytest.skip("needs PyTorch (pip install torch)", allow_module_level=True)
+
+
+class _Torch:
+    """``torch``, imported by the first test that uses it rather than when pytest collects this
+    file: importing it takes ~3 s, and every pytest-xdist worker collects every file."""
+
+    def __getattr__(self, name):
+        if name.startswith("_"):  # pytest looking for fixtures, markers, test attributes
+            raise AttributeError(name)
+        return getattr(importlib.import_module("torch"), name)
+
+
+torch = _Torch()
 
 H, W = 36, 44
 IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406])
