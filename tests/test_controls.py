@@ -62,6 +62,11 @@ def test_match_color_gives_content_mean_and_covariance():
     np.testing.assert_allclose(np.cov(o, rowvar=False), np.cov(c, rowvar=False), atol=1e-4)
 
 
+#: The loss compiled (one program per spec): op by op, each network pass costs a compilation
+#: per operation and shape.
+loss_fn = jax.jit(style_transfer_loss, static_argnames="spec")
+
+
 def test_all_ones_mask_equals_unmasked_loss(weights, images):
     content, style = images
     layers = ("relu1_1", "relu2_1")
@@ -71,8 +76,8 @@ def test_all_ones_mask_equals_unmasked_loss(weights, images):
         x = np.clip(content[::-1] + 0.05, 0, 1)
         t0 = compute_targets(weights, content, [style], plain)
         t1 = compute_targets(weights, content, [style], masked, masks=jnp.ones((1, 32, 40)))
-        v0, a0 = style_transfer_loss(x, t0, weights, plain)
-        v1, a1 = style_transfer_loss(x, t1, weights, masked)
+        v0, a0 = loss_fn(x, t0, weights, plain)
+        v1, a1 = loss_fn(x, t1, weights, masked)
         np.testing.assert_allclose(v1, v0, rtol=1e-5)
         for k in layers:
             np.testing.assert_allclose(a1["style_layers"][k], a0["style_layers"][k], rtol=1e-5)
@@ -92,7 +97,7 @@ def test_half_mask_restricts_gradients_to_its_region(weights, images):
     m = np.zeros((32, 40), np.float32)
     m[:16] = 1.0
     targets = compute_targets(weights, content, [style], spec, masks=jnp.asarray(m)[None])
-    gx = jax.grad(lambda x: style_transfer_loss(x, targets, weights, spec)[0])(content)
+    gx = jax.jit(jax.grad(lambda x: style_transfer_loss(x, targets, weights, spec)[0]))(content)
     assert float(jnp.abs(gx[17:]).max()) == 0.0
     assert float(jnp.abs(gx[:15]).min(axis=(1, 2)).max()) > 0
 
@@ -112,8 +117,8 @@ def test_two_regions_take_their_own_styles(weights, images):
     bottom = np.full((16, 40, 3), 0.1, np.float32)
     good = np.concatenate([top, bottom], 0)
     bad = np.concatenate([bottom, top], 0)
-    lg = style_transfer_loss(good, t, weights, spec)[0]
-    lb = style_transfer_loss(bad, t, weights, spec)[0]
+    lg = loss_fn(good, t, weights, spec)[0]
+    lb = loss_fn(bad, t, weights, spec)[0]
     assert float(lg) < float(lb)
 
 
