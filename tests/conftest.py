@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -25,6 +26,13 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 # The CLI's own switch stays off: it would point an in-process run at the user's cache.
 os.environ.setdefault("NST_JAX_COMPILE_CACHE", "off")
+# On a GPU the tests' tolerances (1e-5 equalities, finite differences) need full float32 and
+# kernels that sum in the same order on every run (README, "On GPU"); CPU runs are unchanged.
+if any(importlib.util.find_spec(p) for p in ("jax_cuda12_plugin", "jax_cuda13_plugin",
+                                              "jax_rocm60_plugin", "jax_rocm7_plugin")):
+    os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+    os.environ["XLA_FLAGS"] = " ".join(
+        [os.environ.get("XLA_FLAGS", ""), "--xla_gpu_deterministic_ops=true"]).strip()
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
