@@ -3,10 +3,6 @@ it reports: flag spellings, usage on errors, --help/--print-config/--version, th
 the summary against the trace, devices, the compilation cache, a no-op batch re-run."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

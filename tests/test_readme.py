@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from nst_jax import image_io
 
