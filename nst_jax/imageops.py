@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nst_jax.image_io import resize_image
+
 
 def fit_longest(shape_hw: tuple[int, int], size: int) -> tuple[int, int]:
     """``(h, w)`` scaled so that ``max(h, w) == size``, aspect ratio kept, each side >= 1."""
@@ -33,8 +35,6 @@ def resize_host(image, shape_hw: tuple[int, int]) -> np.ndarray:
     """:func:`resize` on the host, for input preparation: the same antialiased Lanczos-3 filter
     (Pillow, float32 per channel; equal to :func:`resize` within 1e-5), with no program to
     compile for each new image size."""
-    from nst_jax.image_io import resize_image
-
     image = np.asarray(image, np.float32)
     if tuple(image.shape[:2]) == tuple(shape_hw):
         return image

@@ -87,7 +87,7 @@ def make_item(
 
 def resized_content(item: Item, side: int) -> np.ndarray:
     """The item's working content with longest side ``side``."""
-    return np.asarray(imageops.resize_longest(item.content, side))
+    return imageops.resize_longest(item.content, side)
 
 
 def resized_style(style: np.ndarray, scale: float, side: int) -> np.ndarray:
