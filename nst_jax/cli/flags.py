@@ -8,6 +8,8 @@ config's own (``tests/test_stylize.py`` checks every field has a flag).
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import math
 import os
 
@@ -131,8 +133,35 @@ def config_flag_fields() -> tuple[str, ...]:
     return (*(field for _, field, _, _, _ in CONFIG_FLAGS), "remat", "save_every")
 
 
+@functools.lru_cache(maxsize=1)
+def _help_preset() -> tuple[StyleConfig, str]:
+    """The default preset as ``--help`` shows it: tuned for the network of the weights a run
+    would use (found by their header only, when help is printed), and a phrase saying which."""
+    from nst_jax.vgg import NETWORK_NAMES
+    from nst_jax.weights_store import weights_network
+
+    network = weights_network(None)
+    if network is None:
+        return get_preset(DEFAULT_PRESET, "vgg19"), "for VGG-19 (no weights found yet)"
+    return (get_preset(DEFAULT_PRESET, network),
+            f"for {NETWORK_NAMES[network]}, the network of the weights in use")
+
+
 class HelpFormatter(argparse.HelpFormatter):
-    """Lists an option's aliases once, with the metavar at the end (``-s, --size N``)."""
+    """Lists an option's aliases once, with the metavar at the end (``-s, --size N``), and fills
+    in the preset defaults of the settings flags (``%(preset_default)s``) when help is shown."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        field = getattr(action, "preset_field", None)
+        if field is not None:
+            base, tuned = _help_preset()
+            action = copy.copy(action)
+            action.preset_tuning = tuned
+            if field == "output_iterate":
+                action.preset_default = "best"
+            elif field != "preset":
+                action.preset_default = _default_text(getattr(base, field))
+        return super()._expand_help(action)
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
         if not action.option_strings or action.nargs == 0:
@@ -148,25 +177,26 @@ def _default_text(value) -> str:
 
 
 def add_config_flags(p: argparse.ArgumentParser, *, single: bool = True) -> None:
-    """The settings flags; defaults shown are those of the default preset (tf-tutorial).
+    """The settings flags; defaults shown are those of the default preset, tuned for the network
+    of the weights in use (filled in by :class:`HelpFormatter` when help is printed).
 
     ``single``: also the single-image flags (``--save-every``, ``--style-blend``).
     """
-    base = get_preset(DEFAULT_PRESET)
     g = p.add_argument_group(
         "settings", f"Every setting starts from --preset (default {DEFAULT_PRESET}); the "
-        f"defaults shown are {DEFAULT_PRESET}'s ('preset default').")
-    g.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
-                   help=f"starting settings that the other flags override (default "
-                   f"{DEFAULT_PRESET})")
+        f"defaults shown are {DEFAULT_PRESET}'s ('preset default'), tuned for the network of "
+        "the weights in use.")
+    action = g.add_argument(
+        "--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+        help=f"starting settings that the other flags override (default {DEFAULT_PRESET}; the "
+        "defaults below are tuned %(preset_tuning)s)")
+    action.preset_field = "preset"
     for flags, field, typ, extra, help_ in CONFIG_FLAGS:
-        shown = _default_text(getattr(base, field))
-        if field == "output_iterate":
-            shown = "best"
         if "metavar" not in extra and "choices" not in extra:
             extra = {**extra, "metavar": {int: "N", float: "X"}.get(typ, "VALUE")}
-        g.add_argument(*flags, dest=field, type=typ, default=None,
-                       help=f"{help_} (preset default: {shown})", **extra)
+        action = g.add_argument(*flags, dest=field, type=typ, default=None,
+                                help=f"{help_} (preset default: %(preset_default)s)", **extra)
+        action.preset_field = field
     g.add_argument("--remat", action="store_true", default=None,
                    help="recompute VGG blocks in the backward pass (less memory, slower)")
     if single:
@@ -227,15 +257,29 @@ def config_from_args(args: argparse.Namespace, network: str | None = None) -> St
     config = base.replace(**{k: v for k, v in changes.items() if v is not None})
     check_init_path(config)
     config, capped = apply_env_caps(config)
-    if capped and network is None:  # said once, not again when re-tuned for the network
+    if capped:
         status(args, capped)
     return config
 
 
-def print_config(config: StyleConfig, args: argparse.Namespace) -> None:
-    """The effective settings, one per line; ``*`` marks those changed from the preset."""
-    base = get_preset(args.preset)
-    print(f"# effective settings: preset {args.preset}; * = changed by a flag")
+def weights_network(args: argparse.Namespace) -> str | None:
+    """The network of the weights this run will load (``--weights``, else discovery), from the
+    file's header alone, so the config is built once, tuned for it; ``--network`` wins."""
+    from nst_jax.weights_store import weights_network as header_network
+
+    required = getattr(args, "network", None)
+    return header_network(getattr(args, "weights", None), network=required) or required
+
+
+def print_config(config: StyleConfig, args: argparse.Namespace, network: str | None) -> None:
+    """The effective settings, one per line; ``*`` marks those changed from the preset (tuned
+    for ``network``, the weights' network, which the first line names)."""
+    from nst_jax.vgg import NETWORK_NAMES
+
+    base = get_preset(args.preset, network)
+    tuned = (f"tuned for {NETWORK_NAMES[network]}, the network of the weights in use" if network
+             else "for VGG-19: no weights found")
+    print(f"# effective settings: preset {args.preset} ({tuned}); * = changed by a flag")
     for name, value in config.flat().items():
         mark = "*" if value != getattr(base, name) else " "
         print(f"{mark} {name:<20} {_default_text(value)}")

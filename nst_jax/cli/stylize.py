@@ -95,9 +95,10 @@ def inputs(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = flags.config_from_args(args)
+    network = flags.weights_network(args)
+    config = flags.config_from_args(args, network=network)
     if args.print_config:
-        flags.print_config(config, args)
+        flags.print_config(config, args, network)
         return 0
     content_path, style_paths = inputs(args)
     if args.print_every < 0:
@@ -150,7 +151,8 @@ def _stylize(args, config, out, content, styles, blend, masks, init_image) -> in
     from nst_jax.transfer import stylize
 
     weights = common.load_weights_for_cli(args, network=config.network)
-    config = _with_print_steps(flags.config_from_args(args, network=weights.network), args)
+    if weights.network != flags.weights_network(args):  # the header said otherwise: re-tune
+        config = _with_print_steps(flags.config_from_args(args, network=weights.network), args)
     cache = getattr(args, "_compile_cache", None)
     common.status(args, "computing style targets and compiling the optimisation step"
                   + (f" (compiled programs are reused from {cache})" if cache else "")

