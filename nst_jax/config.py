@@ -237,6 +237,14 @@ PRESETS: dict[str, StyleConfig] = {
 }
 
 
+#: The preset the CLI, the demo and the studio start from: Gatys et al.'s own recipe (the paper's
+#: layers, L-BFGS, neural-style's weights). Measured on real VGG-19 and VGG-16 features over three
+#: CC0 pairs at 256 px (BENCHMARKS.md), it keeps more of the photo AND takes more of the style than
+#: the TF tutorial's recipe, in about the same time, so the tutorial's recipe is no longer the
+#: default; it stays available as ``tf-tutorial``.
+DEFAULT_PRESET = "gatys"
+
+
 def apply_env_caps(config: StyleConfig) -> tuple[StyleConfig, str | None]:
     """``config`` with ``size``/``min_size`` capped at ``$NST_JAX_MAX_SIZE`` and ``steps``/
     ``scale_steps`` at ``$NST_JAX_MAX_STEPS`` (both unset: unchanged).

@@ -14,13 +14,12 @@ import math
 import os
 
 from nst_jax.cli.common import status
-from nst_jax.config import COLOR_MODES, PRESETS, StyleConfig, get_preset
+from nst_jax.config import COLOR_MODES, DEFAULT_PRESET, PRESETS, StyleConfig, get_preset
 from nst_jax.losses import CONVENTIONS
 from nst_jax.objective import DTYPES
 from nst_jax.optimize import OPTIMIZERS, OUTPUT_ITERATES
 from nst_jax.vgg import NETWORKS, POOLINGS
 
-DEFAULT_PRESET = "tf-tutorial"
 
 
 def _layers(text: str) -> tuple[str, ...]:
