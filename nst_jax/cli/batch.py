@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nst_jax.cli import common, flags, safety
 from nst_jax.errors import NstError
-from nst_jax.files import make_dir
+from nst_jax.files import make_dir, refuse_link
 
 EXIT_FAILED = 1
 
@@ -161,12 +161,14 @@ def run(args: argparse.Namespace) -> int:
     for o in outputs:
         if os.path.realpath(o) in inputs:
             raise NstError(f"output {str(o)!r} would overwrite an input image; choose another -o")
-    make_dir(out_dir)
-    image_io.check_output_path(outputs[0])  # a writable directory and an encoder for --ext
+        refuse_link(o, "output", "-o")
     init_image = image_io.load_image(config.init) if config.run.init_is_path else None
-    with safety.folder_lock(out_dir) if _holds_lock() else contextlib.nullcontext():
-        return _run_locked(args, config, start, contents, styles, pairing, pairs, names, outputs,
-                           out_dir, init_image)
+    with safety.removed_unless_used(out_dir):
+        make_dir(out_dir)
+        image_io.check_output_path(outputs[0])  # a writable directory and an encoder for --ext
+        with safety.folder_lock(out_dir) if _holds_lock() else contextlib.nullcontext():
+            return _run_locked(args, config, start, contents, styles, pairing, pairs, names,
+                               outputs, out_dir, init_image)
 
 
 def _holds_lock() -> bool:
@@ -248,6 +250,7 @@ def _write(loaded, results, outputs, tally: _Tally, bar) -> None:
         if result.interrupted:  # not finished: left for the re-run
             continue
         image_io.save_image(outputs[i], result.image)
+        safety.record_output(outputs[i])
         tally.written += 1
         bar.update(1)
         tqdm.write(f"wrote {outputs[i]}", file=sys.stdout)
