@@ -63,6 +63,12 @@ def check_weights_fit(config: StyleConfig, weights: VGGWeights) -> None:
 
 
 def _prepared_config(config: StyleConfig, weights: VGGWeights, init_image) -> StyleConfig:
+    if not isinstance(config, StyleConfig):
+        raise NstError(f"config must be a StyleConfig (e.g. nst_jax.get_preset('tf-tutorial')), "
+                       f"got {type(config).__name__}")
+    if not isinstance(weights, VGGWeights):
+        raise NstError(f"weights must be VGGWeights (from nst_jax.resolve_weights or "
+                       f"nst_jax.random_weights), got {type(weights).__name__}")
     config, capped = apply_env_caps(config)
     if capped:
         print(f"nst-jax: {capped}", file=sys.stderr)
