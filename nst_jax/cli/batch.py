@@ -143,9 +143,7 @@ def run(args: argparse.Namespace) -> int:
                        f"{', '.join(e[1:] for e in image_io.SUPPORTED_EXTENSIONS)})")
 
     contents = list_inputs(args.inputs)
-    several = len(args.styles) > 1
-    contents, earlier = safety.drop_earlier_outputs(
-        contents, lambda c: [out_dir / _name(c, s, several, ext) for s in args.styles])
+    contents, earlier = safety.drop_earlier_outputs(contents, out_dir)
     if earlier:
         print(f"nst-jax batch: not reading {len(earlier)} earlier output(s) of this batch as "
               f"inputs (e.g. {str(earlier[0])!r})", file=sys.stderr)

@@ -83,24 +83,20 @@ def check_save_every(out: str | os.PathLike, save_every: int, total_steps: int) 
         )
 
 
-def drop_earlier_outputs(inputs: list[Path], outputs_of) -> tuple[list[Path], list[Path]]:
-    """``(inputs, dropped)``: inputs that a batch wrote earlier as the output of ANOTHER input
-    are dropped.
+def drop_earlier_outputs(inputs: list[Path], out_dir: Path) -> tuple[list[Path], list[Path]]:
+    """``(inputs, dropped)``: inputs in ``out_dir`` that an earlier batch wrote there are dropped.
 
-    ``outputs_of(path)`` gives the output paths the batch would write for one content file. An
-    input counts as an earlier output only when its folder's :data:`BATCH_RECORD` names it: a
-    batch writing into its own input folder thus never takes its outputs for inputs on a re-run,
-    and a re-run with another ``--ext`` never takes the user's photos for finished outputs (they
-    then clash with the outputs, which is refused).
+    Only files named in ``out_dir``'s :data:`BATCH_RECORD` count as earlier outputs: a batch
+    writing into its own input folder thus never takes its outputs for inputs on a re-run, and a
+    re-run with another ``--ext`` never takes the user's photos for finished outputs (they then
+    clash with the new outputs, which is refused). Files elsewhere are always inputs, so the
+    outputs of one batch can be the inputs of the next.
     """
-    produced: dict[str, list[Path]] = {}
-    for p in inputs:
-        for o in outputs_of(p):
-            produced.setdefault(os.path.realpath(o), []).append(p)
+    recorded = recorded_outputs(out_dir)
     kept, dropped = [], []
     for p in inputs:
-        others = [src for src in produced.get(os.path.realpath(p), []) if not same_file(src, p)]
-        (dropped if others and p.name in recorded_outputs(p.parent) else kept).append(p)
+        earlier = p.name in recorded and same_file(p.parent, out_dir)
+        (dropped if earlier else kept).append(p)
     return kept, dropped
 
 
