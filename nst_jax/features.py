@@ -54,7 +54,8 @@ def extract_features(
     from nst_jax.imageops import checked_image
 
     check_weights(weights)
-    if isinstance(layers, str) or not all(isinstance(n, str) for n in layers):
+    layers = tuple(layers) if isinstance(layers, (list, tuple)) else layers
+    if not isinstance(layers, tuple) or not all(isinstance(n, str) for n in layers):
         raise NstError(f"layers must be a list of layer names such as ['relu1_1'], got "
                        f"{layers!r:.60}")
     image = checked_image(image)
