@@ -296,5 +296,5 @@ def test_resolve_weights_explicit_beats_env(places, nst_file, monkeypatch):
     assert not weights_store.resolve_weights("random", seed=1).pretrained
     with pytest.raises(NstError, match="does not exist"):
         weights_store.resolve_weights(str(places["root"] / "missing.nst.h5"))
-    with pytest.raises(NstError, match="holding none of vgg19-keras.nst.h5"):
+    with pytest.raises(NstError, match="which holds none of vgg19-keras.nst.h5"):
         weights_store.resolve_weights(str(places["root"]))
