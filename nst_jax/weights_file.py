@@ -117,6 +117,9 @@ def open_hdf5(path: str | os.PathLike, *, what: str = "weights file") -> h5py.Fi
         ) from None
     try:
         check_self_contained(f, path)
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
+        f.close()
+        raise NstError(f"{path} is truncated or damaged ({first_line(err)})") from None
     except BaseException:
         f.close()
         raise
