@@ -41,9 +41,9 @@ from nst_jax.vgg import NETWORKS, canonical_layer, conv_kernel_shape, conv_layer
 #: (conv output, relu output/mask, gradient buffers). Calibrated on CPU (scripts/measure_memory.py).
 ACTIVATION_FACTOR = 2.6
 #: Fixed allowance for XLA's compiler, runtime and convolution workspace, on top of what the
-#: process holds before compiling (calibrated on CPU with the peak reset after start-up: the
-#: tiny preset's growth at 128-768 px measured 0.99-1.12x below this estimate with 300 MB; with
-#: 200 MB it was 1.07-1.14x above).
+#: process holds before compiling (calibrated on CPU with the peak reset after start-up: for the
+#: tiny preset at 128-768 px the estimate was 0.97-1.12x the measured growth with 300 MB, and
+#: 0.87-0.94x with 200 MB).
 RUNTIME_BYTES = 300 << 20
 #: Environment variable that turns the guard off (``0``), e.g. where swap makes more room.
 ENV_SWITCH = "NST_JAX_MEMORY_CHECK"
