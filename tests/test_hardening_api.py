@@ -207,3 +207,8 @@ def test_strings_where_numbers_belong_and_jax_scalars():
     c = tiny.replace(steps=jnp.int32(3), size=jnp.int16(40), learning_rate=jnp.float32(0.5))
     assert (c.steps, c.size, c.learning_rate) == (3, 40, 0.5) and type(c.steps) is int
     hash(c)
+
+
+def test_total_variation_of_an_integer_image_is_refused():
+    with pytest.raises(NstError, match="takes a float image in \\[0, 1\\], got dtype uint8"):
+        nst_jax.total_variation_loss(jnp.asarray((IMG * 255).astype(np.uint8)))
