@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         if os.path.realpath(o) in inputs:
             raise NstError(f"output {str(o)!r} would overwrite an input image; choose another -o")
         refuse_link(o, "output", "-o")
+    refuse_link(out_dir / safety.BATCH_RECORD, "the record of this batch's outputs", "-o")
     init_image = image_io.load_image(config.init) if config.run.init_is_path else None
     with safety.removed_unless_used(out_dir):
         make_dir(out_dir)
