@@ -70,7 +70,8 @@ def test_two_processes_write_disjoint_shares_exactly_once(tmp_path):
     assert sorted(shares[0] | shares[1]) == sorted(str(out / f"im{i}.png") for i in range(5))
     assert sorted(p.name for p in out.iterdir()) == [  # no temps; what each process wrote
         safety.BATCH_RECORD, *(f"im{i}.png" for i in range(5))]
-    assert sorted((out / safety.BATCH_RECORD).read_text().split()) == [f"im{i}.png" for i in range(5)]
+    recorded = (out / safety.BATCH_RECORD).read_text().split()
+    assert sorted(recorded) == [f"im{i}.png" for i in range(5)]
     for i, (stdout, _) in enumerate(logs):
         assert f"(process {i} of 2): {len(shares[i])} done, 0 skipped" in stdout
 

@@ -458,7 +458,7 @@ def test_output_that_is_a_symlink_is_refused(tmp_path, pair, capsys):
 
 
 
-# Issue 23 ------------------------------------------------------------------------------------------
+# Issue 23 -----------------------------------------------------------------------------------
 
 def test_batch_and_demo_never_write_through_a_link(tmp_path, capsys):
     victim = tmp_path / "victim.txt"
