@@ -111,9 +111,12 @@ def run(args: argparse.Namespace) -> int:
     from nst_jax import image_io
 
     out = output_path(args.output, content_path)
+    safety.check_not_a_link(out)  # first, so that the message names the flag
     image_io.check_output_path(out)
-    for path, what in ((args.loss_log, "loss log"), (args.trace, "trace file")):
+    for path, what, flag in ((args.loss_log, "loss log", "--loss-log"),
+                             (args.trace, "trace file", "--trace")):
         if path:
+            safety.check_not_a_link(path, what, flag)
             files.check_writable(path, what)
     args.content, args.styles, args.output = content_path, style_paths, str(out)
     safety.check_outputs(args, config)
