@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from typing import Any, Iterable
 
@@ -11,10 +12,14 @@ from nst_jax.errors import NstError
 
 
 def plain(v: Any) -> Any:
-    """NumPy scalars become Python numbers/strings and lists become tuples, recursively, so a
-    spec built from NumPy values or JSON lists is still hashable."""
+    """NumPy and concrete JAX scalars become Python numbers/strings and lists become tuples,
+    recursively, so a spec built from NumPy values or JSON lists is still hashable."""
     if isinstance(v, np.generic):
         return v.item()
+    if getattr(v, "shape", None) == () and hasattr(v, "item") and type(v).__module__.startswith(
+            ("jax", "jaxlib")):  # a concrete JAX scalar such as jnp.int32(3)
+        with contextlib.suppress(Exception):  # a tracer stays as it is, and is refused later
+            return v.item()
     if isinstance(v, (list, tuple)):
         return tuple(plain(x) for x in v)
     return v
@@ -38,18 +43,18 @@ def check_int(v: Any, name: str, *, minimum: int) -> None:
 
 def check_positive(v: Any, name: str) -> None:
     if not (is_real(v) and 0 < v < float("inf")):
-        raise NstError(f"{name} must be a positive number, got {v}")
+        raise NstError(f"{name} must be a positive number, got {v!r}")
 
 
 def check_nonnegative(v: Any, name: str) -> None:
     if not (is_real(v) and 0 <= v < float("inf")):
-        raise NstError(f"{name} must be a finite number >= 0, got {v}")
+        raise NstError(f"{name} must be a finite number >= 0, got {v!r}")
 
 
 def check_unit(v: Any, name: str) -> None:
     """``v`` in ``[0, 1)`` (decay rates)."""
     if not (is_real(v) and 0 <= v < 1):
-        raise NstError(f"{name} must be in [0, 1), got {v}")
+        raise NstError(f"{name} must be in [0, 1), got {v!r}")
 
 
 def check_choice(v: Any, name: str, choices: Iterable[str]) -> None:

@@ -7,9 +7,17 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from nst_jax.errors import NstError
 from nst_jax.preprocessing import preprocess
 from nst_jax.vgg import VGG
 from nst_jax.weights import VGGWeights
+
+
+def check_weights(weights) -> None:
+    """Raises ``NstError`` unless ``weights`` are :class:`VGGWeights`."""
+    if not isinstance(weights, VGGWeights):
+        raise NstError(f"weights must be VGGWeights (from nst_jax.resolve_weights or "
+                       f"nst_jax.random_weights), got {type(weights).__name__}")
 
 
 def extract_features(
@@ -37,7 +45,20 @@ def extract_features(
 
     Returns:
       ``{layer: (H_l, W_l, C_l)}`` in ``dtype``; ``H_l = H // 2**k`` after ``k`` poolings.
+
+    Raises:
+      NstError: ``weights`` are not :class:`VGGWeights`, ``layers`` is not a sequence of names,
+        or ``image`` breaks the image rule (:func:`nst_jax.imageops.checked_image`: uint8 is
+        scaled, NaN and 0..255 floats are refused).
     """
+    from nst_jax.imageops import checked_image
+
+    check_weights(weights)
+    layers = tuple(layers) if isinstance(layers, (list, tuple)) else layers
+    if not isinstance(layers, tuple) or not all(isinstance(n, str) for n in layers):
+        raise NstError(f"layers must be a list of layer names such as ['relu1_1'], got "
+                       f"{layers!r:.60}")
+    image = checked_image(image)
     dtype = jnp.dtype(dtype or image.dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.dtype(jnp.float32)

@@ -2,7 +2,9 @@
 
 * :func:`make_dir` — ``mkdir -p`` that names what is in the way (a file, a read-only disk, no
   permission) instead of raising ``OSError``;
-* :func:`check_writable` / :func:`atomic_write_bytes` — a file written whole or not at all;
+* :func:`check_writable` / :func:`atomic_write_bytes` — a file written whole or not at all, and
+  never through a symbolic link (:func:`refuse_link`: the one rule every writer of nst-jax
+  follows, so a link planted where an output goes cannot redirect it onto another file);
 * :func:`fsync_path` — makes an atomic write durable: the new file's bytes before the rename, the
   directory entry after it.
 """
@@ -54,11 +56,31 @@ def check_writable(path: str | os.PathLike, what: str = "file") -> None:
     check_destination(Path(path), what)
 
 
+def refuse_link(path: str | os.PathLike, what: str = "output", flag: str | None = None) -> None:
+    """Raises ``NstError`` when ``path`` is a symbolic link, dangling or not.
+
+    Writing there would replace (or, dangling, create) the file the link points to, which may
+    lie anywhere; nst-jax never writes through a link. ``flag`` names the option to change.
+    """
+    if os.path.islink(path):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        other = f"choose another {flag}" if flag else "choose another name"
+        raise NstError(
+            f"{what} {str(path)!r} is a symbolic link to {target!r}; nst-jax does not replace a "
+            f"link's target, so remove the link or {other}"
+        )
+
+
 def check_destination(p: Path, what: str) -> None:
-    """Raises ``NstError`` unless a ``what`` can be written at ``p`` (creates nothing)."""
+    """Raises ``NstError`` unless a ``what`` can be written at ``p`` (creates nothing): ``p`` is
+    no directory and no symbolic link (:func:`refuse_link`), and its directory is writable."""
     def fail(problem: str) -> NstError:
         return NstError(f"cannot write {what} {str(p)!r}: {problem}")
 
+    refuse_link(p, what)
     if p.is_dir():
         raise fail("it is an existing directory")
     parent = p.parent
@@ -73,16 +95,15 @@ def check_destination(p: Path, what: str) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "file") -> None:
     """Writes ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename.
 
-    Readers see either the old file or the complete new one. A symlink at ``path`` is followed.
-    An existing file keeps its permission bits; a new one gets the usual umask-based mode.
+    Readers see either the old file or the complete new one. A symbolic link at ``path`` is
+    refused (:func:`refuse_link`), never followed. An existing file keeps its permission bits; a
+    new one gets the usual umask-based mode.
 
     Raises:
-      NstError: the destination is a directory, its directory is missing or not writable, or the
-        write fails (disk full, I/O error); no temporary file is left behind.
+      NstError: the destination is a directory or a symbolic link, its directory is missing or
+        not writable, or the write fails (disk full, I/O error); no temporary file is left behind.
     """
     p = Path(path)
-    if p.is_symlink():
-        p = Path(os.path.realpath(p))
     check_destination(p, what)
     try:
         mode = stat.S_IMODE(os.stat(p).st_mode) if p.exists() else _new_file_mode()

@@ -197,8 +197,22 @@ def is_complete_image(path: PathLike) -> bool:
         return False
 
 
-def load_mask(path: PathLike) -> np.ndarray:
-    """A region mask: the image's luminance as float32 ``(H, W)`` in ``[0, 1]`` (white = in)."""
+def load_mask(path: PathLike, shape_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """A region mask: the image's luminance as float32 ``(H, W)`` in ``[0, 1]`` (white = in).
+
+    With ``shape_hw``, a mask of another size (after its EXIF orientation) is refused from its
+    header, before any pixel is decoded: a small PNG may inflate to gigabytes.
+    """
+    if shape_hw is not None:
+        p = Path(path)
+        with _reading(p), Image.open(p) as im:
+            w, h = im.size
+            with contextlib.suppress(Exception):
+                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
+                    w, h = h, w
+        if (h, w) != tuple(shape_hw):
+            raise NstError(f"mask {str(path)!r} is {w}x{h} but the content image is "
+                           f"{shape_hw[1]}x{shape_hw[0]}; masks must match the content size")
     rgb = load_image(path)
     return (rgb @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.float32)
 

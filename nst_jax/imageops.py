@@ -90,6 +90,32 @@ def as_rgb01(image, name: str = "image") -> np.ndarray:
     return np.clip(a, 0.0, 1.0)
 
 
+def checked_image(image, name: str = "image") -> jax.Array:
+    """The rule of :func:`as_rgb01` at the array functions of the API (features, targets, loss).
+
+    A concrete array is checked and converted by :func:`as_rgb01`: ``uint8``/``uint16`` become
+    float32 in ``[0, 1]``, NaN, 0..255 floats and other types raise ``NstError``. A float array
+    is returned as it was given (its dtype, e.g. bfloat16, and its values kept, so an eager call
+    gives what a jitted one does). Inside ``jit``/``grad`` (a tracer) the values are unknown: the
+    shape must be ``(H, W, 3)`` and the dtype floating, else ``NstError`` asks to convert first.
+    """
+    from nst_jax.errors import NstError
+
+    if isinstance(image, jax.core.Tracer):
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise NstError(f"{name} must be an (H, W, 3) RGB array, got shape {image.shape}")
+        if not jnp.issubdtype(image.dtype, jnp.floating):
+            raise NstError(f"{name} has dtype {image.dtype} inside a traced function; convert "
+                           "it to floats in [0, 1] with nst_jax.imageops.as_rgb01 first")
+        return image
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        raise NstError(f"{name} must be an (H, W, 3) array, got {type(image).__name__}")
+    converted = as_rgb01(image, name)
+    if jnp.issubdtype(image.dtype, jnp.floating):
+        return jnp.asarray(image)
+    return jnp.asarray(converted)
+
+
 # --- colour -----------------------------------------------------------------------------------
 
 #: RGB → YIQ (NTSC): Y is luminance, I and Q carry the chroma.

@@ -187,7 +187,11 @@ def total_variation_loss(image: jax.Array, *, kind: str = "l1", scale: float = 1
     ``"l1"``: ``Σ |x[i+1, j] - x[i, j]| + Σ |x[i, j+1] - x[i, j]|`` over all valid pairs (what
     ``tf.image.total_variation`` computes). ``"half_l2"``: ``½ Σ_{i<H-1, j<W-1} (Δx² + Δy²)``, the
     smoothness term of jcjohnson/neural-style. The image is multiplied by ``scale`` first.
+    An integer image (0..255) is refused: its TV would be 255x that of the image in ``[0, 1]``.
     """
+    if not jnp.issubdtype(jnp.result_type(image), jnp.floating):
+        raise NstError(f"total_variation_loss takes a float image in [0, 1], got dtype "
+                       f"{jnp.result_type(image)}; convert it with nst_jax.imageops.as_rgb01")
     x = image.astype(_acc(image)) * scale
     if kind == "l1":
         return jnp.sum(jnp.abs(x[1:] - x[:-1])) + jnp.sum(jnp.abs(x[:, 1:] - x[:, :-1]))

@@ -16,9 +16,14 @@ alive, calibrated against measured peaks on CPU (``scripts/measure_memory.py``;
 * **weights**: the kernels prepared for the loop on CPU (flipped for the backward pass, cast,
   Winograd forms; nothing elsewhere), besides the parameters already loaded.
 * **runtime**: a fixed allowance for XLA's compiler and workspace (:data:`RUNTIME_BYTES`).
+* **process**: what the process holds already when the guard runs (:func:`process_bytes`: the
+  interpreter, JAX's runtime, the loaded weights and images; about 340-380 MB on CPU), so the
+  estimate is of the whole process's peak, the figure ``/usr/bin/time`` or a container reports.
 
 Limits (:func:`available_bytes`): on CPU the host's ``MemAvailable`` (``/proc/meminfo``, else
-``sysconf``); on a GPU/TPU ``bytes_limit - bytes_in_use`` of ``device.memory_stats()``.
+``sysconf``); on a GPU/TPU ``bytes_limit - bytes_in_use`` of ``device.memory_stats()``. The
+process's own memory is counted on both sides: the whole process may grow to what it holds plus
+what is available.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ from nst_jax.vgg import NETWORKS, canonical_layer, conv_kernel_shape, conv_layer
 #: Bytes kept per activation element for the backward pass, per element of all conv outputs
 #: (conv output, relu output/mask, gradient buffers). Calibrated on CPU (scripts/measure_memory.py).
 ACTIVATION_FACTOR = 2.6
-#: Fixed allowance for XLA's compiler, runtime and convolution workspace (calibrated on CPU with
-#: the peak reset after start-up: 128-384 px runs of the tiny preset measured 0.94-1.16x of it).
-RUNTIME_BYTES = 200 << 20
+#: Fixed allowance for XLA's compiler, runtime and convolution workspace, on top of what the
+#: process holds before compiling (calibrated on CPU with the peak reset after start-up: for the
+#: tiny preset at 128-768 px the estimate was 0.97-1.12x the measured growth with 300 MB, and
+#: 0.87-0.94x with 200 MB).
+RUNTIME_BYTES = 300 << 20
 #: Environment variable that turns the guard off (``0``), e.g. where swap makes more room.
 ENV_SWITCH = "NST_JAX_MEMORY_CHECK"
 
@@ -55,10 +62,18 @@ class Estimate:
     targets: int
     weights: int
     runtime: int
+    #: Held by the process already when the guard runs (0 when not measured, e.g. with a limit).
+    process: int = 0
+
+    @property
+    def run(self) -> int:
+        """What the run adds to the process."""
+        return self.activations + self.state + self.targets + self.weights + self.runtime
 
     @property
     def total(self) -> int:
-        return self.activations + self.state + self.targets + self.weights + self.runtime
+        """The whole process's peak."""
+        return self.run + self.process
 
 
 def _conv_layers_through(layers: Sequence[str], network: str = "vgg19") -> list[str]:
@@ -171,6 +186,22 @@ def available_bytes(device=None) -> tuple[int | None, str]:
     return host_available_bytes(), "available host RAM"
 
 
+def process_bytes(device=None) -> int:
+    """What this process holds already on ``device`` (default: the first): its resident set on
+    CPU (``/proc/self/statm``), ``bytes_in_use`` on a GPU/TPU; 0 when unknown."""
+    import jax
+
+    device = device or jax.devices()[0]
+    if device.platform != "cpu":
+        with contextlib.suppress(Exception):
+            return int((device.memory_stats() or {}).get("bytes_in_use", 0))
+        return 0
+    with contextlib.suppress(OSError, ValueError, IndexError, AttributeError):
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return 0
+
+
 def host_available_bytes() -> int | None:
     """``MemAvailable`` of ``/proc/meminfo`` (what can be allocated without swapping), else the
     free physical pages, capped by a container's cgroup limit; None when nothing is known."""
@@ -242,7 +273,8 @@ def check_fits(
         limit, what = available_bytes()
         if limit is None:
             return estimate
-    if estimate.total <= limit:
+        estimate = dataclasses.replace(estimate, process=process_bytes())
+    if estimate.run <= limit:
         return estimate
     fits = []
     if config.dtype != "bfloat16" and est(content_hw, style_hws, dtype="bfloat16") <= limit:
@@ -256,9 +288,12 @@ def check_fits(
     if side:
         fits.append(f"--size {side} or less")
     advice = (" it would fit with " + " or ".join(fits)) if fits else " nothing smaller fits either"
+    held = (f" (of which this process holds {gib(estimate.process)} already)"
+            if estimate.process else "")
     raise OutOfMemory(
-        f"this run needs about {gib(estimate.total)} at {content_hw[1]}x{content_hw[0]} px but "
-        f"only {gib(limit)} is free ({what});{advice}"
+        f"this run needs about {gib(estimate.total)} at {content_hw[1]}x{content_hw[0]} px"
+        f"{held} but only {gib(limit + estimate.process)} is free ({what}"
+        f"{' plus what this process holds' if estimate.process else ''});{advice}"
     )
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from nst_jax import imageops, losses
 from nst_jax.checks import check_choice, check_int, check_nonnegative, plain_fields
 from nst_jax.errors import NstError
-from nst_jax.features import extract_features
+from nst_jax.features import check_weights, extract_features
 from nst_jax.vgg import POOLINGS, canonical_layer
 from nst_jax.weights import VGGWeights
 
@@ -157,10 +157,23 @@ def compute_targets(
     Compiled (one program per shapes and spec), also when called outside ``jit``: run op by op,
     the VGG passes cost a small compilation per operation and shape.
     """
+    check_weights(weights)
+    check_spec(spec)
     if not isinstance(styles, (list, tuple)):
         styles = [styles]
+    content = imageops.checked_image(content, "content image")
+    styles = [imageops.checked_image(s, f"style image {i + 1}") for i, s in enumerate(styles)]
+    if masks is not None:
+        masks = jnp.asarray(masks, jnp.float32)
     blend = None if style_blend is None else tuple(float(b) for b in style_blend)
-    return _compute_targets(weights, content, list(styles), masks, spec=spec, blend=blend)
+    return _compute_targets(weights, content, styles, masks, spec=spec, blend=blend)
+
+
+def check_spec(spec) -> None:
+    """Raises ``NstError`` unless ``spec`` is a :class:`LossSpec`."""
+    if not isinstance(spec, LossSpec):
+        raise NstError(f"spec must be a LossSpec (e.g. nst_jax.get_preset('gatys').loss), got "
+                       f"{type(spec).__name__}")
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "blend"))
@@ -223,8 +236,10 @@ def style_targets(
 
 def check_targets(targets: Targets, spec: LossSpec) -> None:
     """Raises ``NstError`` naming every layer of ``spec`` that ``targets`` lacks."""
-    if not isinstance(targets, Mapping) or not {"content", "style"} <= set(targets):
-        raise NstError("targets must be the {'content': ..., 'style': ...} dict of compute_targets")
+    if (not isinstance(targets, Mapping) or not {"content", "style"} <= set(targets)
+            or not all(isinstance(targets[k], Mapping) for k in ("content", "style"))):
+        raise NstError("targets must be the {'content': {layer: ...}, 'style': {layer: ...}} dict "
+                       f"of compute_targets, got {type(targets).__name__}")
     missing = [f"content {k}" for k in spec.content_layers if k not in targets["content"]]
     missing += [f"style {k}" for k in spec.style_layers if k not in targets["style"]]
     if missing:
@@ -232,6 +247,20 @@ def check_targets(targets: Targets, spec: LossSpec) -> None:
             f"the targets lack the layer(s) {', '.join(missing)} that the loss needs; compute "
             "them with compute_targets for the same LossSpec"
         )
+
+
+def _check_sizes(image, feats, targets: Targets, spec: LossSpec) -> None:
+    """Raises ``NstError`` when the targets were computed for an image of another size."""
+    pairs = [(k, feats[k].shape, jnp.shape(targets["content"][k])) for k in spec.content_layers]
+    if "masks" in targets:
+        pairs += [(k, feats[k].shape[:2], jnp.shape(targets["masks"][k])[1:])
+                  for k in spec.style_layers]
+    for layer, got, want in pairs:
+        if tuple(got) != tuple(want):
+            raise NstError(
+                f"the image is {image.shape[1]}x{image.shape[0]} but the targets were computed "
+                f"for another size ({layer}: {tuple(want)} expected, {tuple(got)} from the "
+                "image); compute them with compute_targets at the size being optimised")
 
 
 def _style_term(f: jax.Array, targets: Targets, layer: str, conv) -> jax.Array:
@@ -252,9 +281,13 @@ def style_transfer_loss(
       ``(total, aux)``: float32 scalar and ``{"content": Σ, "style": Σ, "tv": γ TV,
       "content_layers": {layer: α c_l L^l}, "style_layers": {layer: β w_l E_l}}``.
     """
+    check_weights(weights)
+    check_spec(spec)
     conv = losses.get_convention(spec.convention)
     check_targets(targets, spec)
+    image = imageops.checked_image(image)
     feats = features_for(weights, image, spec.all_layers, spec)
+    _check_sizes(image, feats, targets, spec)
     cw, lw = spec.content_layer_weights, spec.layer_weights
     content_terms = {
         k: spec.content_weight * cw[k]

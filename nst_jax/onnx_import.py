@@ -55,14 +55,34 @@ def _attributes(node) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _constants(graph, numpy_helper) -> dict[str, np.ndarray]:
+def _to_array(tensor, numpy_helper, name: str, what: str) -> np.ndarray:
+    """A stored tensor as an array; a damaged one (dims that do not match its data, an undefined
+    or unknown type) is one ``NstError`` naming it, whether or not the graph uses it."""
+    from onnx import TensorProto
+
+    label = f"{what} {tensor.name[:60]!r}"
+    if tensor.data_type in (TensorProto.UNDEFINED, TensorProto.STRING):
+        kind = TensorProto.DataType.Name(tensor.data_type)
+        raise NstError(f"{name} is damaged: the {label} has type {kind}, which holds no numbers")
+    try:
+        array = numpy_helper.to_array(tensor)
+    except Exception as err:  # noqa: BLE001 - onnx raises ValueError, TypeError, KeyError, ...
+        raise NstError(f"{name} is damaged: the {label} cannot be read "
+                       f"({first_line(err)})") from None
+    if array.shape != tuple(tensor.dims):
+        raise NstError(f"{name} is damaged: the {label} declares dims {tuple(tensor.dims)} but "
+                       f"holds {array.size} values")
+    return array
+
+
+def _constants(graph, numpy_helper, name: str) -> dict[str, np.ndarray]:
     """Every tensor whose value the file stores: initializers, Constant nodes, Identity of those."""
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    values = {t.name: _to_array(t, numpy_helper, name, "initializer") for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.output:
             value = _attributes(node).get("value")
             if value is not None:
-                values[node.output[0]] = numpy_helper.to_array(value)
+                values[node.output[0]] = _to_array(value, numpy_helper, name, "Constant node")
         elif node.op_type == "Identity" and node.input and node.input[0] in values:
             values[node.output[0]] = values[node.input[0]]
     return values
@@ -72,6 +92,8 @@ def _conv_problem(node, kernel: np.ndarray | None) -> str | None:
     """Why ``node`` is not a VGG convolution (3×3, stride 1, pad 1, no dilation or groups)."""
     if kernel is None:
         return "its kernel is computed, not stored in the file"
+    if not np.issubdtype(kernel.dtype, np.floating):
+        return f"its kernel has dtype {kernel.dtype}, not floating point"
     if kernel.ndim != 4 or kernel.shape[2:] != (3, 3):
         return f"its kernel has shape {kernel.shape}, not (C_out, C_in, 3, 3)"
     attrs = _attributes(node)
@@ -108,6 +130,9 @@ def _trunk(graph, values) -> tuple[list[tuple[str, np.ndarray, np.ndarray, int]]
             bias = values.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
             if bias is None:
                 bias = np.zeros(kernel.shape[:1], np.float32)
+            if not np.issubdtype(bias.dtype, np.floating):
+                problems.append(f"Conv {label!r}: its bias has dtype {bias.dtype}")
+                continue
             convs.append((label, kernel, bias, pools))
     if batch_norm:
         problems.append("it has BatchNormalization layers (batch-norm VGG is not supported)")
@@ -148,7 +173,7 @@ def read_onnx(
     path = Path(path)
     name = name or str(path)
     model, numpy_helper = _load_model(path, name)
-    convs, problems = _trunk(model.graph, _constants(model.graph, numpy_helper))
+    convs, problems = _trunk(model.graph, _constants(model.graph, numpy_helper, name))
     if not convs:
         detail = f" ({'; '.join(problems[:3])})" if problems else ""
         raise NstError(f"{name} has no VGG-shaped 3x3 convolutions{detail}; it is not a VGG model")

@@ -17,6 +17,7 @@ computed with the wrong encoding.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -45,11 +46,21 @@ class Preprocessing:
             raise NstError(f"channel order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise NstError("preprocessing mean and std must have 3 values each")
+        # NaN or infinity here would make every feature NaN: a run "diverging at step 0".
+        for name, values in (("scale", (self.scale,)), ("mean", self.mean), ("std", self.std)):
+            if not all(math.isfinite(v) for v in values):
+                raise NstError(f"preprocessing {name} must be finite, got {_shown(values)}")
         if not self.scale > 0 or any(not s > 0 for s in self.std):
-            raise NstError("preprocessing scale and std must be positive")
+            raise NstError(f"preprocessing scale and std must be positive, got scale "
+                           f"{self.scale:g} and std {_shown(self.std)}")
         object.__setattr__(self, "scale", float(self.scale))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+
+def _shown(values) -> str:
+    values = [float(v) for v in values]
+    return f"{values[0]:g}" if len(values) == 1 else "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 CAFFE = Preprocessing("BGR", 255.0, (103.939, 116.779, 123.68))

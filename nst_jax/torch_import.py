@@ -30,7 +30,8 @@ import numpy as np
 
 from nst_jax.errors import NstError, first_line
 from nst_jax.vgg import NETWORK_NAMES, NETWORKS
-from nst_jax.weights import nonfinite_problems, param_problems, require_network
+from nst_jax.weights import (expected_shapes, nonfinite_problems, param_problems,
+                             require_network)
 from nst_jax.weights_file import as_float32
 
 Params = dict[str, dict[str, np.ndarray]]
@@ -93,28 +94,46 @@ def _torch_load(path: Path, name: str) -> dict[str, Any]:
     return {k.removeprefix("module."): v for k, v in state.items() if isinstance(k, str)}
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    """A tensor as a numpy array (floating ones as float32); other values through ``np.asarray``."""
+def _to_numpy(value: Any, key: str, name: str, expected: tuple[int, ...]) -> np.ndarray:
+    """A tensor as a numpy array (floating ones as float32); other values through ``np.asarray``.
+
+    Layout, shape and size are checked on the tensor before anything is converted: a sparse,
+    quantized or meta tensor is refused in one sentence, and a tensor of another shape than
+    ``expected`` (OIHW) becomes a zero-copy stand-in of that shape, so the structure check names
+    it without its data ever being copied (a zero-stride ``(100000, 100000)`` float64 tensor in
+    a small file would take 40 GB as float32).
+    """
     import torch  # already imported by _torch_load
 
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        value = value.float() if value.is_floating_point() else value
-        return value.numpy()
-    return np.asarray(value)
+    if not isinstance(value, torch.Tensor):
+        return np.asarray(value)
+    if value.layout != torch.strided or value.is_quantized or value.device.type != "cpu":
+        kind = str(value.layout).removeprefix("torch.") if value.layout != torch.strided else (
+            "quantized" if value.is_quantized else f"{value.device.type} device")
+        raise NstError(f"{name} holds {key} as a {kind} tensor; only plain dense CPU tensors "
+                       "can be converted")
+    if tuple(value.shape) != tuple(expected):
+        dtype = np.float32 if value.is_floating_point() else np.dtype("V1")
+        return np.broadcast_to(np.zeros((), dtype), tuple(value.shape))
+    value = value.detach()
+    value = value.float() if value.is_floating_point() else value
+    return value.numpy()
 
 
-def _collect(state: Mapping[str, Any], network: str) -> tuple[Params, list[str]]:
+def _collect(state: Mapping[str, Any], network: str, name: str = "") -> tuple[Params, list[str]]:
     """``(params, unexpected feature keys)`` taking ``network``'s convolutions from ``state``."""
     params: dict[str, dict[str, Any]] = {}
     used = set()
+    shapes = expected_shapes(network)
     for layer, index in torch_feature_index(network).items():
         leaves = {}
         for leaf, suffix in (("kernel", "weight"), ("bias", "bias")):
             key = f"features.{index}.{suffix}"
             if key in state:
                 used.add(key)
-                array = as_float32(_to_numpy(state[key]))
+                want = shapes[layer][leaf]
+                oihw = (want[3], want[2], want[0], want[1]) if leaf == "kernel" else want
+                array = as_float32(_to_numpy(state[key], key, name, oihw))
                 leaves[leaf] = array.transpose(2, 3, 1, 0) if array.ndim == 4 else array
         if leaves:
             params[layer] = leaves
@@ -139,11 +158,11 @@ def read_torch_state_dict(
     # VGG-16's last convolution is features.28 (VGG-19's is features.34).
     last16 = "features.28.weight" in state and "features.34.weight" not in state
     found = "vgg16" if last16 and "features.34.bias" not in state else "vgg19"
-    params, unexpected = _collect(state, found)
+    params, unexpected = _collect(state, found, name)
     if network is not None and network != found:
         if not unexpected and not param_problems(params, network=found):
             require_network(found, network, name)
-        params, unexpected = _collect(state, network)
+        params, unexpected = _collect(state, network, name)
     network = network or found
     problems = []
     if unexpected:

@@ -8,8 +8,10 @@ content-major) — groups the pairs by their shape at every scale (aspect ratios
 runs each group as one batch: ``jax.vmap`` over a device's rows (L-BFGS: ``lax.map``), and
 ``jax.shard_map`` over a mesh of all devices of all processes. The same compiled programs
 (:mod:`nst_jax.programs`) serve both, so a batch of one equals ``stylize``, and the step
-compiles once per group shape (:func:`compile_count`); larger batches equal one-at-a-time runs
-up to float rounding.
+compiles once per group shape (:func:`compile_count`). Larger batches compute the same math in
+another compiled program, whose float rounding differs in the last bit; an optimisation of
+hundreds of steps amplifies that to visible differences at the same loss (measured in README,
+"Many images").
 
 **Sharding** (:mod:`nst_jax.sharding`): per-image arrays are ``NamedSharding(mesh,
 P("batch"))``, the weights and a ``"broadcast"`` style's Grams are replicated. A group of ``n``
@@ -63,6 +65,12 @@ def check_weights_fit(config: StyleConfig, weights: VGGWeights) -> None:
 
 
 def _prepared_config(config: StyleConfig, weights: VGGWeights, init_image) -> StyleConfig:
+    if not isinstance(config, StyleConfig):
+        raise NstError(f"config must be a StyleConfig (e.g. nst_jax.get_preset('tf-tutorial')), "
+                       f"got {type(config).__name__}")
+    if not isinstance(weights, VGGWeights):
+        raise NstError(f"weights must be VGGWeights (from nst_jax.resolve_weights or "
+                       f"nst_jax.random_weights), got {type(weights).__name__}")
     config, capped = apply_env_caps(config)
     if capped:
         print(f"nst-jax: {capped}", file=sys.stderr)

@@ -37,7 +37,7 @@ import numpy as np
 
 from nst_jax import preprocessing as prep_lib
 from nst_jax.errors import NstError, first_line
-from nst_jax.files import fsync_path
+from nst_jax.files import fsync_path, refuse_link
 from nst_jax.vgg import NETWORK_NAMES, NETWORKS, conv_layers
 from nst_jax.weights import VGGWeights, check_params, expected_shapes, require_network
 
@@ -99,6 +99,8 @@ def open_hdf5(path: str | os.PathLike, *, what: str = "weights file") -> h5py.Fi
         raise NstError(f"{what} {path} does not exist")
     if path.is_dir():
         raise NstError(f"{path} is a directory, not a {what}")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise NstError(f"{path} is not a regular file, so it is not a {what}")
     try:
         is_hdf5 = h5py.is_hdf5(path)
     except OSError as err:
@@ -109,12 +111,70 @@ def open_hdf5(path: str | os.PathLike, *, what: str = "weights file") -> h5py.Fi
             hint = f" (convert it first: nst-jax weights convert {path} -o OUT.nst.h5)"
         raise NstError(f"{path} is not an HDF5 file{hint}")
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as err:
         raise NstError(
             f"{path} cannot be opened as HDF5, it is probably truncated or damaged "
             f"({first_line(err)})"
         ) from None
+    try:
+        check_self_contained(f, path)
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
+        f.close()
+        raise NstError(f"{path} is truncated or damaged ({first_line(err)})") from None
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+#: Most groups and datasets a weight file may hold (VGG-19 in a Keras file: about 60).
+MAX_OBJECTS = 4096
+_PLAIN_LAYOUTS = (h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED)
+
+
+def check_self_contained(f: h5py.File, path: Path) -> None:
+    """Refuses an HDF5 file whose data is not all its own, before any dataset is read.
+
+    Walks every link from the root without following any: soft and external links, datasets
+    stored in other files (``external=``), virtual datasets, and any layout other than plain
+    contiguous or chunked storage are each refused in one ``NstError`` sentence. Otherwise such
+    a file could pull the bytes of any local file into its weights (outside the checksum that
+    ``weights info`` prints), or hang reading a FIFO.
+    """
+    def fail(name: str, problem: str) -> NstError:
+        return NstError(f"{path} is not a self-contained weight file: {name} {problem}; "
+                        "nst-jax reads only data stored in the file itself")
+
+    pending, seen = [("", f)], 0
+    while pending:
+        prefix, group = pending.pop()
+        for key in group:
+            name = f"{prefix}/{key}"
+            link = group.get(key, getlink=True)
+            if isinstance(link, h5py.SoftLink):
+                raise fail(name, f"is a soft link to {link.path!r}")
+            if isinstance(link, h5py.ExternalLink):
+                raise fail(name, f"is an external link to {link.filename!r}")
+            if not isinstance(link, h5py.HardLink):
+                raise fail(name, "is a link of an unknown kind")
+            seen += 1
+            if seen > MAX_OBJECTS:
+                raise NstError(f"{path} holds more than {MAX_OBJECTS} groups and datasets; it is "
+                               "not a VGG weight file")
+            obj = group.get(key)
+            if isinstance(obj, h5py.Group):
+                pending.append((name, obj))
+            elif isinstance(obj, h5py.Dataset):
+                if obj.external:
+                    raise fail(name, f"stores its data in the external file "
+                                     f"{os.fsdecode(obj.external[0][0])!r}")
+                if obj.is_virtual:
+                    raise fail(name, "is a virtual dataset (its data lies in other files)")
+                if obj.id.get_create_plist().get_layout() not in _PLAIN_LAYOUTS:
+                    raise fail(name, "has a storage layout other than contiguous or chunked")
+            else:
+                raise fail(name, f"is a {type(obj).__name__}, not a group or dataset")
 
 
 def _str_attr(attrs: Any, key: str) -> str:
@@ -141,6 +201,7 @@ def save_weights(
     if path.is_dir():
         example = path / converted_filename("keras")
         raise NstError(f"output {path} is a directory; give a file name such as {example}")
+    refuse_link(path, "weights file")
     if layout not in LAYOUTS:
         raise NstError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     network = check_params(params, network=network, what=f"parameters for {path.name}")
@@ -229,10 +290,13 @@ def _read_info(path: Path, f: h5py.File) -> WeightsFileInfo:
         if network not in NETWORKS:
             raise NstError(f"{path} is for network {network!r}, which this nst-jax does not know "
                            f"(it knows {', '.join(NETWORKS)})")
-        preprocessing = prep_lib.Preprocessing(
-            channel_order=_str_attr(attrs, "channel_order"), scale=float(attrs["scale"]),
-            mean=tuple(float(v) for v in np.ravel(attrs["mean"])),
-            std=tuple(float(v) for v in np.ravel(attrs["std"])))
+        try:
+            preprocessing = prep_lib.Preprocessing(
+                channel_order=_str_attr(attrs, "channel_order"), scale=float(attrs["scale"]),
+                mean=tuple(float(v) for v in np.ravel(attrs["mean"])),
+                std=tuple(float(v) for v in np.ravel(attrs["std"])))
+        except NstError as err:
+            raise NstError(f"{path} has a bad preprocessing attribute: {err}") from None
         return WeightsFileInfo(
             path=path, format_version=version, layout=_str_attr(attrs, "layout"),
             source_file=_str_attr(attrs, "source_file"), preprocessing=preprocessing,

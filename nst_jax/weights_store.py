@@ -70,16 +70,23 @@ def _find_in_dir(directory: Path, network: str | None = None) -> Path | None:
     return None
 
 
+def is_random(spec: str | None) -> bool:
+    """Whether a weights setting asks for random weights: ``random`` in any case (``RANDOM``)."""
+    return isinstance(spec, str) and spec.strip().lower() == "random"
+
+
 def _from_spec(spec: str, origin: str) -> Path:
+    """The file a weights setting names; ``origin`` says where the setting came from."""
     path = Path(spec).expanduser()
     if path.is_dir():
         found = _find_in_dir(path)
         if found is None:
-            raise NstError(f"{origin} {path} is a directory holding none of "
+            raise NstError(f"{origin} names the directory {path}, which holds none of "
                            f"{', '.join(WEIGHT_FILENAMES)}")
         return found
     if not path.exists():
-        raise NstError(f"{origin} {path} does not exist")
+        raise NstError(f"{origin} names {path}, which does not exist (give a weight file, a "
+                       "directory holding one, or 'random')")
     return path
 
 
@@ -93,7 +100,7 @@ def find_weights(network: str | None = None) -> Path | None:
     """
     env = os.environ.get(ENV_WEIGHTS)
     if env:
-        return None if env == "random" else _from_spec(env, f"${ENV_WEIGHTS} names")
+        return None if is_random(env) else _from_spec(env, f"${ENV_WEIGHTS}")
     for directory in search_dirs():
         found = _find_in_dir(directory, network)
         if found is not None:
@@ -133,10 +140,10 @@ def resolve_weights(spec: str | None, *, seed: int = 0, network: str | None = No
     network is refused in one sentence.
     """
     if spec is not None:
-        origin = "weights"
+        origin = "the weights setting"
     else:
-        spec, origin = os.environ.get(ENV_WEIGHTS) or None, f"${ENV_WEIGHTS} names"
-    if spec == "random":
+        spec, origin = os.environ.get(ENV_WEIGHTS) or None, f"${ENV_WEIGHTS}"
+    if is_random(spec):
         return random_weights(seed, network=network or "vgg19")
     if spec is not None:
         return load_weights(_from_spec(spec, origin), network=network)

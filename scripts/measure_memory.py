@@ -3,8 +3,10 @@
 Each measurement runs in a fresh subprocess: after imports, random weights and the input images
 exist, the resident set size is the baseline and the peak RSS is reset to it
 (``/proc/self/clear_refs``); the peak (``VmHWM``) after a short run minus that baseline is what the
-run itself needed (without the reset, a transient peak of the imports could be measured instead). This calibrated :data:`nst_jax.memory.ACTIVATION_FACTOR`
-and :data:`nst_jax.memory.RUNTIME_BYTES`; ``tests/test_memory.py`` runs :func:`measure`.
+run itself needed (without the reset, a transient peak of the imports could be measured instead).
+This calibrated :data:`nst_jax.memory.ACTIVATION_FACTOR` and :data:`nst_jax.memory.RUNTIME_BYTES`;
+``tests/test_memory.py`` runs :func:`measure`. The whole process's peak is printed too, next to
+the estimate plus the baseline (what the guard counts as the process's own memory).
 
     python scripts/measure_memory.py --preset tiny --sizes 128 256 384 [--remat] [--dtype bfloat16]
 """
@@ -57,6 +59,7 @@ hw = result.image.shape[:2]
 est = memory.estimate_bytes(hw, [(size, size)], content_layers=config.content_layers,
                             style_layers=config.style_layers, dtype=dtype, remat=remat)
 print(json.dumps({"size": size, "hw": hw, "measured": peak - base, "estimate": est.total,
+                  "process_base": base, "whole_peak": peak,
                   "parts": est.__dict__, "import_peak_above_base": peak_before - base}))
 """
 
@@ -81,8 +84,11 @@ def main() -> None:
     for size in args.sizes:
         r = measure(args.preset, size, args.dtype, args.remat)
         ratio = r["estimate"] / r["measured"]
+        whole = (r["estimate"] + r["process_base"]) / r["whole_peak"]
         print(f"{args.preset} {size:5d}px {r['hw']}: measured {r['measured'] / 2**20:8.1f} MiB, "
-              f"estimate {r['estimate'] / 2**20:8.1f} MiB (x{ratio:.2f})  "
+              f"estimate {r['estimate'] / 2**20:8.1f} MiB (x{ratio:.2f}); whole process "
+              f"{r['whole_peak'] / 2**20:8.1f} MiB, estimate with the process's own "
+              f"{r['process_base'] / 2**20:.0f} MiB x{whole:.2f}  "
               f"parts {({k: round(v / 2**20, 1) for k, v in r['parts'].items()})}")
 
 

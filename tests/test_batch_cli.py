@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_jax.cli import main
+from nst_jax.cli import main, safety
 from nst_jax.cli.batch import output_names
 
 TINY = ["--preset", "tiny", "--weights", "random", "--size", "32", "--steps", "4",
@@ -44,7 +44,8 @@ def folder(tmp_path):
 
 
 def _no_temp_files(d: Path) -> bool:
-    return not [p for p in d.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+    return not [p for p in d.iterdir() if p.name != safety.BATCH_RECORD
+                and (p.name.startswith(".") or p.suffix == ".tmp")]
 
 
 def test_folder_is_stylized_bad_file_skipped_and_rerun_resumes(folder, tmp_path, capsys):
@@ -53,7 +54,7 @@ def test_folder_is_stylized_bad_file_skipped_and_rerun_resumes(folder, tmp_path,
     rc = main(["batch", str(d), "--style", str(style), "-o", str(out), *TINY, "--batch-size", "2"])
     cap = capsys.readouterr()
     assert rc == 1, cap.err  # one input failed
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+    assert sorted(p.name for p in out.iterdir()) == [safety.BATCH_RECORD, "a.png", "b.png", "c.png"]
     bad = [line for line in cap.err.splitlines() if "broken.png" in line]
     assert len(bad) == 1 and "not a recognised image file" in bad[0]
     assert "3 done, 0 skipped (already written), 1 failed" in cap.out
@@ -106,10 +107,11 @@ def test_sigkill_midway_then_rerun_finishes_the_rest(folder, tmp_path):
 
     rc = main(["batch", str(d), "--style", str(style), "-o", str(out), *TINY, "--batch-size", "2"])
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png", "d.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        safety.BATCH_RECORD, "a.png", "b.png", "c.png", "d.png"]
     assert {n: (out / n).stat().st_mtime_ns for n in first} == first  # not redone
     assert _no_temp_files(out)
-    for p in out.iterdir():
+    for p in out.glob("*.png"):
         img = np.asarray(Image.open(p))
         assert img.ndim == 3 and max(img.shape[:2]) == 32 and img.std() > 1
 

@@ -329,3 +329,109 @@ def test_pth_missing_and_misshaped_keys_are_named(tmp_path):
         "unexpected keys features.1.running_mean (batch-norm VGG is not supported)",
     ):
         assert phrase in msg
+
+
+# ------------------------------------------------- weight files that read other files (issue 23)
+
+
+def _nst_file(path, params):
+    return weights_file.save_weights(path, params, KERAS, source_file="x",
+                                     source_sha256="0" * 64, layout="keras")
+
+
+@pytest.mark.parametrize("kind", ["external_storage", "fifo", "external_link", "soft_link"])
+def test_weight_files_must_hold_their_own_data(tmp_path, capsys, zero_params, kind):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(64, dtype=np.float32).tobytes())
+    path = _nst_file(tmp_path / "w.nst.h5", zero_params)
+    with h5py.File(path, "r+") as f:
+        del f["conv1_1/bias"]
+        if kind in ("external_storage", "fifo"):
+            source = secret
+            if kind == "fifo":  # reading it would block for ever
+                source = tmp_path / "pipe"
+                os.mkfifo(source)
+            f["conv1_1"].create_dataset("bias", shape=(64,), dtype="f4",
+                                        external=[(str(source), 0, 256)])
+            phrase = "stores its data in the external file"
+        elif kind == "external_link":
+            with h5py.File(tmp_path / "other.h5", "w") as other:
+                other["bias"] = np.ones(64, np.float32)
+            f["conv1_1/bias"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "/bias")
+            phrase = "is an external link to"
+        else:
+            f["conv1_1/bias"] = h5py.SoftLink("/conv1_2/bias")
+            phrase = "is a soft link to '/conv1_2/bias'"
+    with pytest.raises(NstError, match="not a self-contained weight file") as err:
+        weights_file.load_weights(path)
+    assert phrase in str(err.value) and "/conv1_1/bias" in str(err.value)
+    with pytest.raises(NstError, match=phrase):
+        weights_file.read_info(path)  # what `weights info` and its checksum start from
+    assert main(["weights", "info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert phrase in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # The same rule for every HDF5 file read, Keras files included.
+    with pytest.raises(NstError, match="not a self-contained weight file"):
+        keras_import.read_keras_h5(path)
+
+
+def test_a_weight_file_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "w.nst.h5"
+    os.mkfifo(fifo)
+    with pytest.raises(NstError, match="is not a regular file"):
+        weights_file.load_weights(fifo)
+
+
+@pytest.mark.parametrize("attr, value", [
+    ("mean", [np.nan, 116.0, 123.0]), ("std", [1.0, np.inf, 1.0]), ("scale", np.nan),
+    ("scale", -1.0)])
+def test_non_finite_preprocessing_attributes_are_refused_naming_the_file(
+        tmp_path, capsys, zero_params, attr, value):
+    path = _nst_file(tmp_path / "w.nst.h5", zero_params)
+    with h5py.File(path, "r+") as f:
+        f.attrs[attr] = value
+    with pytest.raises(NstError) as err:
+        weights_file.load_weights(path)
+    msg = str(err.value)
+    assert str(path) in msg and f"preprocessing {attr}" in msg and "\n" not in msg
+    assert main(["weights", "info", str(path)]) == 2
+    assert str(path) in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- damaged .pth tensors (issue 23)
+
+
+def test_sparse_pth_tensor_is_refused_in_one_sentence(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    src = tmp_path / "vgg19.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3).to_sparse(),
+                "features.0.bias": torch.zeros(64)}, src)
+    code, err = _run_convert(capsys, src, tmp_path / "o.nst.h5")
+    _assert_one_line_error(code, err, str(src), "features.0.weight", "sparse_coo tensor")
+    assert sorted(os.listdir(tmp_path)) == ["vgg19.pth"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_zero_stride_pth_tensor_is_refused_by_its_shape_before_conversion(tmp_path):
+    torch = pytest.importorskip("torch")
+    src = tmp_path / "vgg19.pth"
+    # 8 bytes of storage that declare 25000 x 25000 float64 values: 2.5 GB once converted
+    # to float32 (the issue's 100000 x 100000 would take 40 GB).
+    torch.save({"features.0.weight": torch.zeros(1, dtype=torch.float64).expand(25000, 25000),
+                "features.0.bias": torch.zeros(64)}, src)
+    assert src.stat().st_size < 64 << 10
+    # The peak RSS of the new process's memory (VmHWM), not ru_maxrss: that one starts from the
+    # parent's peak, which a pytest worker late in the suite may have above 2 GB.
+    code = ("import sys\n"
+            "from nst_jax import torch_import\n"
+            "from nst_jax.errors import NstError\n"
+            "try:\n    torch_import.read_torch_state_dict(sys.argv[1])\n"
+            "except NstError as e:\n    print(e)\n"
+            "print([int(line.split()[1]) for line in open('/proc/self/status')\n"
+            "       if line.startswith('VmHWM:')][0])\n")
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code, str(src)], capture_output=True, text=True,
+                         timeout=300, check=True).stdout.strip().splitlines()
+    assert "conv1_1 (features.0) kernel has shape (25000, 25000)" in out[0], out
+    assert int(out[-1]) < 1600 << 10, out  # KiB: imports only, not the 2.5 GB of a conversion

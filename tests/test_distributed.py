@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nst_jax.cli import safety
 from nst_jax.errors import NstError
 from nst_jax.sharding import initialize
 
@@ -67,7 +68,10 @@ def test_two_processes_write_disjoint_shares_exactly_once(tmp_path):
     shares = [set(re.findall(r"^wrote (\S+)$", stdout, re.M)) for stdout, _ in logs]
     assert all(shares) and not shares[0] & shares[1]  # both worked, on disjoint images
     assert sorted(shares[0] | shares[1]) == sorted(str(out / f"im{i}.png") for i in range(5))
-    assert sorted(p.name for p in out.iterdir()) == [f"im{i}.png" for i in range(5)]  # no temps
+    assert sorted(p.name for p in out.iterdir()) == [  # no temps; what each process wrote
+        safety.BATCH_RECORD, *(f"im{i}.png" for i in range(5))]
+    recorded = (out / safety.BATCH_RECORD).read_text().split()
+    assert sorted(recorded) == [f"im{i}.png" for i in range(5)]
     for i, (stdout, _) in enumerate(logs):
         assert f"(process {i} of 2): {len(shares[i])} done, 0 skipped" in stdout
 

@@ -105,3 +105,110 @@ def test_11_infinite_blend_through_the_api(weights):
     with pytest.raises(NstError, match="style blend weights must be >= 0, finite"):
         nst_jax.stylize(IMG, [IMG, IMG], get_preset("tiny").replace(steps=1, size=16), weights,
                         style_blend=(1.0, float("inf")))
+
+
+# Issue 23: the image rule, shapes and types at every array function of the API -------------------
+
+SPEC = LossSpec(("relu2_1",), ("relu1_1",), 1.0, 1.0, 0.0)
+
+
+def test_uint8_images_get_the_rule_at_targets_features_and_loss(weights):
+    u8 = (IMG * 255).round().astype(np.uint8)
+    as_float = u8 / np.float32(255)
+    want = compute_targets(weights, as_float, as_float, SPEC)
+    got = compute_targets(weights, u8, u8, SPEC)  # not 255x off: scaled by the rule
+    for part in ("content", "style"):
+        for k in want[part]:
+            np.testing.assert_allclose(got[part][k], want[part][k], rtol=1e-5, atol=1e-6)
+    f_u8 = nst_jax.extract_features(weights, u8, ["relu1_1"])["relu1_1"]
+    f = nst_jax.extract_features(weights, as_float, ["relu1_1"])["relu1_1"]
+    np.testing.assert_allclose(f_u8, f, rtol=1e-5, atol=1e-6)
+    loss_u8, _ = style_transfer_loss(u8, want, weights, SPEC)
+    loss, _ = style_transfer_loss(as_float, want, weights, SPEC)
+    np.testing.assert_allclose(loss_u8, loss, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad, needle", [
+    (np.where(IMG > 0.9, np.nan, IMG), "NaN or infinite"),
+    (IMG * 255, "divide 0..255 data by 255"),
+    (IMG[..., 0], "must be an (H, W, 3) RGB array, got shape (20, 24)"),
+    ("photo.jpg", "must be an (H, W, 3) array, got str"),
+])
+def test_bad_images_are_refused_by_every_array_function(weights, bad, needle):
+    x = jnp.asarray(IMG)
+    targets = compute_targets(weights, x, x, SPEC)
+    calls = [lambda: compute_targets(weights, bad, x, SPEC),
+             lambda: compute_targets(weights, x, [x, bad], SPEC),
+             lambda: nst_jax.extract_features(weights, bad, ["relu1_1"]),
+             lambda: style_transfer_loss(bad, targets, weights, SPEC)]
+    for call in calls:
+        with pytest.raises(NstError) as err:
+            call()
+        assert needle in str(err.value), str(err.value)
+        assert "\n" not in str(err.value)
+
+
+def test_traced_integer_images_are_refused_with_the_fix_named(weights):
+    u8 = (IMG * 255).astype(np.uint8)
+    with pytest.raises(NstError, match="dtype uint8 inside a traced function.*as_rgb01"):
+        jax.jit(lambda x: nst_jax.extract_features(weights, x, ["relu1_1"]))(u8)
+    # Floats under jit and grad still work, with no check on their values.
+    g = jax.grad(lambda x: nst_jax.extract_features(weights, x, ["relu1_1"])["relu1_1"].sum())(
+        jnp.asarray(IMG))
+    assert g.shape == IMG.shape and bool(jnp.isfinite(g).all())
+
+
+def test_shape_and_structure_mistakes_say_what_is_wrong(weights):
+    x = jnp.asarray(IMG)
+    targets = compute_targets(weights, x, x, SPEC)
+    other = jnp.asarray(RNG.random((32, 40, 3), dtype=np.float32))
+    with pytest.raises(NstError, match=r"the image is 40x32 but the targets were computed for "
+                                       r"another size \(relu2_1"):
+        style_transfer_loss(other, targets, weights, SPEC)
+    with pytest.raises(NstError, match="targets must be the .* dict of compute_targets, got"):
+        style_transfer_loss(x, {"content": x, "style": x}, weights, SPEC)
+    with pytest.raises(NstError, match="targets must be"):
+        style_transfer_loss(x, x, weights, SPEC)
+    with pytest.raises(NstError, match=r"spec must be a LossSpec \(.*\), got dict"):
+        compute_targets(weights, x, x, {"content_layers": ("relu2_1",)})
+    with pytest.raises(NstError, match="weights must be VGGWeights .* got dict"):
+        nst_jax.extract_features({"conv1_1": {}}, x, ["relu1_1"])
+    with pytest.raises(NstError, match="layers must be a list of layer names"):
+        nst_jax.extract_features(weights, x, "relu1_1")
+
+
+@pytest.mark.parametrize("config, weights_given, needle", [
+    (None, True, "config must be a StyleConfig (e.g. nst_jax.get_preset('tf-tutorial')), got "
+                 "NoneType"),
+    ({"steps": 3}, True, "config must be a StyleConfig"),
+    ("tiny", False, "weights must be VGGWeights (from nst_jax.resolve_weights or "
+                    "nst_jax.random_weights), got NoneType"),
+])
+def test_wrong_types_to_stylize_are_one_sentence(weights, config, weights_given, needle):
+    config = get_preset("tiny").replace(steps=1, size=16) if config == "tiny" else config
+    with pytest.raises(NstError) as err:
+        nst_jax.stylize(IMG, IMG, config, weights if weights_given else None)
+    assert needle in str(err.value)
+    with pytest.raises(NstError) as err:
+        nst_jax.stylize_batch([IMG], IMG, config, weights if weights_given else None)
+    assert needle in str(err.value)
+
+
+def test_strings_where_numbers_belong_and_jax_scalars():
+    tiny = get_preset("tiny")
+    for field, value, needle in (("learning_rate", "0.1", "learning rate must be a positive "
+                                  "number, got '0.1'"),
+                                 ("content_weight", "1", "got '1'"),
+                                 ("seed", "0", "seed must be an integer >= 0, got '0'"),
+                                 ("steps", "3", "steps must be an integer >= 1, got '3'")):
+        with pytest.raises(NstError) as err:
+            tiny.replace(**{field: value})
+        assert needle in str(err.value), str(err.value)
+    c = tiny.replace(steps=jnp.int32(3), size=jnp.int16(40), learning_rate=jnp.float32(0.5))
+    assert (c.steps, c.size, c.learning_rate) == (3, 40, 0.5) and type(c.steps) is int
+    hash(c)
+
+
+def test_total_variation_of_an_integer_image_is_refused():
+    with pytest.raises(NstError, match="takes a float image in \\[0, 1\\], got dtype uint8"):
+        nst_jax.total_variation_loss(jnp.asarray((IMG * 255).astype(np.uint8)))

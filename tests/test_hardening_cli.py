@@ -192,7 +192,9 @@ def test_7_batch_never_reads_its_outputs_as_inputs(tmp_path, capsys):
     style = write_image(tmp_path / "s.png", 20, 20)
     args = ["batch", str(d), "--style", style, "-o", str(d), "--ext", "jpg", *TINY, "--steps", "2"]
     assert main(args) == 0
-    assert sorted(p.name for p in d.iterdir()) == ["a.jpg", "a.png", "b.jpg", "b.png"]
+    assert sorted(p.name for p in d.iterdir()) == [
+        safety.BATCH_RECORD, "a.jpg", "a.png", "b.jpg", "b.png"]
+    assert (d / safety.BATCH_RECORD).read_text().split() == ["a.jpg", "b.jpg"]
     capsys.readouterr()
     before = snapshot(d)
     assert main(args) == 0  # the re-run: nothing to do, no clash
@@ -454,3 +456,128 @@ def test_output_that_is_a_symlink_is_refused(tmp_path, pair, capsys):
     one_error_line(capsys, "symbolic link", "does not replace a link's target")
     assert snapshot(tmp_path) == before and link.is_symlink()
 
+
+
+# Issue 23 -----------------------------------------------------------------------------------
+
+def test_batch_and_demo_never_write_through_a_link(tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("notes")
+    d = tmp_path / "in"
+    d.mkdir()
+    write_image(d / "a.png", 20, 28, 1)
+    write_image(d / "b.png", 20, 28, 2)
+    style = write_image(tmp_path / "s.png", 20, 20)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").symlink_to("../victim.txt")
+    (out / "b.png").symlink_to("../nowhere.png")  # dangling: would create a file outside
+    before = snapshot(tmp_path)
+    assert main(["batch", str(d), "--style", style, "-o", str(out), *TINY, "--steps", "2"]) == 2
+    one_error_line(capsys, "symbolic link", "does not replace a link's target")
+    assert snapshot(tmp_path) == before and victim.read_text() == "notes"
+    dm = tmp_path / "dm"
+    dm.mkdir()
+    (dm / "result.png").symlink_to("../victim.txt")
+    before = snapshot(tmp_path)
+    assert main(["demo", "--out-dir", str(dm), "--weights", "random", "--steps", "1",
+                 "--size", "32"]) == 2
+    one_error_line(capsys, "result.png", "symbolic link")
+    assert snapshot(tmp_path) == before and not (tmp_path / "nowhere.png").exists()
+    # The rule lives in the one writer every output goes through.
+    from nst_jax import files
+
+    with pytest.raises(NstError, match="is a symbolic link"):
+        files.atomic_write_bytes(out / "b.png", b"x")
+    with pytest.raises(NstError, match="is a symbolic link"):
+        weights_file.save_weights(out / "a.png", {}, prep_lib.KERAS, source_file="x",
+                                  source_sha256="0" * 64, layout="keras")
+    assert snapshot(tmp_path) == before
+
+
+def test_batch_rerun_with_another_ext_never_takes_the_photos_for_outputs(tmp_path, capsys):
+    d = tmp_path / "in"
+    d.mkdir()
+    write_image(d / "a.png", 20, 28, 1)
+    write_image(d / "b.png", 20, 28, 2)
+    style = write_image(tmp_path / "s.png", 20, 20)
+    args = ["batch", str(d), "--style", style, "-o", str(d), *TINY, "--steps", "2"]
+    assert main([*args, "--ext", "jpg"]) == 0
+    capsys.readouterr()
+    before = snapshot(d)
+    # With --ext png the outputs would be the photos a.png and b.png themselves.
+    assert main([*args, "--ext", "png"]) == 2
+    one_error_line(capsys, "would overwrite an input image")
+    assert snapshot(d) == before
+
+
+def test_batch_refused_by_the_memory_guard_leaves_no_folder(tmp_path, pair, capsys):
+    content, style = pair
+    out = tmp_path / "new" / "out"
+    before = snapshot(tmp_path)
+    assert main(["batch", content, "--style", style, "-o", str(out), *TINY,
+                 "--size", "30000"]) == 2
+    one_error_line(capsys, "this run needs about")
+    assert snapshot(tmp_path) == before
+
+
+def test_huge_mask_is_refused_from_its_header(tmp_path, pair, capsys):
+    content, style = pair
+    big = tmp_path / "mask.png"
+    Image.new("L", (9000, 9000), 255).save(big)
+    before = snapshot(tmp_path)
+    tracemalloc.start()
+    try:
+        assert main(["stylize", content, style, "-o", str(tmp_path / "o.png"), *TINY,
+                     "--style-masks", str(big)]) == 2
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    one_error_line(capsys, "mask.png' is 9000x9000 but the content image is 44x30")
+    assert peak < 50 << 20, peak  # not the 970 MB of a full-size float decode
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("value", ["2", "yes"])
+def test_original_colors_takes_only_0_or_1(tmp_path, pair, capsys, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["stylize", *pair, "-o", str(tmp_path / "o.png"), *TINY,
+              "-original_colors", value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"-original_colors takes 0 or 1, got {value!r}" in err
+    assert "cannot read image" not in err and "Traceback" not in err
+
+
+def test_content_image_flag_and_positional_inputs_are_not_mixed(tmp_path, pair, capsys):
+    content, style = pair
+    before = snapshot(tmp_path)
+    assert main(["stylize", content, style, "-content_image", style, "-o",
+                 str(tmp_path / "o.png"), *TINY]) == 2
+    one_error_line(capsys, "either as the first IMAGE or with -content_image, not both")
+    assert snapshot(tmp_path) == before
+
+
+def test_loss_log_and_trace_must_be_two_files(tmp_path, pair, capsys):
+    log = str(tmp_path / "log.json")
+    before = snapshot(tmp_path)
+    assert main(["stylize", *pair, "-o", str(tmp_path / "o.png"), *TINY, "--steps", "2",
+                 "--loss-log", log, "--trace", str(tmp_path / "." / "log.json")]) == 2
+    one_error_line(capsys, "--loss-log and --trace both name")
+    assert snapshot(tmp_path) == before
+
+
+def test_random_weights_in_capitals_and_whole_sentences(tmp_path, monkeypatch, capsys):
+    from nst_jax import weights_store
+
+    assert not weights_store.resolve_weights("RANDOM").pretrained
+    monkeypatch.setenv("NST_JAX_WEIGHTS", "Random")
+    assert not weights_store.resolve_weights(None).pretrained
+    assert weights_store.find_weights() is None
+    assert main(["weights", "path"]) == 0 and capsys.readouterr().out.strip() == "random"
+    monkeypatch.setenv("NST_JAX_WEIGHTS", str(tmp_path / "nope.nst.h5"))
+    with pytest.raises(NstError) as err:
+        weights_store.resolve_weights(None)
+    assert str(err.value).startswith(f"$NST_JAX_WEIGHTS names {tmp_path / 'nope.nst.h5'}, which "
+                                     "does not exist")
+    with pytest.raises(NstError, match="the weights setting names the directory"):
+        weights_store.resolve_weights(str(tmp_path))

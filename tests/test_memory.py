@@ -29,7 +29,7 @@ def _measure_script():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
-def test_estimate_is_within_25_percent_of_the_measured_peak_at_two_sizes(monkeypatch):
+def test_estimate_is_within_25_percent_and_not_10_percent_below_the_measured_peak(monkeypatch):
     measure = _measure_script().measure
     # Measured as calibrated: compiling included. A program loaded from the test session's
     # compilation cache (tests/conftest.py) would leave out the compiler's memory, and only
@@ -37,8 +37,8 @@ def test_estimate_is_within_25_percent_of_the_measured_peak_at_two_sizes(monkeyp
     for var in COMPILE_CACHE_ENV:
         monkeypatch.delenv(var, raising=False)
 
-    def ok(r):
-        return 0.75 <= r["estimate"] / r["measured"] <= 1.25
+    def ok(r):  # and never more than 10% below what was measured
+        return 0.9 <= r["estimate"] / r["measured"] <= 1.25
 
     def run(size):
         r = measure("tiny", size)
@@ -144,3 +144,21 @@ def test_guard_can_be_switched_off(monkeypatch):
     config = get_preset("tiny")
     assert memory.check_fits((4096, 4096), [(4096, 4096)], config, limit=1).total > 1
     assert np.isfinite(memory.host_available_bytes() or 0)
+
+
+def test_guard_counts_what_the_process_holds_already(monkeypatch):
+    config = get_preset("tiny")
+    run = memory.estimate_bytes((48, 48), [(48, 48)], content_layers=config.content_layers,
+                                style_layers=config.style_layers,
+                                cpu=jax.default_backend() == "cpu").total
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: (run, "available host RAM"))
+    est = memory.check_fits((48, 48), [(48, 48)], config)
+    assert est.run == run and est.process > 100 << 20  # this process: Python, JAX, the tests
+    assert est.total == est.run + est.process  # the whole process's peak
+    monkeypatch.setattr(memory, "available_bytes",
+                        lambda device=None: (run - 1, "available host RAM"))
+    with pytest.raises(memory.OutOfMemory) as err:
+        memory.check_fits((48, 48), [(48, 48)], config)
+    msg = str(err.value)
+    assert "(of which this process holds" in msg and "plus what this process holds" in msg, msg
+    assert "\n" not in msg

@@ -222,3 +222,30 @@ def test_vgg16_sources_and_download_from_local_server(tmp_path, keras_h5_writer)
         httpd.server_close()
     assert sorted(p.name for p in dest.iterdir()) == ["vgg16-keras.nst.h5"]
     assert weights_file.load_weights(dest / "vgg16-keras.nst.h5").network == "vgg16"
+
+
+@pytest.mark.parametrize("damage", ["dims", "undefined", "string", "unused"])
+def test_damaged_onnx_initializers_are_refused_in_one_sentence(tmp_path, vgg16_params,
+                                                               onnx_writer, capsys, damage):
+    import onnx
+    from onnx import TensorProto, helper
+
+    src = onnx_writer(tmp_path / "m.onnx", vgg16_params, network="vgg16")
+    model = onnx.load(str(src))
+    inits = model.graph.initializer
+    bias = next(t for t in inits if t.name == "vgg0_conv0_bias")
+    if damage == "dims":
+        bias.dims[0] = 65  # 64 values stored
+    elif damage == "undefined":
+        bias.data_type = TensorProto.UNDEFINED
+    elif damage == "string":
+        bias.CopyFrom(helper.make_tensor("vgg0_conv0_bias", TensorProto.STRING, [1], [b"x"]))
+    else:  # a tensor no node reads, with dims that do not match its data
+        junk = helper.make_tensor("junk", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])
+        junk.dims[0] = 7
+        inits.append(junk)
+    onnx.save(model, str(src))
+    out = tmp_path / "o.nst.h5"
+    _cli_fails(capsys, ["weights", "convert", str(src), "-o", str(out), "--preprocessing",
+                        "caffe"], "is damaged", "junk" if damage == "unused" else "vgg0_conv0_bias")
+    assert not out.exists()

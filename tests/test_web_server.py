@@ -595,3 +595,108 @@ def test_serve_command_reports_a_busy_port(capsys):
         assert main(["serve", "--weights", "random", "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"nst-jax: error: cannot listen on 127.0.0.1:{port}")
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 23: requests without a length, many fields, and big pictures decoded at once
+
+
+def test_chunked_requests_are_bounded_in_fields_and_bytes(weights, tmp_path):
+    from nst_jax.web import uploads
+
+    async def body():
+        async with studio_client(weights, tmp_path) as (client, studio):
+            ws, session = await open_page(client)
+
+            async def multipart():  # no Content-Length: sent chunked
+                fields = {"session": session, "content_sample": "chelsea",
+                          "style_sample": "strokes", **KNOBS}
+                for name, value in fields.items():
+                    yield (f'--b\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                           f"{value}\r\n").encode()
+                for i in range(400):
+                    yield (f'--b\r\nContent-Disposition: form-data; name="x{i}"\r\n\r\n'
+                           + "y" * 4000 + "\r\n").encode()
+                yield b"--b--\r\n"
+
+            resp = await client.post("/api/jobs", data=multipart(),
+                                     headers={"Content-Type": "multipart/form-data; boundary=b"})
+            assert resp.status == 413, await resp.text()
+            assert (await resp.json())["error"] == \
+                f"the request has more than {uploads.MAX_PARTS} fields"
+
+            async def urlencoded():
+                yield f"session={session}&content_sample=chelsea&style_sample=strokes".encode()
+                for i in range(400):
+                    yield f"&x{i}=".encode() + b"y" * 4000
+
+            resp = await client.post("/api/jobs", data=urlencoded(), headers={
+                "Content-Type": "application/x-www-form-urlencoded"})
+            assert resp.status == 413, await resp.text()
+            assert "without any image" in (await resp.json())["error"]
+            assert studio.queue.snapshot() == {"running": None, "waiting": []}
+            await ws.close()
+
+    asyncio.run(body())
+    # Every streamed byte is counted against the whole-request cap, whatever the framing.
+    form = uploads.Form(Limits(max_upload_bytes=1024, max_styles=1))
+    form.count(form.limits.max_request_bytes)
+    with pytest.raises(uploads.TooLarge, match="the request is larger than"):
+        form.count(1)
+
+
+def test_big_uploads_are_decoded_at_reduced_size(tmp_path):
+    import tracemalloc
+
+    from nst_jax.web import uploads
+
+    path = tmp_path / "flat.upload"
+    path.write_bytes(png_bytes(6400, 6200, flat=True))
+    assert path.stat().st_size < 1 << 20
+    limits = Limits(max_size=64, max_pixels=50_000_000)
+    tracemalloc.start()
+    try:
+        (image,) = uploads.decode_all([("content image", ("file", (path, "flat.png")))], limits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert max(image.shape[:2]) == 128 and np.allclose(image, 128 / 255, atol=1e-6)
+    assert peak < 64 << 20, peak  # not the 476 MB of a full-size float32 decode
+
+
+def test_concurrent_decodes_are_bounded(weights, tmp_path, monkeypatch):
+    from nst_jax.web import uploads
+
+    real, running, most = uploads.decode_all, [0], [0]
+    lock = threading.Lock()
+
+    def counting(items, limits):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            import time
+
+            time.sleep(0.3)
+            return real(items, limits)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(uploads, "decode_all", counting)
+    flat = png_bytes(640, 620, flat=True)
+
+    async def body():
+        async with studio_client(weights, tmp_path) as (client, studio):
+            ws, session = await open_page(client)
+            replies = await asyncio.gather(*[
+                post_job(client, session, content_sample=None, content=(f"{i}.png", flat),
+                         size="16") for i in range(4)])
+            assert all(status in (200, 400) for status, _ in replies), replies
+            for status, reply in replies:
+                if status == 200:
+                    studio.queue.request_stop(reply["job"])
+            await ws.close()
+
+    asyncio.run(body())
+    assert most[0] <= uploads.DECODE_SLOTS, most

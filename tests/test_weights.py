@@ -280,7 +280,8 @@ def test_discovery_order(places, nst_file, monkeypatch, capsys):
     monkeypatch.setenv("NST_JAX_WEIGHTS", str(places["cache"]))  # a directory works too
     assert weights_store.find_weights() == places["cache"] / "vgg19-torchvision.nst.h5"
     monkeypatch.setenv("NST_JAX_WEIGHTS", str(places["root"] / "nope.nst.h5"))
-    with pytest.raises(NstError, match=r"\$NST_JAX_WEIGHTS names .*nope.nst.h5 does not exist"):
+    with pytest.raises(NstError,
+                       match=r"\$NST_JAX_WEIGHTS names .*nope.nst.h5, which does not exist"):
         weights_store.find_weights()
     monkeypatch.setenv("NST_JAX_WEIGHTS", "random")
     assert weights_store.find_weights() is None
@@ -296,5 +297,5 @@ def test_resolve_weights_explicit_beats_env(places, nst_file, monkeypatch):
     assert not weights_store.resolve_weights("random", seed=1).pretrained
     with pytest.raises(NstError, match="does not exist"):
         weights_store.resolve_weights(str(places["root"] / "missing.nst.h5"))
-    with pytest.raises(NstError, match="holding none of vgg19-keras.nst.h5"):
+    with pytest.raises(NstError, match="which holds none of vgg19-keras.nst.h5"):
         weights_store.resolve_weights(str(places["root"]))

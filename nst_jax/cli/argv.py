@@ -78,8 +78,9 @@ def translate(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[st
         if single and name in JJ_FLAGS and JJ_FLAGS[name] in known:
             flag = JJ_FLAGS[name]
         elif single and name == "original_colors" and "--original-colors" in known:
-            # jcjohnson takes a value: -original_colors 1 (on) or 0 (off).
-            if not eq and i < len(argv) and argv[i] in ("0", "1"):
+            # jcjohnson takes a value: -original_colors 1 (on) or 0 (off). Any next word that
+            # is not an option is that value (so "2" is refused, not read as an image).
+            if not eq and i < len(argv) and (not argv[i].startswith("-") or _NUMBER.match(argv[i])):
                 value, i = argv[i], i + 1
             if value not in ("", "0", "1"):
                 parser.error(f"-original_colors takes 0 or 1, got {value!r}")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nst_jax.cli import common, flags, safety
 from nst_jax.errors import NstError
-from nst_jax.files import make_dir
+from nst_jax.files import make_dir, refuse_link
 
 EXIT_FAILED = 1
 
@@ -144,9 +144,7 @@ def run(args: argparse.Namespace) -> int:
                        f"{', '.join(e[1:] for e in image_io.SUPPORTED_EXTENSIONS)})")
 
     contents = list_inputs(args.inputs)
-    several = len(args.styles) > 1
-    contents, earlier = safety.drop_earlier_outputs(
-        contents, lambda c: [out_dir / _name(c, s, several, ext) for s in args.styles])
+    contents, earlier = safety.drop_earlier_outputs(contents, out_dir)
     if earlier:
         print(f"nst-jax batch: not reading {len(earlier)} earlier output(s) of this batch as "
               f"inputs (e.g. {str(earlier[0])!r})", file=sys.stderr)
@@ -162,12 +160,15 @@ def run(args: argparse.Namespace) -> int:
     for o in outputs:
         if os.path.realpath(o) in inputs:
             raise NstError(f"output {str(o)!r} would overwrite an input image; choose another -o")
-    make_dir(out_dir)
-    image_io.check_output_path(outputs[0])  # a writable directory and an encoder for --ext
+        refuse_link(o, "output", "-o")
+    refuse_link(out_dir / safety.BATCH_RECORD, "the record of this batch's outputs", "-o")
     init_image = image_io.load_image(config.init) if config.run.init_is_path else None
-    with safety.folder_lock(out_dir) if _holds_lock() else contextlib.nullcontext():
-        return _run_locked(args, config, start, contents, styles, pairing, pairs, names, outputs,
-                           out_dir, init_image)
+    with safety.removed_unless_used(out_dir):
+        make_dir(out_dir)
+        image_io.check_output_path(outputs[0])  # a writable directory and an encoder for --ext
+        with safety.folder_lock(out_dir) if _holds_lock() else contextlib.nullcontext():
+            return _run_locked(args, config, start, contents, styles, pairing, pairs, names,
+                               outputs, out_dir, init_image)
 
 
 def _holds_lock() -> bool:
@@ -249,6 +250,7 @@ def _write(loaded, results, outputs, tally: _Tally, bar) -> None:
         if result.interrupted:  # not finished: left for the re-run
             continue
         image_io.save_image(outputs[i], result.image)
+        safety.record_output(outputs[i])
         tally.written += 1
         bar.update(1)
         tqdm.write(f"wrote {outputs[i]}", file=sys.stdout)

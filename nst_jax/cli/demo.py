@@ -52,7 +52,8 @@ def _weights(args: argparse.Namespace):
     from nst_jax.errors import NstError
     from nst_jax.weights import random_weights
 
-    if args.weights is not None or os.environ.get(weights_store.ENV_WEIGHTS) == "random":
+    if args.weights is not None or weights_store.is_random(
+            os.environ.get(weights_store.ENV_WEIGHTS)):
         return common.load_weights_for_cli(argparse.Namespace(weights=args.weights, seed=0))
     found = weights_store.find_weights()
     if found is not None:

@@ -7,8 +7,10 @@ exit status 2) before any work starts.
 * ``--save-every`` may not replace files that already exist;
 * directories are created with one clear sentence on failure (:func:`nst_jax.files.make_dir`,
   importable from here too);
-* ``batch`` never reads its own earlier outputs as inputs, and holds a lock on its output folder
-  so two runs cannot clobber each other.
+* ``batch`` never reads its own earlier outputs as inputs (it records what it wrote in
+  :data:`BATCH_RECORD`, so a user's photos are never taken for outputs), holds a lock on its
+  output folder so two runs cannot clobber each other, and removes the folders it created when
+  it stops before writing anything (:func:`removed_unless_used`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from nst_jax.errors import NstError
+from nst_jax.files import refuse_link
 
 try:
     import fcntl
@@ -29,6 +32,8 @@ except ImportError:  # Windows: no advisory locks; concurrent batches are not de
 
 #: Lock file ``batch`` holds in its output folder while it runs.
 BATCH_LOCK = ".nst-jax-batch.lock"
+#: File in a batch's output folder naming, one a line, every output the batch wrote there.
+BATCH_RECORD = ".nst-jax-batch-outputs"
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -53,12 +58,9 @@ def check_not_an_input(output: str | os.PathLike, inputs: Mapping[str, str | os.
 
 
 def check_not_a_link(path: str | os.PathLike, what: str = "output", flag: str = "-o") -> None:
-    """Refuses a symbolic link as an output: writing would replace the file it points to."""
-    if os.path.islink(path):
-        raise NstError(
-            f"{what} {str(path)!r} is a symbolic link to {os.readlink(path)!r}; nst-jax does not "
-            f"replace a link's target, so remove the link or choose another {flag}"
-        )
+    """Refuses a symbolic link as an output: writing would replace the file it points to
+    (:func:`nst_jax.files.refuse_link`, the rule every writer follows, named with its flag)."""
+    refuse_link(path, what, flag)
 
 
 def intermediate_path(out: str | os.PathLike, step: int) -> Path:
@@ -81,22 +83,65 @@ def check_save_every(out: str | os.PathLike, save_every: int, total_steps: int) 
         )
 
 
-def drop_earlier_outputs(inputs: list[Path], outputs_of) -> tuple[list[Path], list[Path]]:
-    """``(inputs, dropped)``: inputs that are the output of ANOTHER input are dropped.
+def drop_earlier_outputs(inputs: list[Path], out_dir: Path) -> tuple[list[Path], list[Path]]:
+    """``(inputs, dropped)``: inputs in ``out_dir`` that an earlier batch wrote there are dropped.
 
-    ``outputs_of(path)`` gives the output paths the batch would write for one content file.
-    A batch that writes into its own input folder with another ``--ext`` thus never takes its
-    outputs for inputs on a re-run (two genuine inputs named like that would clash anyway).
+    Only files named in ``out_dir``'s :data:`BATCH_RECORD` count as earlier outputs: a batch
+    writing into its own input folder thus never takes its outputs for inputs on a re-run, and a
+    re-run with another ``--ext`` never takes the user's photos for finished outputs (they then
+    clash with the new outputs, which is refused). Files elsewhere are always inputs, so the
+    outputs of one batch can be the inputs of the next.
     """
-    produced: dict[str, list[Path]] = {}
-    for p in inputs:
-        for o in outputs_of(p):
-            produced.setdefault(os.path.realpath(o), []).append(p)
+    recorded = recorded_outputs(out_dir)
     kept, dropped = [], []
     for p in inputs:
-        others = [src for src in produced.get(os.path.realpath(p), []) if not same_file(src, p)]
-        (dropped if others else kept).append(p)
+        earlier = p.name in recorded and same_file(p.parent, out_dir)
+        (dropped if earlier else kept).append(p)
     return kept, dropped
+
+
+def recorded_outputs(folder: Path) -> set[str]:
+    """Names of the files an earlier batch wrote in ``folder`` (its :data:`BATCH_RECORD`)."""
+    record = Path(folder) / BATCH_RECORD
+    if record.is_symlink() or not record.is_file():
+        return set()
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        return set(record.read_text("utf-8", "surrogateescape").splitlines())
+    return set()
+
+
+def record_output(path: Path) -> None:
+    """Adds ``path``'s name to its folder's :data:`BATCH_RECORD` (after the file is written)."""
+    record = path.parent / BATCH_RECORD
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(record, flags, 0o644)
+    except OSError as err:
+        raise NstError(f"cannot record the output {str(path)!r} in {str(record)!r}: "
+                       f"{err.strerror or err}") from None
+    try:
+        os.write(fd, os.fsencode(path.name) + b"\n")
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def removed_unless_used(folder: Path) -> Iterator[None]:
+    """Removes the folders that ``folder``'s creation inside the block made (``mkdir -p``) when
+    the block fails and they are still empty: a refused run leaves no empty output folder."""
+    made, p = [], Path(os.path.abspath(folder))
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        made.append(p)
+        p = p.parent
+    try:
+        yield
+    except BaseException:
+        for d in made:  # deepest first; a folder that holds anything stays
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
 
 
 @contextlib.contextmanager
@@ -172,5 +217,9 @@ def check_outputs(args, config) -> None:
             option = "--" + flag.replace("_", "-")
             check_not_a_link(path, what, option)
             check_not_an_input(path, {**inputs, "output image": args.output}, what, option)
+    log, trace = getattr(args, "loss_log", None), getattr(args, "trace", None)
+    if log and trace and same_file(log, trace):
+        raise NstError(f"--loss-log and --trace both name {str(log)!r}; the trace rewrites the "
+                       "file after every chunk and the log would be lost, so give them two files")
     total = config.run.total_steps
     check_save_every(args.output, config.save_every, total)

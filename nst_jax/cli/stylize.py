@@ -81,6 +81,10 @@ def inputs(args: argparse.Namespace) -> tuple[str, list[str]]:
     """(content, styles) from positionals and/or --content-image / --style-image."""
     images = list(args.images)
     content = args.content_image
+    if content is not None and images:
+        raise NstError(f"give the content image either as the first IMAGE or with "
+                       f"-content_image, not both (got {content!r} and {images[0]!r}); style "
+                       "images follow the content as IMAGEs or go to -style_image")
     if content is None:
         if not images:
             raise NstError("no content image: give CONTENT STYLE [STYLE ...] (or "
@@ -108,9 +112,12 @@ def run(args: argparse.Namespace) -> int:
     from nst_jax import image_io
 
     out = output_path(args.output, content_path)
+    safety.check_not_a_link(out)  # first, so that the message names the flag
     image_io.check_output_path(out)
-    for path, what in ((args.loss_log, "loss log"), (args.trace, "trace file")):
+    for path, what, flag in ((args.loss_log, "loss log", "--loss-log"),
+                             (args.trace, "trace file", "--trace")):
         if path:
+            safety.check_not_a_link(path, what, flag)
             files.check_writable(path, what)
     args.content, args.styles, args.output = content_path, style_paths, str(out)
     safety.check_outputs(args, config)
@@ -125,12 +132,7 @@ def run(args: argparse.Namespace) -> int:
         if len(args.style_masks) != len(styles):
             raise NstError(f"--style-masks has {len(args.style_masks)} masks but {len(styles)} "
                            "style image(s) were given (one mask per style)")
-        masks = [image_io.load_mask(m) for m in args.style_masks]
-        for path, m in zip(args.style_masks, masks):
-            if m.shape != content.shape[:2]:
-                raise NstError(f"mask {path!r} is {m.shape[1]}x{m.shape[0]} but the content image "
-                               f"is {content.shape[1]}x{content.shape[0]}; masks must match the "
-                               "content size")
+        masks = [image_io.load_mask(m, content.shape[:2]) for m in args.style_masks]
     init_image = (image_io.load_image(config.init, reduce_to=side)
                   if config.run.init_is_path else None)
     devices = common.setup_runtime(args)

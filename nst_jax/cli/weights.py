@@ -170,7 +170,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _path(args: argparse.Namespace) -> int:
-    if os.environ.get(weights_store.ENV_WEIGHTS) == "random":
+    if weights_store.is_random(os.environ.get(weights_store.ENV_WEIGHTS)):
         print("random")
         print(f"{weights_store.ENV_WEIGHTS}=random: RANDOM VGG weights, not pretrained",
               file=sys.stderr)

@@ -191,8 +191,7 @@ async def submit(request: web.Request) -> web.Response:
         if request.content_type.startswith("multipart/"):
             await uploads.read_multipart(request, form, studio.uploads)
         elif request.content_type == "application/x-www-form-urlencoded":
-            for name, value in (await request.post()).items():  # samples only, no files
-                form.add_field(name, str(value))
+            await uploads.read_urlencoded(request, form)  # samples only, no files
         else:
             raise FormError("send the job as multipart/form-data")
         session = studio.sessions.get(forms.check_token(form.fields.get("session", ""), "session"))
@@ -205,7 +204,8 @@ async def submit(request: web.Request) -> web.Response:
             raise FormError("choose at least one style image")
         sources = [("content image", form.content)]
         sources += [(f"style image {i + 1}", s) for i, s in enumerate(form.styles)]
-        loaded = await asyncio.to_thread(uploads.decode_all, sources, limits)
+        async with studio.decode_slots:  # bounded: each decode may take ~200 MB at once
+            loaded = await asyncio.to_thread(uploads.decode_all, sources, limits)
     finally:
         for path in form.written:
             with contextlib.suppress(OSError):

@@ -12,7 +12,7 @@ from aiohttp import web
 from nst_jax import image_io
 from nst_jax.config import DEFAULT_PRESET, PRESETS, StyleConfig, get_preset
 from nst_jax.weights import VGGWeights
-from nst_jax.web import engine, forms
+from nst_jax.web import engine, forms, uploads
 from nst_jax.web.forms import FormError, Limits
 from nst_jax.web.jobs import Job, JobQueue
 
@@ -75,6 +75,8 @@ class Studio:
         self.sessions: dict[str, Session] = {}
         self.jobs: dict[str, Job] = {}  # in arrival order
         self.queue = JobQueue(self._execute, max_pending=limits.max_pending)
+        #: Requests whose pictures decode now (:data:`nst_jax.web.uploads.DECODE_SLOTS`).
+        self.decode_slots = asyncio.Semaphore(uploads.DECODE_SLOTS)
 
     def _execute(self, job: Job) -> None:
         try:

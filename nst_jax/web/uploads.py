@@ -2,13 +2,17 @@
 then decoded with :mod:`nst_jax.image_io`'s checks.
 
 Uploaded bytes go to ``uploads/<random id>.upload`` (never to a name from the request) and are
-deleted by the caller once decoded; a picture's size is checked on its header before decoding.
+deleted by the caller once decoded; a picture's size is checked on its header before decoding,
+and it is decoded at reduced size (:func:`nst_jax.image_io.load_image`'s ``reduce_to``). The
+whole request is counted as it streams, whatever its framing (a chunked request declares no
+length), and its number of parts is bounded.
 """
 
 from __future__ import annotations
 
 import functools
 import secrets
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,10 @@ from nst_jax.web.forms import FormError, Limits
 
 #: Longest accepted text field (knobs, sample names, the session id), in bytes.
 FIELD_BYTES = 4096
+#: Most parts (text fields and files) in one job request; the page sends about 20.
+MAX_PARTS = 64
+#: Pictures decoded at once over all requests (each may take ~200 MB while it decodes).
+DECODE_SLOTS = 2
 
 
 class TooLarge(FormError):
@@ -48,6 +56,16 @@ class Form:
         self.content: tuple[str, object] | None = None
         self.styles: list[tuple[str, object]] = []
         self.written: list[Path] = []
+        self.received = 0  # bytes of all parts so far
+        self.parts = 0
+
+    def count(self, n: int) -> None:
+        """Adds ``n`` streamed bytes; refuses the request once it passes the whole-request cap."""
+        self.received += n
+        limit = self.limits.max_request_bytes
+        if self.received > limit:
+            raise TooLarge(f"the request is larger than {human_bytes(limit)} "
+                           f"({human_bytes(self.limits.max_upload_bytes)} per image)")
 
     def add_field(self, name: str, value: str) -> None:
         if len(value) > FIELD_BYTES:
@@ -74,20 +92,42 @@ async def read_multipart(request, form: Form, uploads: Path) -> None:
     """Reads a multipart job request into ``form``, streaming files to ``uploads/<random>``."""
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
+        form.parts += 1
+        if form.parts > MAX_PARTS:
+            raise TooLarge(f"the request has more than {MAX_PARTS} fields")
         name = part.name or ""
         if part.filename is None:
-            form.add_field(name, await _read_field(part, name))
+            form.add_field(name, await _read_field(part, name, form))
             continue
         if name not in ("content", "style"):
             raise FormError(f"unexpected file field {name[:40]!r}")
-        path, size = await _save_upload(part, uploads, form.limits.max_upload_bytes, form.written, name)
+        path, size = await _save_upload(part, uploads, form, name)
         if size:  # an empty file input sends an empty part
             form.add_image(name, ("file", (path, part.filename)))
 
 
-async def _read_field(part, name: str) -> str:
+async def read_urlencoded(request, form: Form) -> None:
+    """Reads a URL-encoded job request (samples only, no files) into ``form``, bounded as it
+    streams to :data:`MAX_PARTS` fields of :data:`FIELD_BYTES` each."""
+    limit, data = MAX_PARTS * (FIELD_BYTES + 64), bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        data += chunk
+        if len(data) > limit:
+            raise TooLarge(f"the request is larger than {human_bytes(limit)} without any image")
+    try:
+        fields = urllib.parse.parse_qsl(data.decode("utf-8"), max_num_fields=MAX_PARTS)
+    except UnicodeDecodeError:
+        raise FormError("the request is not UTF-8 text") from None
+    except ValueError:
+        raise TooLarge(f"the request has more than {MAX_PARTS} fields") from None
+    for name, value in fields:
+        form.add_field(name, value)
+
+
+async def _read_field(part, name: str, form: Form) -> str:
     data = b""
     while chunk := await part.read_chunk(1024):
+        form.count(len(chunk))
         data += chunk
         if len(data) > FIELD_BYTES:
             raise FormError(f"the field {name[:40]!r} is too long")
@@ -97,13 +137,15 @@ async def _read_field(part, name: str) -> str:
         raise FormError(f"the field {name[:40]!r} is not UTF-8 text") from None
 
 
-async def _save_upload(part, uploads: Path, limit: int, written: list[Path], role: str) -> tuple[Path, int]:
+async def _save_upload(part, uploads: Path, form: Form, role: str) -> tuple[Path, int]:
     """Streams one file part to ``uploads/<random>`` (never its own name), bounded in size."""
+    limit = form.limits.max_upload_bytes
     path = uploads / f"{secrets.token_hex(16)}.upload"
-    written.append(path)
+    form.written.append(path)
     size = 0
-    with open(path, "wb") as f:
+    with open(path, "xb") as f:  # a new file: never through a link or onto another file
         while chunk := await part.read_chunk(1 << 16):
+            form.count(len(chunk))
             size += len(chunk)
             if size > limit:
                 raise TooLarge(f"the {role} image {part.filename[:60]!r} is larger than "
@@ -129,7 +171,8 @@ def _decode(what: str, src, limits: Limits) -> np.ndarray:
         if width * height > limits.max_pixels:
             raise TooLarge(f"the {what} {shown} is {width}x{height} pixels; at most "
                            f"{limits.max_pixels / 1e6:g} megapixels")
-        image = image_io.load_image(path)
+        # Decoded at reduced size: never more than twice the largest output is kept.
+        image = image_io.load_image(path, reduce_to=limits.max_size)
     except TooLarge:
         raise
     except NstError as e:
