@@ -16,7 +16,8 @@ Everything else lives in its module (``nst_jax.sharding``, ``nst_jax.image_io``,
 importable from there; the names below are the stable surface.
 """
 
-from nst_jax.config import DEFAULT_PRESET as DEFAULT_PRESET
+from nst_jax.config import DEFAULT_PRESETS as DEFAULT_PRESETS
+from nst_jax.config import default_preset as default_preset
 from nst_jax.config import PRESETS as PRESETS
 from nst_jax.config import RunSpec as RunSpec
 from nst_jax.config import StyleConfig as StyleConfig
@@ -51,7 +52,7 @@ from nst_jax.weights_store import resolve_weights as resolve_weights
 __version__ = "0.1.0"
 
 __all__ = [
-    "CONVENTIONS", "DEFAULT_PRESET", "NETWORKS", "PRESETS", "VGG", "VGG16", "VGG19",
+    "CONVENTIONS", "DEFAULT_PRESETS", "NETWORKS", "PRESETS", "VGG", "VGG16", "VGG19",
     "ChunkReport", "LossConvention", "LossSpec", "NstError", "OptimSpec", "Preprocessing",
     "RunSpec", "StyleConfig", "StylizeResult", "VGGWeights",
     "compute_targets", "content_loss", "extract_features", "get_preset", "gram_matrix",

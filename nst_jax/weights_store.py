@@ -162,7 +162,7 @@ def weights_network(spec: str | None, *, network: str | None = None) -> str | No
     """
     if spec is None:
         spec = os.environ.get(ENV_WEIGHTS) or None
-    if spec == "random":
+    if is_random(spec):
         return network or "vgg19"
     try:
         path = _from_spec(spec, "weights") if spec is not None else find_weights(network)

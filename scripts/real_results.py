@@ -22,23 +22,6 @@ Real weights: ``scripts/fetch_real_weights.py --model NETWORK`` (``--weights-vgg
 ``--weights-vgg16`` to pass files).
 
     python scripts/real_results.py --size 256 --steps 300 --figure docs/real_results.png
-"""Every preset's documented command on the bundled samples with real weights: figure and numbers.
-
-For each preset this runs what ``nst-jax stylize chelsea.jpg strokes.jpg -o out.png --preset NAME
---size SIZE --steps STEPS`` runs (the preset tuned for the weights' network, at ``--size``), then
-
-* prints the two quality numbers of :mod:`nst_jax.quality` (content similarity, higher is better;
-  style distance relative to the photo, lower is better) and the wall time (compilation included),
-  with the same numbers for the content photo and the style image as the ends of the scale;
-* with ``--torch``, runs the same recipe in PyTorch (``scripts/torch_reference.py``: the same
-  network, weights, loss and optimiser, written independently; multi-scale presets restart the
-  optimiser at each scale) and prints its numbers and time beside;
-* with ``--figure PATH``, writes content | style | result per preset, labelled, as one PNG
-  (README's first figure: ``docs/real_results.png``).
-
-Real weights: ``--weights PATH`` (default: what ``scripts/fetch_real_weights.py`` prints).
-
-    python scripts/real_results.py --size 256 --steps 300 --torch --figure docs/real_results.png
 """
 
 from __future__ import annotations

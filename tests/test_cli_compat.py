@@ -98,23 +98,25 @@ def test_print_config_shows_effective_settings(capsys):
 def test_help_print_config_and_studio_show_the_preset_tuned_for_the_weights(
         network, tmp_path, monkeypatch, capsys, vgg_params, vgg16_params):
     """What --help, --print-config and the studio's form show is what will run on the weights in
-    use: the preset tuned for THEIR network, found from the weight file's header."""
+    use: that network's default preset, tuned for THEIR network, found from the weight file's
+    header."""
     from nst_jax import preprocessing, weights_file
     from nst_jax.cli import flags
-    from nst_jax.config import DEFAULT_PRESET, get_preset
+    from nst_jax.config import default_preset, get_preset
     from nst_jax.web import forms
 
     path = weights_file.save_weights(
         tmp_path / f"{network}-keras.nst.h5", vgg16_params if network == "vgg16" else vgg_params,
         preprocessing.KERAS, source_file="x.h5", source_sha256="0" * 64, layout="keras")
     monkeypatch.setenv("NST_JAX_WEIGHTS", str(path))
-    tuned, other = (get_preset(DEFAULT_PRESET, n) for n in
+    name = default_preset(network)
+    tuned, other = (get_preset(name, n) for n in
                     (network, "vgg19" if network == "vgg16" else "vgg16"))
     assert tuned.tv_weight != other.tv_weight  # the check below can tell them apart
     assert main(["stylize", "--print-config"]) == 0
     out = capsys.readouterr().out
-    name = {"vgg16": "VGG-16", "vgg19": "VGG-19"}[network]
-    assert f"preset {DEFAULT_PRESET} (tuned for {name}, the network of the weights" in out
+    net = {"vgg16": "VGG-16", "vgg19": "VGG-19"}[network]
+    assert f"preset {name} (tuned for {net}, the network of the weights" in out
     lines = {ln.lstrip("* ").split()[0]: ln.split() for ln in out.splitlines()[1:]}
     assert lines["tv_weight"] == ["tv_weight", str(tuned.tv_weight)]  # unmarked: the preset's
     flags._help_preset.cache_clear()
@@ -123,9 +125,9 @@ def test_help_print_config_and_studio_show_the_preset_tuned_for_the_weights(
                         .format_help().split())
     finally:
         flags._help_preset.cache_clear()
-    assert f"tuned for {name}, the network of the weights in use" in text
+    assert f"are {name}'s, for {net}, the network of the weights in use" in text
     assert f"(gamma) (preset default: {tuned.tv_weight})" in text
-    form = forms.config_from_form({"preset": DEFAULT_PRESET}, forms.Limits(), network)
+    form = forms.config_from_form({"preset": name}, forms.Limits(), network)
     assert form.tv_weight == tuned.tv_weight
 
 

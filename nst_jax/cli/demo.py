@@ -76,12 +76,12 @@ def _weights(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from nst_jax import figures, image_io
-    from nst_jax.config import get_preset
+    from nst_jax.config import TUNED_SIZE, default_preset, get_preset
     from nst_jax.errors import NstError
     from nst_jax.transfer import stylize
 
     size, steps = _defaults_for_backend()
-    config = get_preset(flags.DEFAULT_PRESET).replace(
+    config = get_preset(default_preset(None)).replace(
         size=args.size or size, steps=args.steps or steps, chunk_size=25
     )
     for f in ("size", "steps"):
@@ -97,16 +97,16 @@ def run(args: argparse.Namespace) -> int:
     style = image_io.load_image(style_path)
     weights = _weights(args)
     # Random features: the TF tutorial's Adam recipe, whose balance was measured on them (below).
-    name = flags.DEFAULT_PRESET if weights.pretrained else "tf-tutorial"
+    name = default_preset(weights.network) if weights.pretrained else "tf-tutorial"
     preset = get_preset(name, weights.network)
     # TV is a sum over pixels while the content and style terms are means, so at the demo's
-    # smaller size the preset's TV weight (set for 512 px) would be (512 / size)^2 times
-    # weaker relative to them and leave grain; scaling it keeps the preset's balance.
+    # size the preset's TV weight (measured at TUNED_SIZE) would pull (TUNED_SIZE / size)^2
+    # times less relative to them and leave grain; scaling it keeps the measured balance.
     config = preset.replace(
         size=config.size,
         steps=config.steps,
         chunk_size=config.chunk_size,
-        tv_weight=preset.tv_weight * (preset.size / config.size) ** 2,
+        tv_weight=preset.tv_weight * (TUNED_SIZE / config.size) ** 2,
     )
     if not weights.pretrained:
         # The tutorial's content weight is tuned for pretrained features; random features are

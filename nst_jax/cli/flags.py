@@ -14,11 +14,12 @@ import math
 import os
 
 from nst_jax.cli.common import status
-from nst_jax.config import COLOR_MODES, DEFAULT_PRESET, PRESETS, StyleConfig, get_preset
+from nst_jax.config import (COLOR_MODES, DEFAULT_PRESETS, PRESETS, StyleConfig, default_preset,
+                            get_preset)
 from nst_jax.losses import CONVENTIONS
 from nst_jax.objective import DTYPES
 from nst_jax.optimize import OPTIMIZERS, OUTPUT_ITERATES
-from nst_jax.vgg import NETWORKS, POOLINGS
+from nst_jax.vgg import NETWORK_NAMES, NETWORKS, POOLINGS
 
 
 
@@ -141,9 +142,11 @@ def _help_preset() -> tuple[StyleConfig, str]:
 
     network = weights_network(None)
     if network is None:
-        return get_preset(DEFAULT_PRESET, "vgg19"), "for VGG-19 (no weights found yet)"
-    return (get_preset(DEFAULT_PRESET, network),
-            f"for {NETWORK_NAMES[network]}, the network of the weights in use")
+        return (get_preset(default_preset("vgg19"), "vgg19"),
+                f"{default_preset('vgg19')}'s, for VGG-19 (no weights found yet)")
+    return (get_preset(default_preset(network), network),
+            f"{default_preset(network)}'s, for {NETWORK_NAMES[network]}, the network of the "
+            "weights in use")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -181,14 +184,15 @@ def add_config_flags(p: argparse.ArgumentParser, *, single: bool = True) -> None
 
     ``single``: also the single-image flags (``--save-every``, ``--style-blend``).
     """
+    defaults = ", ".join(f"{name} on {NETWORK_NAMES[net]}" for net, name in DEFAULT_PRESETS.items())
     g = p.add_argument_group(
-        "settings", f"Every setting starts from --preset (default {DEFAULT_PRESET}); the "
-        f"defaults shown are {DEFAULT_PRESET}'s ('preset default'), tuned for the network of "
-        "the weights in use.")
+        "settings", "Every setting starts from --preset (default: the preset measured best on "
+        f"the network of the weights in use: {defaults}); the defaults shown ('preset "
+        "default') are that preset's, tuned for that network.")
     action = g.add_argument(
-        "--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
-        help=f"starting settings that the other flags override (default {DEFAULT_PRESET}; the "
-        "defaults below are tuned %(preset_tuning)s)")
+        "--preset", default=None, choices=sorted(PRESETS),
+        help=f"starting settings that the other flags override (default: {defaults}; the "
+        "defaults below are %(preset_tuning)s)")
     action.preset_field = "preset"
     for flags, field, typ, extra, help_ in CONFIG_FLAGS:
         if "metavar" not in extra and "choices" not in extra:
@@ -247,7 +251,7 @@ def config_from_args(args: argparse.Namespace, network: str | None = None) -> St
         changes["seed"] = int.from_bytes(os.urandom(4), "little") >> 1
         args.seed = changes["seed"]
         status(args, f"random seed {changes['seed']}")
-    base = get_preset(args.preset, network)
+    base = get_preset(preset_name(args, network), network)
     if changes.get("min_size") is not None and changes.get("scales") is None:
         # crowsonkb/style-transfer-pytorch: sizes from min to end, each sqrt(2) larger.
         size = changes.get("size") or base.size
@@ -259,6 +263,11 @@ def config_from_args(args: argparse.Namespace, network: str | None = None) -> St
     if capped:
         status(args, capped)
     return config
+
+
+def preset_name(args: argparse.Namespace, network: str | None) -> str:
+    """``--preset``, else the default preset of ``network`` (config.default_preset)."""
+    return getattr(args, "preset", None) or default_preset(network)
 
 
 def weights_network(args: argparse.Namespace) -> str | None:
@@ -275,10 +284,11 @@ def print_config(config: StyleConfig, args: argparse.Namespace, network: str | N
     for ``network``, the weights' network, which the first line names)."""
     from nst_jax.vgg import NETWORK_NAMES
 
-    base = get_preset(args.preset, network)
+    name = preset_name(args, network)
+    base = get_preset(name, network)
     tuned = (f"tuned for {NETWORK_NAMES[network]}, the network of the weights in use" if network
              else "for VGG-19: no weights found")
-    print(f"# effective settings: preset {args.preset} ({tuned}); * = changed by a flag")
+    print(f"# effective settings: preset {name} ({tuned}); * = changed by a flag")
     for name, value in config.flat().items():
         mark = "*" if value != getattr(base, name) else " "
         print(f"{mark} {name:<20} {_default_text(value)}")

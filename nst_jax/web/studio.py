@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from nst_jax import image_io
-from nst_jax.config import DEFAULT_PRESET, PRESETS, StyleConfig, get_preset
+from nst_jax.config import PRESETS, StyleConfig, default_preset, get_preset
 from nst_jax.weights import VGGWeights
 from nst_jax.web import engine, forms, uploads
 from nst_jax.web.forms import FormError, Limits
@@ -105,7 +105,8 @@ class Studio:
             "weights": {"label": self.weights.label, "pretrained": bool(self.weights.pretrained)},
             "presets": {name: preset_knobs(get_preset(name, self.weights.network), self.limits)
                         for name in PRESETS},
-            "default_preset": "tiny" if not self.weights.pretrained else DEFAULT_PRESET,
+            "default_preset": ("tiny" if not self.weights.pretrained
+                               else default_preset(self.weights.network)),
             "choices": {"optimizer": list(forms.OPTIMIZERS), "preserve_colors": list(forms.COLOR_MODES)},
             "samples": {"content": [image_io.SAMPLE_CONTENT], "style": list(image_io.SAMPLE_STYLES),
                         "all": list(image_io.SAMPLES)},
