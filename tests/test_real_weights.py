@@ -32,6 +32,7 @@ import nst_jax
 from nst_jax import image_io, quality, vgg, weights_file
 from nst_jax import weights as weights_lib
 from nst_jax.cli import main
+from nst_jax.config import TUNED_SIZE
 from nst_jax.features import extract_features
 
 pytestmark = pytest.mark.real
@@ -105,7 +106,7 @@ def test_onnx_route_equals_keras_h5_route(real, real_path, tmp_path, keras_h5_wr
             for leaf in ("kernel", "bias"):
                 np.testing.assert_array_equal(a[layer][leaf][()], b[layer][leaf][()])
         differ = {k for k in set(a.attrs) | set(b.attrs) if str(a.attrs.get(k)) != str(b.attrs.get(k))}
-    assert differ == {"source_file", "source_sha256", "layout"}
+    assert differ == {"source_file", "source_sha256", "layout", "description"}
 
 
 def _torch_vgg(network: str, kernels_oihw: dict, biases: dict):
@@ -219,8 +220,10 @@ def test_quality_thresholds_reject_the_photo_and_the_style(network_weights, samp
     assert painting.style < MAX_STYLE
 
 
-#: Steps per preset at 64 px: a reduced budget with a margin (measured margins in the comments).
-BUDGETS = BUDGETS_PLACEHOLDER
+#: Steps per preset at 64 px: a reduced budget with a margin. Measured (content / style / rough):
+#: VGG-19 tf-tutorial 0.675 / 0.309 / 0.73, gatys 0.645 / 0.284 / 0.59; VGG-16 tf-tutorial
+#: 0.616 / 0.370 / 0.69, gatys 0.727 / 0.248 / 0.62.
+BUDGETS = {"tf-tutorial": 80, "gatys": 40}
 
 
 @pytest.mark.parametrize("preset", ["gatys", "tf-tutorial"])
@@ -230,7 +233,10 @@ def test_stylization_keeps_content_takes_style_and_stays_clean(network_weights, 
     more than ~30%."""
     content, style = samples
     net = network_weights.network
-    config = nst_jax.get_preset(preset, network=net).replace(size=64, steps=BUDGETS[preset])
+    config = nst_jax.get_preset(preset, network=net)
+    # The documented rule for another size than the one the values were measured at.
+    config = config.replace(size=64, steps=BUDGETS[preset],
+                            tv_weight=config.tv_weight * (TUNED_SIZE / 64) ** 2)
     result = nst_jax.stylize(content, style, config, network_weights)
     photo = image_io.resize_image(content, result.image.shape[:2])
     q = quality.measure(network_weights, result.image, photo, style)
