@@ -274,7 +274,7 @@ def _run_locked(args, config, start, contents, styles, pairing, pairs, names, ou
         return 0
     devices = common.setup_runtime(args)
     weights = common.load_weights_for_cli(args, network=config.network)
-    if weights.network != network:  # the header said otherwise: re-tune
+    if weights.network != flags.weights_network(args):  # the header said otherwise: re-tune
         config = flags.config_from_args(args, network=weights.network)
     common.status(args, "compiling the batched step (first chunk) ...")
     mesh = sharding.batch_mesh(devices)
