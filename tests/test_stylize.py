@@ -143,7 +143,7 @@ def test_presets_follow_their_sources():
     assert (tf19.content_weight, tf19.tv_weight) == (1e6, 2.5e5)
     assert tf19.style_layer_weights == (3e6, 1e3, 1e2, 0.2, 3e3)
     g16, tf16 = get_preset("gatys", "vgg16"), get_preset("tf-tutorial", "vgg16")
-    assert (g16.content_weight, g16.tv_weight) == (50.0, 3e-2)
+    assert (g16.content_weight, g16.tv_weight) == (60.0, 3e-2)
     assert (tf16.content_weight, tf16.tv_weight) == (3e5, 2e4)
     assert tf16.style_layer_weights == (6e4, 7.0, 0.2, 0.4, 2e3)
     assert g16.replace(content_weight=5.0).content_weight == 5.0  # flags still win
