@@ -93,10 +93,16 @@ def _pip_download(wheel: Wheel, into: Path, *, index_url: str | None, progress: 
         cmd[4:4] = ["--index-url", index_url]
     if not progress:
         cmd.insert(4, "-q")
+    # With progress on, pip's own lines and download bar go to the terminal (stderr); a stderr
+    # without a file descriptor (a notebook's) is left to the process's own.
     try:
-        # With progress on, pip's own lines and download bar go to the terminal (stderr).
+        sys.stderr.fileno()
+        terminal = sys.stderr
+    except (AttributeError, OSError, ValueError):
+        terminal = None
+    try:
         done = subprocess.run(cmd, stdin=subprocess.DEVNULL, text=True,
-                              stdout=sys.stderr if progress else subprocess.PIPE,
+                              stdout=terminal if progress else subprocess.PIPE,
                               stderr=None if progress else subprocess.PIPE)
     except OSError as err:
         raise NstError(f"cannot run pip to fetch {wheel.requirement}: {first_line(err)}") from None
