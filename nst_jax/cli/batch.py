@@ -167,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
         make_dir(out_dir)
         image_io.check_output_path(outputs[0])  # a writable directory and an encoder for --ext
         with safety.folder_lock(out_dir) if _holds_lock() else contextlib.nullcontext():
-            return _run_locked(args, config, start, contents, styles, pairing, pairs, names,
-                               outputs, out_dir, init_image)
+            return _run_locked(args, config, network, start, contents, styles, pairing, pairs,
+                               names, outputs, out_dir, init_image)
 
 
 def _holds_lock() -> bool:
@@ -259,8 +259,9 @@ def _write(loaded, results, outputs, tally: _Tally, bar) -> None:
             tqdm.write(f"nst-jax: warning: {outputs[i]}: {result.diverged}", file=sys.stderr)
 
 
-def _run_locked(args, config, start, contents, styles, pairing, pairs, names, outputs, out_dir,
-                init_image) -> int:
+def _run_locked(args, config, network, start, contents, styles, pairing, pairs, names, outputs,
+                out_dir, init_image) -> int:
+    """``config`` is tuned for ``network``, the weights' network as their header gave it."""
     from tqdm.auto import tqdm
 
     from nst_jax import sharding
@@ -274,7 +275,7 @@ def _run_locked(args, config, start, contents, styles, pairing, pairs, names, ou
         return 0
     devices = common.setup_runtime(args)
     weights = common.load_weights_for_cli(args, network=config.network)
-    if weights.network != flags.weights_network(args):  # the header said otherwise: re-tune
+    if weights.network != network:  # the header said otherwise (or nothing): re-tune
         config = flags.config_from_args(args, network=weights.network)
     common.status(args, "compiling the batched step (first chunk) ...")
     mesh = sharding.batch_mesh(devices)

@@ -144,16 +144,17 @@ def run(args: argparse.Namespace) -> int:
         if devices and len(devices) > 1:
             common.status(args, f"stylize runs one image on one device: using "
                           f"{devices[0].platform}:{devices[0].id} (nst-jax batch uses several)")
-        return _stylize(args, config, out, content, styles, blend, masks, init_image)
+        return _stylize(args, config, network, out, content, styles, blend, masks, init_image)
 
 
-def _stylize(args, config, out, content, styles, blend, masks, init_image) -> int:
+def _stylize(args, config, network, out, content, styles, blend, masks, init_image) -> int:
+    """``config`` is tuned for ``network``, the weights' network as their header gave it."""
     from nst_jax import image_io
     from nst_jax.cli.progress import RunReporter
     from nst_jax.transfer import stylize
 
     weights = common.load_weights_for_cli(args, network=config.network)
-    if weights.network != flags.weights_network(args):  # the header said otherwise: re-tune
+    if weights.network != network:  # the header said otherwise (or nothing): re-tune
         config = _with_print_steps(flags.config_from_args(args, network=weights.network), args)
     cache = getattr(args, "_compile_cache", None)
     common.status(args, "computing style targets and compiling the optimisation step"
