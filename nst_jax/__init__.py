@@ -12,7 +12,7 @@ Public API (all pure functions take ONE image or feature map; batch with ``jax.v
   :func:`get_preset`, :func:`stylize`, :func:`stylize_batch` (results :class:`StylizeResult`,
   per-chunk :class:`ChunkReport`).
 
-Everything else lives in its module (``nst_jax.sharding``, ``nst_jax.image_io``, ...) and is
+Everything else lives in its module (``nst_jax.run.sharding``, ``nst_jax.image_io``, ...) and is
 importable from there; the names below are the stable surface.
 """
 
@@ -36,18 +36,18 @@ from nst_jax.objective import compute_targets as compute_targets
 from nst_jax.objective import style_transfer_loss as style_transfer_loss
 from nst_jax.optimize import OptimSpec as OptimSpec
 from nst_jax.preprocessing import Preprocessing as Preprocessing
-from nst_jax.results import ChunkReport as ChunkReport
-from nst_jax.results import StylizeResult as StylizeResult
-from nst_jax.transfer import stylize as stylize
-from nst_jax.transfer import stylize_batch as stylize_batch
+from nst_jax.run.results import ChunkReport as ChunkReport
+from nst_jax.run.results import StylizeResult as StylizeResult
+from nst_jax.run.transfer import stylize as stylize
+from nst_jax.run.transfer import stylize_batch as stylize_batch
 from nst_jax.vgg import NETWORKS as NETWORKS
 from nst_jax.vgg import VGG as VGG
 from nst_jax.vgg import VGG16 as VGG16
 from nst_jax.vgg import VGG19 as VGG19
-from nst_jax.weights import VGGWeights as VGGWeights
-from nst_jax.weights import random_weights as random_weights
-from nst_jax.weights_file import load_weights as load_weights
-from nst_jax.weights_store import resolve_weights as resolve_weights
+from nst_jax.weights.container import VGGWeights as VGGWeights
+from nst_jax.weights.container import random_weights as random_weights
+from nst_jax.weights.file import load_weights as load_weights
+from nst_jax.weights.store import resolve_weights as resolve_weights
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from nst_jax.errors import NstError
 from nst_jax.preprocessing import preprocess
 from nst_jax.vgg import VGG
-from nst_jax.weights import VGGWeights
+from nst_jax.weights.container import VGGWeights
 
 
 def check_weights(weights) -> None:

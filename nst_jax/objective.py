@@ -23,7 +23,7 @@ from nst_jax.checks import check_choice, check_int, check_nonnegative, plain_fie
 from nst_jax.errors import NstError
 from nst_jax.features import check_weights, extract_features
 from nst_jax.vgg import POOLINGS, canonical_layer
-from nst_jax.weights import VGGWeights
+from nst_jax.weights.container import VGGWeights
 
 Targets = dict[str, dict[str, jax.Array]]
 DTYPES = ("float32", "bfloat16")

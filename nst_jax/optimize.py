@@ -1,6 +1,6 @@
 """Optimising one image: optax Adam or L-BFGS, run in compiled chunks of steps.
 
-The single-image functions here are pure and unbatched; :mod:`nst_jax.programs` ``vmap``s the same
+The single-image functions here are pure and unbatched; :mod:`nst_jax.run.programs` ``vmap``s the same
 :func:`run_chunk` over many images. One call of :func:`run_chunk` runs up to ``chunk`` steps in a
 ``lax.while_loop`` (no host round-trip per step), with the number of steps a traced argument so
 that every chunk length reuses one compiled program per image shape.

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from nst_jax import imageops
 from nst_jax.features import extract_features
 from nst_jax.losses import gram_matrix
-from nst_jax.weights import VGGWeights
+from nst_jax.weights.container import VGGWeights
 
 CONTENT_LAYER = "relu4_2"
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")

@@ -148,7 +148,7 @@ ADAM = {"lr": 0.02, "b1": 0.99, "b2": 0.999, "eps": 0.1}  # nst-jax's OptimSpec 
 
 
 def _single_image_programs():
-    """nst-jax's step for one image: the engine's chunk (``nst_jax.programs.chunk``) without the
+    """nst-jax's step for one image: the engine's chunk (``nst_jax.run.programs.chunk``) without the
     batch axis — the same ``init_state``/``run_chunk``/loss, prepared kernels and CPU compiler
     options — as a namespace ``init``, ``chunk`` (with ``.lower``), ``loss``."""
     import functools
@@ -158,7 +158,7 @@ def _single_image_programs():
 
     from nst_jax.objective import style_transfer_loss
     from nst_jax.optimize import init_state, run_chunk
-    from nst_jax.programs import CPU_COMPILER_OPTIONS
+    from nst_jax.run.programs import CPU_COMPILER_OPTIONS
 
     opts = CPU_COMPILER_OPTIONS if jax.devices()[0].platform == "cpu" else None
 
@@ -190,7 +190,7 @@ def _jax_setup(task):
     S = _single_image_programs()
     from nst_jax.objective import LossSpec, compute_targets
     from nst_jax.preprocessing import CAFFE
-    from nst_jax.weights import VGGWeights
+    from nst_jax.weights.container import VGGWeights
 
     data = np.load(task["weights"])
     params = {}
@@ -852,7 +852,7 @@ def _save_random_weights(path: str) -> None:
     """``random_weights(0)`` as an .npz, so PyTorch workers need not import JAX."""
     import numpy as np
 
-    from nst_jax.weights import random_weights
+    from nst_jax.weights.container import random_weights
 
     w = random_weights(0)
     np.savez(path, **{f"{layer}/{leaf}": np.asarray(v) for layer, leaves in w.params.items() for leaf, v in leaves.items()})

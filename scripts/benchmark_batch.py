@@ -20,10 +20,10 @@ import time
 import jax
 import numpy as np
 
-from nst_jax import programs
+from nst_jax.run import programs
 from nst_jax.config import get_preset
-from nst_jax.transfer import stylize, stylize_batch
-from nst_jax.weights_store import resolve_weights
+from nst_jax.run.transfer import stylize, stylize_batch
+from nst_jax.weights.store import resolve_weights
 
 
 def _cpu_model() -> str:

@@ -36,13 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import engine as engine_lib
-from nst_jax import transfer
+from nst_jax.run import engine as engine_lib
+from nst_jax.run import transfer
 from nst_jax.config import get_preset
 from nst_jax.image_io import load_image, sample_path
 from nst_jax.objective import compute_targets, style_transfer_loss
 from nst_jax.optimize import OptimSpec, init_state, run_chunk
-from nst_jax.weights import random_weights
+from nst_jax.weights.container import random_weights
 
 IMPLS = {"xla": "plain XLA", "cpu": "CPU-tuned kernels"}
 

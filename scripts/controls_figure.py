@@ -19,8 +19,8 @@ from nst_jax import figures, image_io
 from nst_jax.cli.common import announce_weights
 from nst_jax.config import get_preset
 from nst_jax.errors import NstError
-from nst_jax.transfer import stylize
-from nst_jax.weights_store import resolve_weights
+from nst_jax.run.transfer import stylize
+from nst_jax.weights.store import resolve_weights
 
 
 def main(argv=None) -> int:

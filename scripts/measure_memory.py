@@ -4,7 +4,7 @@ Each measurement runs in a fresh subprocess: after imports, random weights and t
 exist, the resident set size is the baseline and the peak RSS is reset to it
 (``/proc/self/clear_refs``); the peak (``VmHWM``) after a short run minus that baseline is what the
 run itself needed (without the reset, a transient peak of the imports could be measured instead).
-This calibrated :data:`nst_jax.memory.ACTIVATION_FACTOR` and :data:`nst_jax.memory.RUNTIME_BYTES`;
+This calibrated :data:`nst_jax.run.memory.ACTIVATION_FACTOR` and :data:`nst_jax.run.memory.RUNTIME_BYTES`;
 ``tests/test_memory.py`` runs :func:`measure`. The whole process's peak is printed too, next to
 the estimate plus the baseline (what the guard counts as the process's own memory).
 
@@ -25,7 +25,7 @@ os.environ["NST_JAX_MEMORY_CHECK"] = "0"
 import numpy as np
 import jax
 import nst_jax
-from nst_jax import memory
+from nst_jax.run import memory
 from nst_jax.config import get_preset
 
 preset, size, dtype, remat = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"

@@ -28,7 +28,7 @@ import numpy as np
 from nst_jax import image_io, imageops
 from nst_jax.features import extract_features
 from nst_jax.losses import gram_matrix
-from nst_jax.weights_file import load_weights
+from nst_jax.weights.file import load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import nst_jax  # noqa: E402
 from nst_jax import image_io, imageops, quality  # noqa: E402
-from nst_jax.weights_file import load_weights  # noqa: E402
+from nst_jax.weights.file import load_weights  # noqa: E402
 
 PRESETS = ("tf-tutorial", "gatys")
 

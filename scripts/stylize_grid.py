@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from nst_jax import image_io
-from nst_jax.transfer import stylize_batch
+from nst_jax.run.transfer import stylize_batch
 from nst_jax.config import PRESETS, get_preset
-from nst_jax.weights_store import resolve_weights
+from nst_jax.weights.store import resolve_weights
 
 PAD = 6
 

@@ -24,7 +24,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from nst_jax.weights_store import resolve_weights
+from nst_jax.weights.store import resolve_weights
 from nst_jax.web.server import StudioServer
 
 MAX_BYTES = 300 * 1024

@@ -152,7 +152,7 @@ def keras_h5_writer():
 @pytest.fixture(scope="session")
 def weights():
     """The seeded random-weight VGG-19 of :func:`nst_jax.weights.random_weights` (seed 0)."""
-    from nst_jax.weights import random_weights
+    from nst_jax.weights.container import random_weights
 
     return random_weights(0)
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nst_jax import programs, sharding
+from nst_jax.run import programs, sharding
 from nst_jax.errors import NstError
-from nst_jax.inputs import pair_indices
-from nst_jax.transfer import compile_count, stylize_batch
+from nst_jax.run.inputs import pair_indices
+from nst_jax.run.transfer import compile_count, stylize_batch
 
 # --------------------------------------------------------------------------------------------
 # Pure host-side logic (in-process, one device)
@@ -91,8 +91,8 @@ def _device_checks() -> dict:
     import jax
 
     from nst_jax.config import get_preset
-    from nst_jax.transfer import stylize
-    from nst_jax.weights import random_weights
+    from nst_jax.run.transfer import stylize
+    from nst_jax.weights.container import random_weights
 
     report: dict = {"devices": jax.device_count()}
     rng = np.random.default_rng(0)

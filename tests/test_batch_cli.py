@@ -65,8 +65,8 @@ def test_folder_is_stylized_bad_file_skipped_and_rerun_resumes(folder, tmp_path,
     # Same pixels as stylizing the image alone (up to 8-bit rounding).
     from nst_jax import image_io
     from nst_jax.config import get_preset
-    from nst_jax.transfer import stylize
-    from nst_jax.weights import random_weights
+    from nst_jax.run.transfer import stylize
+    from nst_jax.weights.container import random_weights
 
     config = get_preset("tiny").replace(size=32, steps=4, chunk_size=2, learning_rate=0.01)
     ref = stylize(image_io.load_image(d / "b.jpg"), image_io.load_image(style), config,
@@ -118,7 +118,7 @@ def test_sigkill_midway_then_rerun_finishes_the_rest(folder, tmp_path):
 
 def test_ctrl_c_stops_after_the_chunk_and_writes_nothing_partial(folder, tmp_path, capsys,
                                                                 monkeypatch):
-    import nst_jax.interrupt as interrupt
+    import nst_jax.cli.interrupt as interrupt
 
     @contextlib.contextmanager
     def ctrl_c_pressed():

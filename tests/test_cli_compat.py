@@ -100,7 +100,8 @@ def test_help_print_config_and_studio_show_the_preset_tuned_for_the_weights(
     """What --help, --print-config and the studio's form show is what will run on the weights in
     use: that network's default preset, tuned for THEIR network, found from the weight file's
     header."""
-    from nst_jax import preprocessing, weights_file
+    from nst_jax import preprocessing
+    from nst_jax.weights import file as weights_file
     from nst_jax.cli import flags
     from nst_jax.config import default_preset, get_preset
     from nst_jax.web import forms

@@ -11,8 +11,8 @@ from nst_jax.cli import main
 from nst_jax.config import get_preset
 from nst_jax.errors import NstError
 from nst_jax.objective import LossSpec, compute_targets, style_transfer_loss
-from nst_jax.programs import rescale_opt_state
-from nst_jax.transfer import stylize
+from nst_jax.run.programs import rescale_opt_state
+from nst_jax.run.transfer import stylize
 
 
 @pytest.fixture(scope="module")

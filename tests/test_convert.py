@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax import convert, keras_import, torch_import, weights_file
-from nst_jax import weights as weights_lib
+from nst_jax.weights import convert, keras_import, torch_import, file as weights_file
+from nst_jax.weights import container as weights_lib
 from nst_jax.cli import main
 from nst_jax.errors import NstError
 from nst_jax.preprocessing import KERAS, preprocess
@@ -423,7 +423,7 @@ def test_zero_stride_pth_tensor_is_refused_by_its_shape_before_conversion(tmp_pa
     # The peak RSS of the new process's memory (VmHWM), not ru_maxrss: that one starts from the
     # parent's peak, which a pytest worker late in the suite may have above 2 GB.
     code = ("import sys\n"
-            "from nst_jax import torch_import\n"
+            "from nst_jax.weights import torch_import\n"
             "from nst_jax.errors import NstError\n"
             "try:\n    torch_import.read_torch_state_dict(sys.argv[1])\n"
             "except NstError as e:\n    print(e)\n"

@@ -15,7 +15,7 @@ from PIL import Image
 
 from nst_jax.cli import safety
 from nst_jax.errors import NstError
-from nst_jax.sharding import initialize
+from nst_jax.run.sharding import initialize
 
 ARGS = ["--preset", "tiny", "--weights", "random", "--size", "32", "--steps", "4",
         "--chunk-size", "2", "--lr", "0.01", "--quiet"]
@@ -30,8 +30,8 @@ def _free_port() -> int:
 def test_two_processes_write_disjoint_shares_exactly_once(tmp_path):
     from nst_jax import image_io
     from nst_jax.config import get_preset
-    from nst_jax.transfer import stylize
-    from nst_jax.weights import random_weights
+    from nst_jax.run.transfer import stylize
+    from nst_jax.weights.container import random_weights
 
     src = tmp_path / "in"
     src.mkdir()

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from nst_jax import download, weights_file, weights_sources
-from nst_jax import weights as weights_lib
+from nst_jax.weights import download, file as weights_file, sources as weights_sources
+from nst_jax.weights import container as weights_lib
 from nst_jax.cli import main
 from nst_jax.errors import NstError
 

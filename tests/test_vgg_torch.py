@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax import torch_import, weights_file
+from nst_jax.weights import torch_import, file as weights_file
 from nst_jax.cli import main
 from nst_jax.preprocessing import CAFFE, TORCHVISION, preprocess
 from nst_jax.vgg import BLOCKS, LAYERS, VGG19

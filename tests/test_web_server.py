@@ -26,7 +26,7 @@ from PIL import Image
 aiohttp = pytest.importorskip("aiohttp", reason="the web studio needs aiohttp: pip install '.[web]'")
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
-from nst_jax.transfer import compile_count  # noqa: E402
+from nst_jax.run.transfer import compile_count  # noqa: E402
 from nst_jax.web import forms  # noqa: E402
 from nst_jax.web.app import Studio, create_app  # noqa: E402
 from nst_jax.web.forms import FormError, Limits  # noqa: E402
@@ -237,8 +237,8 @@ def test_studio_forgets_the_oldest_ended_jobs(weights, tmp_path, monkeypatch):
 def test_progress_events_rate_and_colour_preview():
     """The first chunk has no rate (it includes compilation); with preserve-colours luminance
     the preview gets the content's colours back, as the final result does."""
-    from nst_jax.results import ChunkReport
-    from nst_jax.web.engine import Progress
+    from nst_jax.run.results import ChunkReport
+    from nst_jax.web.runner import Progress
 
     content = np.zeros((8, 12, 3), np.float32)
     content[..., 0] = 0.8  # a red picture

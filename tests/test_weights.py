@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from nst_jax import preprocessing as prep
-from nst_jax import weights as weights_lib
-from nst_jax import weights_file, weights_store
+from nst_jax.weights import container as weights_lib
+from nst_jax.weights import file as weights_file, store as weights_store
 from nst_jax.cli import main
 from nst_jax.errors import NstError
 from nst_jax.vgg import CONV_LAYERS, conv_kernel_shape

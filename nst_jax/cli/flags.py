@@ -138,7 +138,7 @@ def _help_preset() -> tuple[StyleConfig, str]:
     """The default preset as ``--help`` shows it: tuned for the network of the weights a run
     would use (found by their header only, when help is printed), and a phrase saying which."""
     from nst_jax.vgg import NETWORK_NAMES
-    from nst_jax.weights_store import weights_network
+    from nst_jax.weights.store import weights_network
 
     network = weights_network(None)
     if network is None:
@@ -273,7 +273,7 @@ def preset_name(args: argparse.Namespace, network: str | None) -> str:
 def weights_network(args: argparse.Namespace) -> str | None:
     """The network of the weights this run will load (``--weights``, else discovery), from the
     file's header alone, so the config is built once, tuned for it; ``--network`` wins."""
-    from nst_jax.weights_store import weights_network as header_network
+    from nst_jax.weights.store import weights_network as header_network
 
     required = getattr(args, "network", None)
     return header_network(getattr(args, "weights", None), network=required) or required

@@ -100,7 +100,7 @@ def enable_compile_cache(disabled: bool = False) -> Path | None:
     if env:
         path = Path(env).expanduser()
     else:
-        from nst_jax.weights_store import cache_dir
+        from nst_jax.weights.store import cache_dir
 
         path = cache_dir() / "jax-compile"
     try:

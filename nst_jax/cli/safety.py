@@ -193,7 +193,7 @@ def tolerant_streams() -> None:
 
 def interrupted_status() -> int:
     """``128 + signal`` of the stop request: 130 for Ctrl-C, 143 for SIGTERM."""
-    interrupt = sys.modules.get("nst_jax.interrupt")
+    interrupt = sys.modules.get("nst_jax.cli.interrupt")
     signum = getattr(interrupt, "last_stop_signal", None) or signal.SIGINT
     return 128 + int(signum)
 

@@ -151,7 +151,7 @@ def _stylize(args, config, network, out, content, styles, blend, masks, init_ima
     """``config`` is tuned for ``network``, the weights' network as their header gave it."""
     from nst_jax import image_io
     from nst_jax.cli.progress import RunReporter
-    from nst_jax.transfer import stylize
+    from nst_jax.run.transfer import stylize
 
     weights = common.load_weights_for_cli(args, network=config.network)
     if weights.network != network:  # the header said otherwise (or nothing): re-tune

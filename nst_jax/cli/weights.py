@@ -7,11 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from nst_jax import convert, download, weights_file, weights_store, wheel_weights
+from nst_jax.weights import convert, download, file as weights_file, store as weights_store, wheel as wheel_weights
 from nst_jax.cli import flags
 from nst_jax.errors import NstError
 from nst_jax.vgg import NETWORK_NAMES, NETWORKS, conv_layers
-from nst_jax.weights_sources import PYPI_SOURCE, SOURCES
+from nst_jax.weights.sources import PYPI_SOURCE, SOURCES
 
 
 def register(sub) -> None:

@@ -4,7 +4,7 @@ All JAX work of the server happens on that thread, so compiled programs are shar
 (the library's jit caches reuse them for jobs of the same shape and settings) and two jobs never
 compete for the device. A job is stopped by setting its ``stop`` event: the running
 stylization sees it in its ``on_chunk`` hook after the current chunk (see
-:mod:`nst_jax.web.engine`); a waiting job is simply taken out of the line.
+:mod:`nst_jax.web.runner`); a waiting job is simply taken out of the line.
 """
 
 from __future__ import annotations

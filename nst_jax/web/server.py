@@ -15,7 +15,7 @@ from typing import Callable
 from aiohttp import web
 
 from nst_jax.errors import NstError
-from nst_jax.weights import VGGWeights
+from nst_jax.weights.container import VGGWeights
 from nst_jax.web.app import Studio, create_app, is_loopback_host
 from nst_jax.web.forms import Limits
 

@@ -11,8 +11,8 @@ from aiohttp import web
 
 from nst_jax import image_io
 from nst_jax.config import PRESETS, StyleConfig, default_preset, get_preset
-from nst_jax.weights import VGGWeights
-from nst_jax.web import engine, forms, uploads
+from nst_jax.weights.container import VGGWeights
+from nst_jax.web import forms, runner, uploads
 from nst_jax.web.forms import FormError, Limits
 from nst_jax.web.jobs import Job, JobQueue
 
@@ -80,7 +80,7 @@ class Studio:
 
     def _execute(self, job: Job) -> None:
         try:
-            engine.run_job(job, weights=self.weights, results_dir=self.results)
+            runner.run_job(job, weights=self.weights, results_dir=self.results)
         finally:
             job.content = job.styles = None  # free the pixels; only the result file stays
 

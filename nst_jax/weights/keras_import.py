@@ -23,9 +23,9 @@ import numpy as np
 
 from nst_jax.errors import NstError, first_line
 from nst_jax.vgg import NETWORK_NAMES, NETWORKS, conv_layers
-from nst_jax.weights import (expected_shapes, infer_network, nonfinite_problems, param_problems,
+from nst_jax.weights.container import (expected_shapes, infer_network, nonfinite_problems, param_problems,
                              require_network)
-from nst_jax.weights_file import FORMAT, as_float32, open_hdf5, read_dataset
+from nst_jax.weights.file import FORMAT, as_float32, open_hdf5, read_dataset
 
 Params = dict[str, dict[str, np.ndarray]]
 

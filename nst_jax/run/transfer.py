@@ -1,4 +1,4 @@
-"""``stylize`` (one content image) and ``stylize_batch`` (many): both run :mod:`nst_jax.engine`.
+"""``stylize`` (one content image) and ``stylize_batch`` (many): both run :mod:`nst_jax.run.engine`.
 
 ``stylize`` is a group of one image on a one-device mesh, with the single-image extras (several
 styles blended or assigned to region masks, ``save_every`` callbacks, ``on_chunk`` hooks).
@@ -7,17 +7,17 @@ styles blended or assigned to region masks, ``save_every`` callbacks, ``on_chunk
 content-major) — groups the pairs by their shape at every scale (aspect ratios are kept), and
 runs each group as one batch: ``jax.vmap`` over a device's rows (L-BFGS: ``lax.map``), and
 ``jax.shard_map`` over a mesh of all devices of all processes. The same compiled programs
-(:mod:`nst_jax.programs`) serve both, so a batch of one equals ``stylize``, and the step
+(:mod:`nst_jax.run.programs`) serve both, so a batch of one equals ``stylize``, and the step
 compiles once per group shape (:func:`compile_count`). Larger batches compute the same math in
 another compiled program, whose float rounding differs in the last bit; an optimisation of
 hundreds of steps amplifies that to visible differences at the same loss (measured in README,
 "Many images").
 
-**Sharding** (:mod:`nst_jax.sharding`): per-image arrays are ``NamedSharding(mesh,
+**Sharding** (:mod:`nst_jax.run.sharding`): per-image arrays are ``NamedSharding(mesh,
 P("batch"))``, the weights and a ``"broadcast"`` style's Grams are replicated. A group of ``n``
 images gets ``ceil(n / devices)`` rows per device; free rows are padded and dropped.
 
-**Several processes**: after :func:`nst_jax.sharding.initialize` the mesh spans every
+**Several processes**: after :func:`nst_jax.run.sharding.initialize` the mesh spans every
 process's devices and the programs run as one SPMD computation. Each process passes its own
 share of the images (and the same styles and config) and gets back its own results; one small
 all-gather of ``(shape, count)`` per call agrees on the groups, and the slot layout puts each
@@ -43,15 +43,16 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from nst_jax import imageops, memory, programs, sharding
+from nst_jax import imageops
+from nst_jax.run import memory, programs, sharding
 from nst_jax.config import StyleConfig, apply_env_caps, check_init_path
-from nst_jax.engine import Engine
+from nst_jax.run.engine import Engine
 from nst_jax.errors import NstError
-from nst_jax.inputs import Item, make_item, pair_indices
-from nst_jax.interrupt import deferred_interrupt
-from nst_jax.results import Callback, ChunkHook, StylizeResult
+from nst_jax.run.inputs import Item, make_item, pair_indices
+from nst_jax.cli.interrupt import deferred_interrupt
+from nst_jax.run.results import Callback, ChunkHook, StylizeResult
 from nst_jax.vgg import canonical_layer
-from nst_jax.weights import VGGWeights, require_network
+from nst_jax.weights.container import VGGWeights, require_network
 
 compile_count = programs.compile_count
 
@@ -192,14 +193,14 @@ def stylize_batch(
         ``"product"`` (every content × every style, content-major), or an explicit list of
         ``(content index, style index)`` pairs (one result each, in that order).
       init_image: starting image for every pair when ``config.init`` is a path (already loaded).
-      mesh: a 1-D mesh with axis ``"batch"``; default :func:`nst_jax.sharding.batch_mesh` (all
+      mesh: a 1-D mesh with axis ``"batch"``; default :func:`nst_jax.run.sharding.batch_mesh` (all
         devices of all processes).
       progress: a progress bar over the steps of each group on stderr.
       should_stop: polled after every chunk of steps; true stops the run (see the module notes).
         Default: the first Ctrl-C asks for a stop, as in ``stylize``.
 
     Returns:
-      One :class:`~nst_jax.results.StylizeResult` per pair, in pair order; ``seconds`` is the
+      One :class:`~nst_jax.run.results.StylizeResult` per pair, in pair order; ``seconds`` is the
       wall time of the image's group (shared by its members, compilation included).
     """
     contents = list(contents)

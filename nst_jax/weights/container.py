@@ -1,8 +1,8 @@
 """VGG-16/VGG-19 weights as parameters: the container that binds them to their network and
 preprocessing, seeded random weights, and the structure checks every loaded tree goes through.
 
-The nst-jax weight file is :mod:`nst_jax.weights_file`; conversion from the published layouts is
-:mod:`nst_jax.convert`; where default weights are found, :mod:`nst_jax.weights_store`.
+The nst-jax weight file is :mod:`nst_jax.weights.file`; conversion from the published layouts is
+:mod:`nst_jax.weights.convert`; where default weights are found, :mod:`nst_jax.weights.store`.
 
 Parameters are ``{"conv1_1": {"kernel": (3, 3, 3, 64), "bias": (64,)}, ...}``: HWIO kernels and
 ``(C_out,)`` biases, float32, with exactly the layers of :func:`nst_jax.vgg.conv_layers` of their

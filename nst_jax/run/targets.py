@@ -1,7 +1,7 @@
 """The targets of a group of rows: content features on the mesh, style Grams per row or shared.
 
 Content images are resized to the group's shape and their features computed on the mesh, one
-row per image (:func:`~nst_jax.programs.content_targets`). Each style image's Grams are computed
+row per image (:func:`~nst_jax.run.programs.content_targets`). Each style image's Grams are computed
 once per call and shape on this process's device (:class:`GramCache`), then blended or stacked
 with their region masks per row (:func:`~nst_jax.objective.style_targets`) and placed on the
 mesh: per row, or replicated once when every row has the same style (``shared``).
@@ -16,10 +16,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from nst_jax import imageops, programs, sharding
-from nst_jax.inputs import Item, check_big_enough, resized_content, resized_style
+from nst_jax import imageops
+from nst_jax.run import programs, sharding
+from nst_jax.run.inputs import Item, check_big_enough, resized_content, resized_style
 from nst_jax.objective import LossSpec, Targets, style_grams, style_targets
-from nst_jax.weights import VGGWeights
+from nst_jax.weights.container import VGGWeights
 
 
 class GramCache:

@@ -1,6 +1,6 @@
 """The batch axis over devices and hosts: one mesh, named shardings, slot layout, start-up.
 
-Everything :mod:`nst_jax.engine` needs to place a batch of images on every device of every
+Everything :mod:`nst_jax.run.engine` needs to place a batch of images on every device of every
 process, and nothing else:
 
 * **One mesh.** :func:`batch_mesh` is a 1-D :class:`jax.sharding.Mesh` over ``jax.devices()`` —

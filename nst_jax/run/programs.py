@@ -4,7 +4,7 @@ Each program is a single-image function of :mod:`nst_jax.optimize` / :mod:`nst_j
 (``init_state``, ``run_chunk``, ``result_image``, ``style_transfer_loss``) put through
 ``jax.vmap`` over the rows a device holds (L-BFGS steps: one row after another; a single row
 runs as itself, see :func:`_each_row`) and ``jax.shard_map`` over the ``"batch"`` axis of the
-group's mesh (:mod:`nst_jax.sharding`). Per-image arrays — states, content features, per-image
+group's mesh (:mod:`nst_jax.run.sharding`). Per-image arrays — states, content features, per-image
 style targets, histories — are split over the mesh; the weights and shared style targets are
 replicated (``in_axes`` ``None``). Nothing crosses devices: every image is independent, so a
 device whose images have all diverged leaves its step loop early.
@@ -27,10 +27,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-from nst_jax import imageops, sharding
+from nst_jax import imageops
+from nst_jax.run import sharding
 from nst_jax.objective import LossSpec, features_for, style_grams, style_transfer_loss
 from nst_jax.optimize import OptimSpec, init_state, result_image, run_chunk
-from nst_jax.weights import VGGWeights
+from nst_jax.weights.container import VGGWeights
 
 #: XLA's memory-optimised instruction order, for CPU only. The default CPU order computes the
 #: recomputed (remat) forward passes early, so ``remat`` saved nothing and peak memory was ~2x

