@@ -27,8 +27,6 @@ from nst_jax.vgg import NETWORKS, min_side
 COLOR_MODES = ("none", "luminance", "match")
 INIT_KINDS = ("content", "noise", "style")
 #: Environment variables capping every size and step count (documentation tests, smoke runs).
-ENV_MAX_SIZE = "NST_JAX_MAX_SIZE"
-ENV_MAX_STEPS = "NST_JAX_MAX_STEPS"
 CAFFE_STYLE = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 
@@ -38,13 +36,16 @@ class RunSpec:
 
     Attributes:
       steps: Adam steps or L-BFGS iterations (at each scale, unless ``scale_steps``).
-      chunk_size: steps per compiled call between host updates (progress, previews, Ctrl-C).
+      chunk_size: the most steps one compiled call runs (the length of its loss history); the
+        loop sizes each chunk to about 1.5 s under it (:mod:`nst_jax.run.engine`), so the
+        observer (progress, previews, stops) hears from it every second or two.
       size: longest side of the output; ``None`` keeps the content's size.
       style_scale: style image's longest side relative to the content's; one number, or one
         per style image.
       init: ``"content"``, ``"noise"``, ``"style"`` or an image path (loaded by the caller).
       seed: noise for ``init="noise"``.
-      save_every: intermediate images every N steps (0 = off).
+      save_every: intermediate images every N steps (0 = off; the CLI writes them, the loop's
+        chunks end on those steps).
       scales: coarse-to-fine passes; sizes grow geometrically from ``min_size`` (default
         ``size / 2^(scales-1)``) to ``size``. ``scale_steps``: steps per scale.
       preserve_colors: ``"none"``; ``"luminance"``: stylize the luminance and keep the content's
@@ -54,7 +55,7 @@ class RunSpec:
     """
 
     steps: int = 1000
-    chunk_size: int = 20
+    chunk_size: int = 100
     size: int | None = 512
     style_scale: float | tuple[float, ...] = 1.0
     init: str = "content"
@@ -247,43 +248,6 @@ DEFAULT_PRESETS: dict[str, str] = {"vgg19": "tf-tutorial", "vgg16": "gatys"}
 def default_preset(network: str | None) -> str:
     """The preset to start from on ``network`` (``None``: VGG-19's), see :data:`DEFAULT_PRESETS`."""
     return DEFAULT_PRESETS[network or "vgg19"]
-
-
-def apply_env_caps(config: StyleConfig) -> tuple[StyleConfig, str | None]:
-    """``config`` with ``size``/``min_size`` capped at ``$NST_JAX_MAX_SIZE`` and ``steps``/
-    ``scale_steps`` at ``$NST_JAX_MAX_STEPS`` (both unset: unchanged).
-
-    Meant for documentation tests and smoke runs that execute commands written for real
-    sizes; returns the capped config and a sentence saying what was capped (or ``None``).
-    """
-    caps = {}
-    for env in (ENV_MAX_SIZE, ENV_MAX_STEPS):
-        text = os.environ.get(env, "").strip()
-        if text:
-            try:
-                caps[env] = int(text)
-                if caps[env] < 1:
-                    raise ValueError
-            except ValueError:
-                raise NstError(f"${env} must be a positive integer, got {text!r}") from None
-    changes: dict[str, Any] = {}
-    if ENV_MAX_SIZE in caps:
-        cap = max(8, caps[ENV_MAX_SIZE])
-        if config.size is None or config.size > cap:
-            changes["size"] = cap
-        if config.min_size is not None and config.min_size > cap:
-            changes["min_size"] = cap
-    if ENV_MAX_STEPS in caps:
-        cap = caps[ENV_MAX_STEPS]
-        if config.steps > cap:
-            changes["steps"] = cap
-        if config.scale_steps is not None and max(config.scale_steps) > cap:
-            changes["scale_steps"] = tuple(min(n, cap) for n in config.scale_steps)
-    if not changes:
-        return config, None
-    said = ", ".join(f"{k} {getattr(config, k)} -> {v}" for k, v in changes.items())
-    env = " and ".join(f"${k}={v}" for k, v in caps.items())
-    return config.replace(**changes), f"{env} caps this run: {said}"
 
 
 #: The longest side the per-network values below were measured at. TV is a sum over pixels while

@@ -154,12 +154,11 @@ def _device_checks() -> dict:
                                   - r.image).max()) for (c, s), r in zip(pairs, res)],
         }
 
-    # A stop request after the first chunk (the second was already queued, so 8 of 12 steps
-    # run): the running group keeps its best images so far, the group not started comes back
-    # unoptimised; both are marked interrupted.
-    polls = []
+    # A stop asked by the observer after the first chunk (one step: the first chunk of a shape
+    # is timed) lands there, nothing queued behind it: the running group keeps its best images
+    # so far, the group not started comes back unoptimised; both are marked interrupted.
     res = stylize_batch(contents, styles[0], config.replace(steps=12), weights,
-                        should_stop=lambda: polls.append(1) or True)
+                        on_chunk=lambda report: True)
     report["stopped"] = [[r.interrupted, r.steps, bool(np.isnan(r.loss))] for r in res]
     return report
 
@@ -206,7 +205,7 @@ def test_stop_request_marks_results_interrupted(device_report):
     stopped = device_report["stopped"]
     assert all(interrupted for interrupted, _, _ in stopped)
     ran = [steps for _, steps, _ in stopped]
-    assert set(ran) == {0, 8}  # first group: two chunks of 4 steps; second group: not started
+    assert set(ran) == {0, 1}  # first group: its first chunk (1 step); second: not started
     assert all(nan == (steps == 0) for _, steps, nan in stopped)
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from nst_jax.cli import main, safety
 from nst_jax.cli.batch import output_names
 
 TINY = ["--preset", "tiny", "--weights", "random", "--size", "32", "--steps", "4",
-        "--chunk-size", "2", "--lr", "0.01", "--quiet"]
+        "--chunk-size", "2", "--lr", "0.01"]
 
 
 def write_image(path, h, w, seed=0):
@@ -120,11 +119,13 @@ def test_ctrl_c_stops_after_the_chunk_and_writes_nothing_partial(folder, tmp_pat
                                                                 monkeypatch):
     import nst_jax.cli.interrupt as interrupt
 
-    @contextlib.contextmanager
-    def ctrl_c_pressed():
-        yield lambda: True
+    pressed = interrupt.StopRequest.__init__
 
-    monkeypatch.setattr(interrupt, "deferred_interrupt", ctrl_c_pressed)
+    def ctrl_c_pressed(self):  # as if Ctrl-C came before the first chunk ended
+        pressed(self)
+        self.event.set()
+
+    monkeypatch.setattr(interrupt.StopRequest, "__init__", ctrl_c_pressed)
     d, style = folder
     (d / "broken.png").unlink()
     out = tmp_path / "out"

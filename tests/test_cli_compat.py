@@ -11,7 +11,7 @@ from PIL import Image
 from nst_jax.cli import argv as argv_lib
 from nst_jax.cli import build_parser, main
 
-TINY = ["--preset", "tiny", "--weights", "random", "--quiet"]
+TINY = ["--preset", "tiny", "--weights", "random"]
 
 
 # The same small content/style pair as the stylize CLI tests (pytest puts tests/ on sys.path).
@@ -150,15 +150,19 @@ def test_jj_command_line_runs_with_trace_and_per_layer_prints(tmp_path, pair, ca
     assert "Style 2 loss (relu2_1)" in cap.out and "Content 1 loss (relu3_1)" in cap.out
 
     t = json.loads(trace.read_text())
-    assert t["done"] and [s["step"] for s in t["steps"]] == [1, 2, 3, 4]
+    # Step k is the image after k steps everywhere: trace, prints, bar and best.
+    assert t["done"] and [s["step"] for s in t["steps"]] == [0, 1, 2, 3, 4]
     times = [s["time"] for s in t["steps"]]
     assert times == sorted(times) and times[0] > 0
     assert [entry["step"] for entry in t["layers"]] == [2, 4]
     assert set(t["layers"][0]["style_layers"]) == {"relu1_1", "relu2_1", "relu3_1"}
     assert t["config"]["steps"] == 4 and t["config"]["init"] == "noise"
     totals = np.array([s["total"] for s in t["steps"]])
-    # The summary repeats the bar's numbers (last step, best) and says which image it wrote.
-    assert f"progress bar: last step loss {totals[-1]:.6g}, best {totals.min():.6g}" in cap.out
+    for entry in t["layers"]:  # the printed terms are those of the trace's step
+        assert entry["total"] == pytest.approx(totals[entry["step"]], rel=1e-4)
+    # The summary gives the final image's loss and the lowest of all, and which image it wrote.
+    assert (f"loss after step 4 (the final image) {totals[-1]:.6g}, lowest of steps 0..4 "
+            f"{totals.min():.6g}") in cap.out
     res = t["result"]
     assert res["image"] == "best" and res["best_step"] == int(np.argmin(totals))
     assert res["loss"] == pytest.approx(totals.min(), rel=1e-4)

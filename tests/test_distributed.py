@@ -18,7 +18,7 @@ from nst_jax.errors import NstError
 from nst_jax.run.sharding import initialize
 
 ARGS = ["--preset", "tiny", "--weights", "random", "--size", "32", "--steps", "4",
-        "--chunk-size", "2", "--lr", "0.01", "--quiet"]
+        "--chunk-size", "2", "--lr", "0.01"]
 
 
 def _free_port() -> int:
@@ -70,8 +70,7 @@ def test_two_processes_write_disjoint_shares_exactly_once(tmp_path):
     assert sorted(shares[0] | shares[1]) == sorted(str(out / f"im{i}.png") for i in range(5))
     assert sorted(p.name for p in out.iterdir()) == [  # no temps; what each process wrote
         safety.BATCH_RECORD, *(f"im{i}.png" for i in range(5))]
-    recorded = (out / safety.BATCH_RECORD).read_text().split()
-    assert sorted(recorded) == [f"im{i}.png" for i in range(5)]
+    assert sorted(safety.recorded_outputs(out)) == [f"im{i}.png" for i in range(5)]
     for i, (stdout, _) in enumerate(logs):
         assert f"(process {i} of 2): {len(shares[i])} done, 0 skipped" in stdout
 

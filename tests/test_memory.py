@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+import nst_jax
 from nst_jax.run import memory
 from nst_jax.cli import main
 from nst_jax.config import get_preset
@@ -77,31 +78,54 @@ def test_estimate_properties():
     assert memory.estimate_bytes((64, 64), [(4096, 4096)], **kw).total > 10 * base.activations
 
 
-def test_guard_refuses_in_one_sentence_naming_estimate_limit_and_what_fits():
+def test_guard_refuses_with_what_would_fit_as_data_and_the_cli_words_it():
+    from nst_jax.cli.common import memory_advice
+
     config = get_preset("tf-tutorial")
     est = memory.estimate_bytes((384, 512), [(512, 512)], content_layers=config.content_layers,
                                 style_layers=config.style_layers, cpu=jax.default_backend() == "cpu")
     limit = est.total - 1
     with pytest.raises(memory.OutOfMemory) as err:
         memory.check_fits((384, 512), [(512, 512)], config, limit=limit)
-    msg = str(err.value)
-    assert "\n" not in msg
-    assert memory.gib(est.total) in msg and memory.gib(limit) in msg and "512x384" in msg
-    assert "--dtype bfloat16" in msg and "--remat" in msg and "--size" in msg
+    fit = err.value.fit
+    assert not fit.fits and fit.bfloat16 and fit.remat and fit.size_fits and fit.hw == (384, 512)
+    # The library speaks in its own terms, the CLI in flags; both in one line.
+    msg, advice = str(err.value), memory_advice(err.value)
+    assert "\n" not in msg and "\n" not in advice
+    assert "dtype='bfloat16'" in msg and "remat=True" in msg and f"size={fit.size_fits}" in msg
+    assert "--" not in msg
+    assert memory.gib(est.total) in advice and memory.gib(limit) in advice and "512x384" in advice
+    assert "--dtype bfloat16" in advice and "--remat" in advice
+    assert f"--size {fit.size_fits} or less" in advice
     # The suggested size really fits.
-    side = int(msg.split("--size ")[1].split()[0])
+    side = fit.size_fits
     hw = (round(384 * side / 512), side)
-    assert memory.check_fits(hw, [(side, side)], config, limit=limit).total <= limit
-    assert memory.check_fits((384, 512), [(512, 512)], config, limit=est.total).total == est.total
+    assert memory.check_fits(hw, [(side, side)], config, limit=limit).fits
+    assert memory.check_fits((384, 512), [(512, 512)], config, limit=est.total).estimate == est
 
 
-def test_batch_refusal_names_batch_size():
+def test_batch_refusal_names_what_batch_fits():
+    from nst_jax.cli.common import memory_advice
+
     config = get_preset("tiny")
     one = memory.estimate_bytes((48, 48), [(48, 48)], content_layers=config.content_layers,
                                 style_layers=config.style_layers,
                                 cpu=jax.default_backend() == "cpu").total
-    with pytest.raises(memory.OutOfMemory, match="--batch-size"):
-        memory.check_fits((48, 48), [(48, 48)], config, batch=64, batch_flag=True, limit=one + 1)
+    with pytest.raises(memory.OutOfMemory) as err:
+        memory.check_fits((48, 48), [(48, 48)], config, batch=64, limit=one + 1)
+    assert 1 <= err.value.fit.batch_fits < 64
+    assert f"--batch-size (at most {err.value.fit.batch_fits})" in memory_advice(err.value)
+
+
+def test_guard_measures_the_runs_devices(monkeypatch):
+    """Not JAX's first device: the ones the run will use (``--devices cpu`` on a GPU host)."""
+    config = get_preset("tiny")
+    asked = []
+    monkeypatch.setattr(memory, "available_bytes",
+                        lambda device=None: asked.append(device) or (1 << 40, "test"))
+    device = jax.devices("cpu")[-1]
+    fit = memory.check_fits((48, 48), [(48, 48)], config, devices=[device])
+    assert asked == [device] and fit.fits and f"cpu:{device.id}" in fit.where
 
 
 @pytest.mark.parametrize("size", ["100000", "30000"])
@@ -139,10 +163,20 @@ def test_out_of_memory_while_running_is_one_sentence():
         other()
 
 
-def test_guard_can_be_switched_off(monkeypatch):
-    monkeypatch.setenv(memory.ENV_SWITCH, "0")
-    config = get_preset("tiny")
-    assert memory.check_fits((4096, 4096), [(4096, 4096)], config, limit=1).total > 1
+def test_guard_is_switched_off_by_the_cli_not_the_library(monkeypatch):
+    from nst_jax.cli.common import ENV_MEMORY_CHECK, memory_check_on
+
+    monkeypatch.setenv(ENV_MEMORY_CHECK, "0")
+    assert not memory_check_on()
+    monkeypatch.setenv(ENV_MEMORY_CHECK, "1")
+    assert memory_check_on()
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: (1, "test"))
+    img = np.full((16, 16, 3), 0.5, np.float32)
+    config = get_preset("tiny").replace(size=16, steps=1)
+    with pytest.raises(memory.OutOfMemory):
+        nst_jax.stylize(img, img, config, nst_jax.random_weights(0))
+    assert nst_jax.stylize(img, img, config, nst_jax.random_weights(0),
+                           check_memory=False).steps == 1
     assert np.isfinite(memory.host_available_bytes() or 0)
 
 
@@ -152,13 +186,15 @@ def test_guard_counts_what_the_process_holds_already(monkeypatch):
                                 style_layers=config.style_layers,
                                 cpu=jax.default_backend() == "cpu").total
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: (run, "available host RAM"))
-    est = memory.check_fits((48, 48), [(48, 48)], config)
+    est = memory.check_fits((48, 48), [(48, 48)], config).estimate
     assert est.run == run and est.process > 100 << 20  # this process: Python, JAX, the tests
     assert est.total == est.run + est.process  # the whole process's peak
     monkeypatch.setattr(memory, "available_bytes",
                         lambda device=None: (run - 1, "available host RAM"))
     with pytest.raises(memory.OutOfMemory) as err:
         memory.check_fits((48, 48), [(48, 48)], config)
-    msg = str(err.value)
-    assert "(of which this process holds" in msg and "plus what this process holds" in msg, msg
+    from nst_jax.cli.common import memory_advice
+
+    msg = memory_advice(err.value)
+    assert "(of which this process holds" in msg, msg
     assert "\n" not in msg

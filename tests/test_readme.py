@@ -102,6 +102,23 @@ ALWAYS_FULL = ("nst-jax demo", "nst-jax weights", "nst-jax stylize -content_imag
 FULL = bool(__import__("os").environ.get("NST_JAX_README_FULL"))
 
 
+def _cap_python_snippets(monkeypatch) -> None:
+    """The library reads no environment: the snippets' ``stylize`` calls get the CLI's caps
+    (``$NST_JAX_MAX_SIZE`` / ``$NST_JAX_MAX_STEPS``) applied to their config here."""
+    import nst_jax
+    from nst_jax.cli.flags import apply_env_caps
+    from nst_jax.run import transfer
+
+    for name in ("stylize", "stylize_batch"):
+        real = getattr(transfer, name)
+
+        def capped(contents, styles, config, *args, _real=real, **kwargs):
+            return _real(contents, styles, apply_env_caps(config)[0], *args, **kwargs)
+
+        monkeypatch.setattr(nst_jax, name, capped)
+        monkeypatch.setattr(transfer, name, capped)
+
+
 def _run_readme(tmp_path, monkeypatch, capsys, *, full: bool) -> list[str]:
     from nst_jax.cli import main
 
@@ -112,6 +129,7 @@ def _run_readme(tmp_path, monkeypatch, capsys, *, full: bool) -> list[str]:
     monkeypatch.setenv("NST_JAX_MAX_SIZE", "48")
     monkeypatch.setenv("NST_JAX_MAX_STEPS", "2")
     monkeypatch.setenv("NST_JAX_COMPILE_CACHE", "off")
+    _cap_python_snippets(monkeypatch)
 
     runnable = [(lang, body, line) for lang, body, skip, line in found if not skip]
     commands = [shlex.split(c, comments=True) for lang, body, _ in runnable if lang == "sh"

@@ -75,13 +75,15 @@ def test_chunks_compile_once_and_loss_falls(weights, images, optimizer):
     )
     before = compile_count()
     result = stylize(content, style, config, weights)
-    assert compile_count() == before + 1  # chunks of 5, 5, 5, 5, 3: one program
+    assert compile_count() == before + 1  # chunks of 1, then 5s (time-sized): one program
     again = stylize(content, style, config.replace(steps=7), weights)
     assert compile_count() == before + 1
     assert result.steps == 23 and again.steps == 7
     h = result.history["total"]
     assert h.shape == (23,) and np.isfinite(h).all()
-    np.testing.assert_allclose(result.loss, h.min(), rtol=1e-4)  # the best iterate is reported
+    # The best iterate is reported, the final one (no step evaluates it) included.
+    assert result.best_step == (23 if result.last_loss < h.min() else int(np.argmin(h)))
+    np.testing.assert_allclose(result.loss, min(h.min(), result.last_loss), rtol=1e-4)
     assert result.loss < 0.7 * h[0]
     assert result.image.shape == (31, 40, 3)
     assert 0.0 <= result.image.min() and result.image.max() <= 1.0
@@ -202,38 +204,45 @@ def test_style_blend_target_is_weighted_sum(weights, images):
         compute_targets(weights, content, [style], spec, style_blend=[0.5, 0.5])
 
 
-def test_on_chunk_reports_every_chunk_and_can_stop(weights, images, monkeypatch):
+def test_on_chunk_reports_every_chunk_and_a_stop_lands_after_it(weights, images):
     content, style = images
     # The settings of the multi-scale batch-of-one test below: the same compiled programs.
     config = get_preset("tiny").replace(size=24, steps=12, chunk_size=4, scales=2, min_size=16,
                                         preserve_colors="luminance", ema_decay=0.5)
     reports = []
-    result = stylize(content, style, config, weights, on_chunk=reports.append)
-    assert [r.step for r in reports] == [4, 8, 12, 16, 20, 24]
-    assert {r.total_steps for r in reports} == {24} and [r.scale for r in reports] == [0] * 3 + [1] * 3
-    assert all(r.losses["total"].shape == (4,) and np.isfinite(r.losses["total"]).all() for r in reports)
+    result = stylize(content, style, config, weights, on_chunk=reports.append, report_every=4)
+    # The first chunk is one timed step; then chunks as long as ~1.5 s allows, at most
+    # chunk_size, ending on every multiple of report_every.
+    assert [r.step for r in reports] == [1, 4, 8, 12, 16, 20, 24]
+    assert {r.total_steps for r in reports} == {24} and [r.scale for r in reports] == [0] * 4 + [1] * 3
+    lengths = [b.step - a.step for a, b in zip([type("R", (), {"step": 0})] + reports, reports)]
+    assert [len(r.losses["total"]) for r in reports] == lengths
+    assert all(np.isfinite(r.losses["total"]).all() for r in reports)
+    assert reports[0].eta is not None and reports[-1].eta == pytest.approx(0.0, abs=1e-6)
     img = reports[-1].image()
     assert img.shape == result.image.shape and 0 <= img.min() and img.max() <= 1
+    # The preview has the content's colours back (preserve_colors="luminance"), as the result.
+    assert float(np.abs(img - img.mean(axis=-1, keepdims=True)).max()) > 1e-3
     assert not result.interrupted
 
-    # The chunk of steps 9-12 was queued before the hook saw step 8 (the host does not make the
-    # device wait on it), so the stop lands after it.
+    # A stop lands after the chunk it was asked in: nothing is queued behind it.
     seen = []
-    stopped = stylize(content, style, config, weights,
+    stopped = stylize(content, style, config, weights, report_every=4,
                       on_chunk=lambda r: seen.append(r.step) or r.step >= 8)
-    assert seen == [4, 8, 12]
-    assert stopped.interrupted and stopped.steps == 12 and len(stopped.history["total"]) == 12
+    assert seen == [1, 4, 8]
+    assert stopped.interrupted and stopped.steps == 8 and len(stopped.history["total"]) == 8
 
-    # Reading each chunk back before queuing the next (the measurement switch), it lands at 8.
-    import functools
 
-    from nst_jax.run import engine, transfer
+def test_chunks_are_sized_by_time(weights, images, monkeypatch):
+    from nst_jax.run import engine
 
-    monkeypatch.setattr(transfer, "Engine", functools.partial(engine.Engine, queue_ahead=False))
-    seen.clear()
-    stopped = stylize(content, style, config, weights,
-                      on_chunk=lambda r: seen.append(r.step) or r.step >= 8)
-    assert seen == [4, 8] and stopped.interrupted and stopped.steps == 8
+    content, style = images
+    config = get_preset("tiny").replace(size=24, steps=12, chunk_size=4)
+    for seconds, steps in ((1e-9, list(range(1, 13))), (1e9, [1, 5, 9, 12])):
+        monkeypatch.setattr(engine, "CHUNK_SECONDS", seconds)
+        seen = []
+        stylize(content, style, config, weights, on_chunk=lambda r: seen.append(r.step) or False)
+        assert seen == steps
 
 
 @pytest.mark.parametrize("changes", [

@@ -250,7 +250,7 @@ def test_progress_events_rate_and_colour_preview():
     def report(step):
         losses = {k: np.array([1.0, np.nan], np.float32) for k in ("total", "content", "style", "tv")}
         return ChunkReport(step=step, total_steps=20, scale=0, n_scales=1, losses=losses,
-                           seconds=1.0, image=lambda: gray)
+                           seconds=1.0, image=lambda: gray, terms=dict)
 
     first = progress.event(report(5))
     assert first["rate"] is None and first["eta"] is None
@@ -258,8 +258,9 @@ def test_progress_events_rate_and_colour_preview():
     second = progress.event(report(10))
     assert second["rate"] > 0 and second["eta"] == pytest.approx(10 / second["rate"])
     with Image.open(io.BytesIO(base64.b64decode(second["image"].split(",")[1]))) as im:
-        r, g, b = np.asarray(im, np.float32).mean(axis=(0, 1))
-    assert r > g + 20 and r > b + 20  # red again, not gray
+        shown = np.asarray(im, np.float32)
+    # Shown as the report gives it (the loop puts the content's colours back, test_stylize).
+    assert np.abs(shown - 0.3 * 255).max() <= 1
 
 
 def test_a_slow_page_gets_the_numbers_without_every_picture():
@@ -483,9 +484,11 @@ def test_two_jobs_queue_and_reuse_the_compiled_programs(weights, tmp_path):
                 with Image.open(io.BytesIO(await png.read())) as im:
                     assert im.format == "PNG" and max(im.size) == 32
             progress = [e for e in seen if e["type"] == "progress" and e["job"] == a]
-            assert [e["step"] for e in progress] == [5, 10]
+            # The first chunk is one timed step; then chunks of up to "preview every" steps.
+            steps = [e["step"] for e in progress]
+            assert steps[0] == 1 and steps[-1] == 10 and all(b - a <= 5 for a, b in zip(steps, steps[1:]))
             assert progress[-1]["image"].startswith("data:image/png;base64,")
-            assert all(len(e["losses"]) == 5 for e in progress)
+            assert [len(e["losses"]) for e in progress] == [b - a for a, b in zip([0] + steps, steps)]
             await ws.close()
 
     asyncio.run(body())
@@ -503,7 +506,8 @@ def test_stop_keeps_the_best_image(weights, tmp_path):
             resp = await client.post(f"/api/jobs/{job}/stop")
             assert resp.status == 200
             done = await wait_for(ws, "done", job)
-            assert done["status"] == "stopped" and 10 <= done["steps"] < 5000
+            # Two chunks reported, the stop lands after the running one: nothing queued behind.
+            assert done["status"] == "stopped" and 2 <= done["steps"] < 100
             with Image.open(io.BytesIO(await (await client.get(done["url"])).read())) as im:
                 assert max(im.size) == 32
             await ws.close()

@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         status = int(args.func(args) or 0)
         return safety.interrupted_status() if status == EXIT_INTERRUPTED else status
     except NstError as err:
+        if hasattr(err, "fit"):  # the memory guard's refusal, worded with this CLI's flags
+            from nst_jax.cli.common import memory_advice
+
+            err = memory_advice(err)
         print(f"nst-jax: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except MemoryError as err:  # a host allocation the memory guard did not foresee

@@ -48,7 +48,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, metavar="N",
                    help="images per compiled batch over all devices (default 8); bounds memory")
     p.add_argument("--ext", default="png", help="output format by extension (default png)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="errors and warnings only")
     flags.add_config_flags(p, single=False)
     flags.add_run_flags(p)
     g = p.add_argument_group("several processes (hosts)")
@@ -185,9 +185,25 @@ class _Tally:
     diverged: int = 0
 
 
-def _plan(args, pairs, outputs, out_dir, names):
+def settings_digest(config, args, network) -> str:
+    """A digest of what makes a batch's outputs: the settings (those that change the result),
+    the weights and network, the style files (path, size, time) and the pairing."""
+    import hashlib
+    import json
+
+    settings = {k: v for k, v in config.flat().items() if k not in ("chunk_size", "save_every")}
+    styles = []
+    for s in args.styles:
+        st = os.stat(s)
+        styles.append([os.path.realpath(s), st.st_size, st.st_mtime_ns])
+    text = json.dumps([settings, str(args.weights), network, styles, args.pairing],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plan(args, pairs, outputs, out_dir, names, digest):
     """(this process's chunks of output indices, outputs already written, outputs to do in
-    all processes)."""
+    all processes). An output recorded with other settings is done again."""
     import jax
     import numpy as np
 
@@ -197,15 +213,20 @@ def _plan(args, pairs, outputs, out_dir, names):
     # Which outputs exist, agreed by all processes (any process seeing a file counts), before
     # anyone writes; stale temporary files of killed runs go first.
     _remove_stale_temps(out_dir, set(names))
+    recorded = safety.recorded_outputs(out_dir)
     # A 0-byte or undecodable file (e.g. written by another tool that died) is not finished.
-    done_mask = sharding.allgather(
-        np.array([image_io.is_complete_image(o) for o in outputs], bool)).any(axis=0)
+    exists = np.array([image_io.is_complete_image(o) for o in outputs], bool)
+    stale = np.array([recorded.get(o.name, digest) not in (digest, None) for o in outputs], bool)
+    done_mask = sharding.allgather(exists & ~stale).any(axis=0)
+    redo = int(sharding.allgather(exists & stale).any(axis=0).sum())
     todo = [i for i in range(len(pairs)) if not done_mask[i]]
     me, n_proc = jax.process_index(), jax.process_count()
     chunks = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
     mine = [[i for j, i in enumerate(chunk) if j % n_proc == me] for chunk in chunks]
-    print(f"nst-jax batch{_who()}: {len(pairs)} outputs, {len(pairs) - len(todo)} already "
-          f"written, {sum(map(len, mine))} to do here in {len(chunks)} chunk(s)", file=sys.stderr)
+    if not args.quiet:
+        print(f"nst-jax batch{_who()}: {len(pairs)} outputs, {len(pairs) - len(todo)} already "
+              f"written" + (f", {redo} made with other settings to redo" if redo else "")
+              + f", {sum(map(len, mine))} to do here in {len(chunks)} chunk(s)", file=sys.stderr)
     return mine, len(pairs) - len(todo), len(todo)
 
 
@@ -216,10 +237,8 @@ def _who() -> str:
     return f" (process {me} of {n_proc})" if n_proc > 1 else ""
 
 
-def _load(chunk, pairs, contents, config, tally: _Tally, bar):
+def _load(chunk, pairs, contents, config, tally: _Tally):
     """The chunk's decodable content images: (output indices, their contents, pairing)."""
-    from tqdm.auto import tqdm
-
     from nst_jax import image_io
 
     loaded, cache = [], {}
@@ -230,10 +249,9 @@ def _load(chunk, pairs, contents, config, tally: _Tally, bar):
                 cache[c] = image_io.load_image(contents[c], reduce_to=config.size)
             except NstError as err:
                 cache[c] = None
-                tqdm.write(f"nst-jax: skipped: {err}", file=sys.stderr)
+                print(f"nst-jax: skipped: {err}", file=sys.stderr)
         if cache[c] is None:
             tally.failed += 1
-            bar.update(1)
         else:
             loaded.append(i)
     order = list(dict.fromkeys(pairs[i][0] for i in loaded))
@@ -242,76 +260,77 @@ def _load(chunk, pairs, contents, config, tally: _Tally, bar):
     return loaded, [cache[c] for c in order], pairing
 
 
-def _write(loaded, results, outputs, tally: _Tally, bar) -> None:
-    from tqdm.auto import tqdm
-
+def _write(output: Path, result, digest: str, tally: _Tally, bar) -> None:
     from nst_jax import image_io
 
-    for i, result in zip(loaded, results):
-        if result.interrupted:  # not finished: left for the re-run
-            continue
-        image_io.save_image(outputs[i], result.image)
-        safety.record_output(outputs[i])
-        tally.written += 1
-        bar.update(1)
-        tqdm.write(f"wrote {outputs[i]}", file=sys.stdout)
-        if result.diverged:
-            tally.diverged += 1
-            tqdm.write(f"nst-jax: warning: {outputs[i]}: {result.diverged}", file=sys.stderr)
+    if result.interrupted:  # not finished: left for the re-run
+        return
+    image_io.save_image(output, result.image)
+    safety.record_output(output, digest)
+    tally.written += 1
+    if bar is not None:  # None: --quiet
+        bar.write(f"wrote {output}")
+    if result.diverged:
+        tally.diverged += 1
+        print(f"nst-jax: warning: {output}: {result.diverged}", file=sys.stderr)
 
 
 def _run_locked(args, config, network, start, contents, styles, pairing, pairs, names, outputs,
                 out_dir, init_image) -> int:
     """``config`` is tuned for ``network``, the weights' network as their header gave it."""
-    from tqdm.auto import tqdm
-
+    from nst_jax.cli import progress
+    from nst_jax.cli.interrupt import run_stoppable
     from nst_jax.run import sharding
-    from nst_jax.cli.interrupt import deferred_interrupt
-    from nst_jax.run.transfer import stylize_batch
+    from nst_jax.run.transfer import iter_stylize_batch
 
-    mine, skipped, todo = _plan(args, pairs, outputs, out_dir, names)
+    digest = settings_digest(config, args, network)
+    mine, skipped, todo = _plan(args, pairs, outputs, out_dir, names, digest)
     if not todo:  # nothing to do: no weights to load, nothing to compile
         print(f"batch{_who()}: 0 done, {skipped} skipped (already written), 0 failed "
               f"in {time.perf_counter() - start:.1f}s")
         return 0
-    devices = common.setup_runtime(args)
+    runtime = common.setup_runtime(args)
     weights = common.load_weights_for_cli(args, network=config.network)
     if weights.network != network:  # the header said otherwise (or nothing): re-tune
         config = flags.config_from_args(args, network=weights.network)
-    common.status(args, "compiling the batched step (first chunk) ...")
-    mesh = sharding.batch_mesh(devices)
+        digest = settings_digest(config, args, weights.network)
+    common.status(args, runtime.compiling("compiling the batched step"))
+    mesh = sharding.batch_mesh(runtime.devices)
     weights = sharding.replicate(weights, mesh)
-    bar = tqdm(total=sum(map(len, mine)), unit="img", desc="batch", file=sys.stderr,
-               dynamic_ncols=True, disable=args.quiet)
-    tally, interrupted = _Tally(), False
-    try:
-        with deferred_interrupt() as stop_requested:
-            for chunk in mine:
-                loaded, batch_contents, batch_pairing = _load(chunk, pairs, contents, config,
-                                                              tally, bar)
-                results = stylize_batch(
+    bar = None if args.quiet else progress.StepBar()
+    tally = _Tally()
+
+    def run(stop) -> bool:
+        watch = progress.observers(bar, stop)
+        for chunk in mine:
+            loaded, batch_contents, batch_pairing = _load(chunk, pairs, contents, config, tally)
+            for j, result in iter_stylize_batch(
                     batch_contents, styles, config, weights,
                     pairing="broadcast" if pairing == "broadcast" else batch_pairing,
-                    init_image=init_image, mesh=mesh, progress=not args.quiet,
-                    should_stop=stop_requested,
-                )
-                _write(loaded, results, outputs, tally, bar)
-                if sharding.any_process(stop_requested()):
-                    interrupted = True
-                    break
+                    init_image=init_image, mesh=mesh, on_chunk=watch,
+                    check_memory=common.memory_check_on()):
+                _write(outputs[loaded[j]], result, digest, tally, bar)
+            if sharding.any_process(stop.is_set()):
+                return True
+        return False
+
+    try:
+        interrupted = run_stoppable(run)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     sharding.barrier("nst-jax batch: done")
-    return _summary(tally, skipped, start, weights, interrupted, sum(map(len, mine)))
+    return _summary(tally, skipped, start, weights, interrupted, sum(map(len, mine)), args.quiet)
 
 
-def _summary(tally: _Tally, skipped, start, weights, interrupted, planned) -> int:
+def _summary(tally: _Tally, skipped, start, weights, interrupted, planned, quiet) -> int:
     seconds = time.perf_counter() - start
     rate = tally.written / seconds if seconds > 0 else 0.0
-    print(f"batch{_who()}: {tally.written} done, {skipped} skipped (already written), "
-          f"{tally.failed} failed" + (f", {tally.diverged} diverged" if tally.diverged else "")
-          + f" in {seconds:.1f}s ({rate:.3g} images/s)")
-    print(f"weights: {weights.label}")
+    if not quiet:
+        print(f"batch{_who()}: {tally.written} done, {skipped} skipped (already written), "
+              f"{tally.failed} failed" + (f", {tally.diverged} diverged" if tally.diverged else "")
+              + f" in {seconds:.1f}s ({rate:.3g} images/s)")
+        print(f"weights: {weights.label}")
     if interrupted:
         left = planned - tally.written - tally.failed
         print(f"interrupted: {left} image(s) not written here; run the same command again to "

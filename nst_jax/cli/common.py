@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,18 +23,28 @@ def status(args: argparse.Namespace | None, message: str) -> None:
     print(f"nst-jax: {message}", file=sys.stderr, flush=True)
 
 
-def setup_runtime(args: argparse.Namespace):
-    """Devices and the compilation cache for a running sub-command; returns the devices
-    (``None``: JAX's default)."""
+class Runtime(NamedTuple):
+    """What :func:`setup_runtime` set up: the devices (``None``: JAX's default) and the
+    persistent compilation cache's folder (``None``: off)."""
+
+    devices: list | None
+    compile_cache: str | None
+
+    def compiling(self, what: str) -> str:
+        """A status line for the compilation about to happen."""
+        return (f"{what} (compiled programs are reused from {self.compile_cache}) ..."
+                if self.compile_cache else f"{what} ...")
+
+
+def setup_runtime(args: argparse.Namespace) -> Runtime:
+    """Devices and the compilation cache for a running sub-command."""
     from nst_jax.cli import runtime
 
     devices = runtime.parse_devices(getattr(args, "devices", None), getattr(args, "gpu", None))
     if devices:
         status(args, "device" + ("s" if len(devices) > 1 else "") + ": "
                + ", ".join(runtime.device_name(d) for d in devices))
-    cache = runtime.enable_compile_cache(getattr(args, "no_compile_cache", False))
-    args._compile_cache = cache
-    return devices
+    return Runtime(devices, runtime.enable_compile_cache(getattr(args, "no_compile_cache", False)))
 
 
 def style_side(config: StyleConfig, index: int, n_styles: int) -> int | None:
@@ -53,6 +64,10 @@ def check_blend(args: argparse.Namespace, n_styles: int):
                        "were given")
     if any(not (0 <= b < float("inf")) for b in blend) or sum(blend) <= 0:
         raise NstError(f"--style-blend weights must be >= 0, finite and not all zero, got {blend}")
+    if n_styles == 1 and len(blend) == 1:
+        raise NstError("--style-blend (--style-weights) weighs several style images against each "
+                       "other, but one style image was given (for the weight of the style loss "
+                       "use --style-weight)")
     return tuple(blend)
 
 
@@ -74,17 +89,18 @@ def load_weights_for_cli(args: argparse.Namespace, *, seed: int | None = None,
     seed = seed if seed is not None else (getattr(args, "seed", None) or 0)
     status(args, "loading weights ...")
     weights = resolve_weights(args.weights, seed=seed, network=network)
-    announce_weights(weights, seed)
+    announce_weights(weights, seed, quiet=getattr(args, "quiet", False))
     return weights
 
 
-def announce_weights(weights, seed: int = 0) -> None:
+def announce_weights(weights, seed: int = 0, *, quiet: bool = False) -> None:
+    """The random-weights warning, or (unless ``quiet``) which weights are in use."""
     if not weights.pretrained:
         from nst_jax.vgg import NETWORK_NAMES
 
         notice = RANDOM_NOTICE.format(seed=seed, network=NETWORK_NAMES[weights.network])
         print(notice, file=sys.stderr, end="")
-    else:
+    elif not quiet:
         print(f"nst-jax: weights: {weights.label}", file=sys.stderr)
 
 
@@ -104,25 +120,30 @@ def describe_output(result, config: StyleConfig | None = None) -> str:
     return f"the best iterate (lowest loss), from step {result.best_step}{scale}"
 
 
-def print_summary(result, out, config: StyleConfig | None = None) -> None:
-    """What was written and its loss terms, next to the progress bar's numbers (stdout)."""
+def print_summary(result, out, config: StyleConfig | None = None, *, quiet: bool = False) -> None:
+    """What was written and its loss terms, next to the progress bar's numbers (stdout);
+    with ``quiet`` only the warnings."""
+    if result.start_unbeaten:
+        print("nst-jax: warning: the written image is the start image: every step had a higher "
+              "loss. Try a smaller --lr, more --steps, or --output-iterate last.", file=sys.stderr)
+    if result.interrupted:
+        print(f"nst-jax: warning: interrupted: wrote {describe_output(result, config).split(' (')[0]} "
+              "so far", file=sys.stderr)
+    if quiet:
+        return
     t = result.terms
     print(f"wrote {out}  ({result.image.shape[1]}x{result.image.shape[0]}): "
           f"{describe_output(result, config)}")
     print(f"steps {result.steps}  time {result.seconds:.1f}s  total loss {result.loss:.6g} of the "
           f"written image (content {t['content']:.4g}, style {t['style']:.4g}, tv {t['tv']:.4g})")
-    totals = np.asarray(result.history.get("total", []), np.float64)
+    totals = np.append(np.asarray(result.history.get("total", []), np.float64), result.last_loss)
     finite = totals[np.isfinite(totals)]
-    if finite.size:
-        print(f"progress bar: last step loss {totals[-1]:.6g}, best {finite.min():.6g}")
+    if finite.size and result.steps:
+        print(f"loss after step {result.steps} (the final image) {result.last_loss:.6g}, lowest "
+              f"of steps 0..{result.steps} {finite.min():.6g}")
     layers = ", ".join(f"{k} {v:.3g}" for k, v in t["style_layers"].items())
     print(f"style by layer: {layers}")
     print(f"weights: {result.weights_label}")
-    if result.start_unbeaten:
-        print("nst-jax: warning: the written image is the start image: every step had a higher "
-              "loss. Try a smaller --lr, more --steps, or --output-iterate last.", file=sys.stderr)
-    if result.interrupted:
-        print(f"interrupted: wrote {describe_output(result, config).split(' (')[0]} so far")
 
 
 def summary_dict(result, out) -> dict:
@@ -132,3 +153,37 @@ def summary_dict(result, out) -> dict:
             "seconds": result.seconds, "loss": result.loss, "terms": result.terms,
             "weights": result.weights_label, "interrupted": result.interrupted,
             "diverged": result.diverged}
+
+
+#: Environment variable that turns the memory guard off (``0``), e.g. where swap makes room.
+ENV_MEMORY_CHECK = "NST_JAX_MEMORY_CHECK"
+
+
+def memory_check_on() -> bool:
+    """False when ``$NST_JAX_MEMORY_CHECK`` is ``0``."""
+    import os
+
+    return os.environ.get(ENV_MEMORY_CHECK, "1").strip() != "0"
+
+
+def memory_advice(err) -> str:
+    """An :class:`~nst_jax.run.memory.OutOfMemory` worded with the flags that would fit."""
+    from nst_jax.run.memory import gib
+
+    fit = err.fit
+    if fit is None:
+        return (str(err).replace("dtype bfloat16", "--dtype bfloat16").replace("remat", "--remat")
+                .replace("a smaller size", "a smaller --size").replace(
+                    "fewer images per device", "a smaller --batch-size"))
+    ways = [flag for flag, ok in (("--dtype bfloat16", fit.bfloat16), ("--remat", fit.remat))
+            if ok]
+    if fit.batch_fits:
+        ways.append(f"a smaller --batch-size (at most {fit.batch_fits})")
+    if fit.size_fits:
+        ways.append(f"--size {fit.size_fits} or less")
+    held = (f" (of which this process holds {gib(fit.estimate.process)} already)"
+            if fit.estimate.process else "")
+    return (f"this run needs about {gib(fit.estimate.total)} at {fit.hw[1]}x{fit.hw[0]} px{held} "
+            f"but only {gib(fit.limit + fit.estimate.process)} is free on {fit.where}; "
+            + (f"it would fit with {' or '.join(ways)} (or {ENV_MEMORY_CHECK}=0 to run anyway)"
+               if ways else "nothing smaller fits either"))

@@ -82,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     size, steps = _defaults_for_backend()
     config = get_preset(default_preset(None)).replace(
-        size=args.size or size, steps=args.steps or steps, chunk_size=25
-    )
+        size=args.size or size, steps=args.steps or steps)
     for f in ("size", "steps"):
         if getattr(args, f) is not None and getattr(args, f) < 1:
             raise NstError(f"--{f} must be a positive integer")
@@ -105,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
     config = preset.replace(
         size=config.size,
         steps=config.steps,
-        chunk_size=config.chunk_size,
         tv_weight=preset.tv_weight * (TUNED_SIZE / config.size) ** 2,
     )
     if not weights.pretrained:
@@ -114,12 +112,19 @@ def run(args: argparse.Namespace) -> int:
         config = config.replace(content_weight=1e2)
     print(f"nst-jax demo: {config.steps} {config.optimizer} steps at {config.size} px "
           f"(preset {name}), weights: {weights.label}", file=sys.stderr)
-    common.setup_runtime(args)
-    cache = getattr(args, "_compile_cache", None)
-    common.status(args, "computing style targets and compiling the optimisation step"
-                  + (f" (compiled programs are reused from {cache})" if cache else "")
-                  + " ...")
-    result = stylize(content, style, config, weights, progress=True)
+    runtime = common.setup_runtime(args)
+    common.status(args, runtime.compiling("computing style targets and compiling the "
+                                          "optimisation step"))
+    from nst_jax.cli import progress
+    from nst_jax.cli.interrupt import run_stoppable
+
+    bar = progress.StepBar(config.run.total_steps)
+    try:
+        result = run_stoppable(lambda stop: stylize(
+            content, style, config, weights, on_chunk=progress.observers(bar, stop),
+            check_memory=common.memory_check_on()))
+    finally:
+        bar.close()
     image_io.save_image(files["result"], result.image)
     shown = [image_io.resize_image(content, result.image.shape[:2]), style, result.image]
     label = "result" if weights.pretrained else "result (RANDOM weights)"

@@ -12,10 +12,12 @@ import copy
 import functools
 import math
 import os
+from typing import Any
 
 from nst_jax.cli.common import status
 from nst_jax.config import (COLOR_MODES, DEFAULT_PRESETS, PRESETS, StyleConfig, default_preset,
                             get_preset)
+from nst_jax.errors import NstError
 from nst_jax.losses import CONVENTIONS
 from nst_jax.objective import DTYPES
 from nst_jax.optimize import OPTIMIZERS, OUTPUT_ITERATES
@@ -242,7 +244,7 @@ def config_from_args(args: argparse.Namespace, network: str | None = None) -> St
     """The preset named by ``--preset`` (tuned for ``network`` when known, see
     :func:`nst_jax.config.get_preset`) with every given flag applied (validated), capped by
     ``$NST_JAX_MAX_SIZE`` / ``$NST_JAX_MAX_STEPS`` when set."""
-    from nst_jax.config import apply_env_caps, check_init_path
+    from nst_jax.config import check_init_path
 
     changes = {field: getattr(args, field, None) for field in config_flag_fields()}
     if changes.get("style_scale") is not None and len(changes["style_scale"]) == 1:
@@ -263,6 +265,47 @@ def config_from_args(args: argparse.Namespace, network: str | None = None) -> St
     if capped:
         status(args, capped)
     return config
+
+
+ENV_MAX_SIZE = "NST_JAX_MAX_SIZE"
+ENV_MAX_STEPS = "NST_JAX_MAX_STEPS"
+
+
+def apply_env_caps(config: StyleConfig) -> tuple[StyleConfig, str | None]:
+    """``config`` with ``size``/``min_size`` capped at ``$NST_JAX_MAX_SIZE`` and ``steps``/
+    ``scale_steps`` at ``$NST_JAX_MAX_STEPS`` (both unset: unchanged).
+
+    Meant for documentation tests and smoke runs that execute commands written for real
+    sizes; returns the capped config and a sentence saying what was capped (or ``None``).
+    """
+    caps = {}
+    for env in (ENV_MAX_SIZE, ENV_MAX_STEPS):
+        text = os.environ.get(env, "").strip()
+        if text:
+            try:
+                caps[env] = int(text)
+                if caps[env] < 1:
+                    raise ValueError
+            except ValueError:
+                raise NstError(f"${env} must be a positive integer, got {text!r}") from None
+    changes: dict[str, Any] = {}
+    if ENV_MAX_SIZE in caps:
+        cap = max(8, caps[ENV_MAX_SIZE])
+        if config.size is None or config.size > cap:
+            changes["size"] = cap
+        if config.min_size is not None and config.min_size > cap:
+            changes["min_size"] = cap
+    if ENV_MAX_STEPS in caps:
+        cap = caps[ENV_MAX_STEPS]
+        if config.steps > cap:
+            changes["steps"] = cap
+        if config.scale_steps is not None and max(config.scale_steps) > cap:
+            changes["scale_steps"] = tuple(min(n, cap) for n in config.scale_steps)
+    if not changes:
+        return config, None
+    said = ", ".join(f"{k} {getattr(config, k)} -> {v}" for k, v in changes.items())
+    env = " and ".join(f"${k}={v}" for k, v in caps.items())
+    return config.replace(**changes), f"{env} caps this run: {said}"
 
 
 def preset_name(args: argparse.Namespace, network: str | None) -> str:

@@ -1,23 +1,29 @@
-"""What ``nst-jax stylize`` shows and records while it runs, fed by ``stylize(on_chunk=...)``.
+"""The observers of a CLI run: each takes the loop's :class:`~nst_jax.run.results.ChunkReport`
+(``stylize(on_chunk=...)``) and returns True to stop; :func:`observers` joins several into one.
+
+Step ``k`` is the image after ``k`` steps (0: the start image) in all of them.
 
 * A progress bar over all steps of all scales (stderr). Its ``loss`` is the total loss of the
   latest step and ``best`` the lowest so far — the two numbers the end summary repeats, next to
   the loss of the image actually written.
 * Every ``print_every`` steps (jcjohnson's ``-print_iter``), every loss term per layer of the
-  current iterate (stdout).
+  image after that step (stdout).
+* Every ``save_every`` steps, the image the run would report then (:class:`Saver`).
+* Once, after the first timed chunk, the estimated time when it exceeds ten minutes.
 * A trace file (crowsonkb's ``trace.json``), rewritten atomically after every compiled chunk so
   it is valid JSON at any moment during the run::
 
       {"format": "nst-jax-trace/1", "config": {...}, "weights": "...", "total_steps": N,
        "done": false,
-       "steps": [{"step": 1, "scale": 0, "time": 0.41, "total": ..., "content": ...,
+       "steps": [{"step": 0, "scale": 0, "time": 0.41, "total": ..., "content": ...,
                   "style": ..., "tv": ...}, ...],
        "layers": [{"step": 50, "total": ..., "content_layers": {...}, "style_layers": {...}}],
        "result": {...}}          # added at the end: which image was written, its loss terms
 
-  ``step`` k (from 1) records the loss of the iterate that step k started from; ``time`` is
-  seconds since the run started, at the end of that step (interpolated inside a compiled chunk,
-  whose steps run without host round-trips). Terms that L-BFGS does not evaluate are ``null``.
+  ``step`` k records the loss of the image after k steps (the last entry, the final image, comes
+  with the result); ``time`` is seconds since the run started, when that loss was computed
+  (interpolated inside a compiled chunk, whose steps run without host round-trips). Terms that
+  L-BFGS does not evaluate are ``null``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -53,16 +59,91 @@ def config_dict(config) -> dict:
     return {name: _json_tree(value) for name, value in config.flat().items()}
 
 
+def observers(*hooks: Callable | None) -> Callable:
+    """One observer calling every hook in turn (all of them, every chunk); True when any is."""
+    hooks = tuple(h for h in hooks if h is not None)
+    return lambda report: any([bool(h(report)) for h in hooks])
+
+
+def estimate_notice(limit: float = 600.0) -> Callable:
+    """An observer that prints the estimated run time once, when it exceeds ``limit`` s."""
+    said = []
+
+    def hook(report) -> bool:
+        if not said and report.eta is not None:
+            said.append(True)
+            if report.eta > limit:
+                print(f"nst-jax: this run will take about {report.eta / 60:.0f} more minutes "
+                      "here (a smaller --size or fewer --steps is faster; Ctrl-C stops it and "
+                      "keeps the best image so far)", file=sys.stderr, flush=True)
+        return False
+
+    return hook
+
+
+class Saver:
+    """Writes the image the run would report every ``every`` steps (``-save_iter``), with
+    ``path_of(step)`` naming the file; chunks end on those steps (``report_every``)."""
+
+    def __init__(self, every: int, path_of: Callable[[int], Any]):
+        self.every, self.path_of = every, path_of
+
+    def __call__(self, report) -> bool:
+        if self.every and report.step % self.every == 0:
+            from nst_jax import image_io
+
+            image_io.save_image(self.path_of(report.step), report.image())
+        return False
+
+
+class StepBar:
+    """A tqdm bar over steps: one for a single run, one per group of a batch."""
+
+    def __init__(self, total_steps: int | None = None):
+        self.total, self.bar, self.group = total_steps, None, None
+        self.best = math.inf
+
+    def __call__(self, report) -> bool:
+        from tqdm.auto import tqdm
+
+        if self.bar is None or report.group != self.group:
+            self.close()
+            self.group, self.best = report.group, math.inf
+            desc = "stylize" if report.n_groups == 1 and report.rows == 1 else (
+                f"group {report.group + 1}/{report.n_groups} ({report.rows} images)")
+            self.bar = tqdm(total=self.total or report.total_steps, desc=desc, unit="step",
+                            file=sys.stderr, dynamic_ncols=True, leave=self.total is not None)
+        totals = np.asarray(report.losses["total"], np.float64)
+        finite = totals[np.isfinite(totals)]
+        if finite.size:
+            self.best = min(self.best, float(finite.min()))
+        post = {"loss": f"{totals[-1]:.4g}" if totals.size else "-", "best": f"{self.best:.4g}"}
+        if report.n_scales > 1:
+            post["scale"] = f"{report.scale + 1}/{report.n_scales}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(report.step - self.bar.n)
+        return False
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 class RunReporter:
-    """``on_chunk`` hook of one stylization: bar, per-layer prints, streamed trace."""
+    """The observer of ``nst-jax stylize``: bar, per-layer prints, streamed trace."""
 
     def __init__(self, total_steps: int, *, progress: bool = True, print_every: int = 0,
                  trace_path: str | None = None, config=None, weights_label: str = ""):
         self.total_steps = total_steps
         self.print_every = print_every
         self.trace_path = trace_path
-        self.best = math.inf
-        self.last = math.nan
         self._last_time = 0.0
         self._trace = {
             "format": "nst-jax-trace/1",
@@ -73,39 +154,24 @@ class RunReporter:
             "steps": [],
             "layers": [],
         }
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total_steps, desc="compiling", unit="step", file=sys.stderr,
-                            dynamic_ncols=True)
+        self.bar = StepBar(total_steps) if progress else None
         self._write_trace()  # the file exists (and is valid) from the start
 
     def __call__(self, report) -> bool:
-        totals = np.asarray(report.losses["total"], np.float64)
-        n = len(totals)
+        n = len(report.losses["total"])
         first = report.step - n
         t0, t1 = self._last_time, report.seconds
         for j in range(n):
             self._trace["steps"].append({
-                "step": first + j + 1,
+                "step": first + j,
                 "scale": report.scale,
                 "time": round(t0 + (t1 - t0) * (j + 1) / n, 6),
                 **{k: _num(report.losses[k][j]) for k in ("total", "content", "style", "tv")},
             })
         self._last_time = t1
-        if n:
-            self.last = float(totals[-1])
-            finite = totals[np.isfinite(totals)]
-            if finite.size:
-                self.best = min(self.best, float(finite.min()))
         if self.bar is not None:
-            desc = "stylize" if report.n_scales == 1 else f"scale {report.scale + 1}/{report.n_scales}"
-            self.bar.set_description_str(desc, refresh=False)
-            self.bar.set_postfix(loss=f"{self.last:.4g}", best=f"{self.best:.4g}", refresh=False)
-            self.bar.update(n)
-        if (self.print_every and report.terms is not None
-                and report.step // self.print_every > (report.step - n) // self.print_every):
+            self.bar(report)
+        if self.print_every and report.step % self.print_every == 0:
             terms = report.terms()
             self._trace["layers"].append({"step": report.step, **_json_tree(terms)})
             self._print_terms(report.step, terms)
@@ -122,22 +188,26 @@ class RunReporter:
         lines.append(f"  Total loss: {terms['total']:.6g}")
         text = "\n".join(lines)
         if self.bar is not None:
-            self.bar.write(text, file=sys.stdout)
+            self.bar.write(text)
         else:
             print(text, flush=True)
 
-    def finish(self, result: dict | None = None) -> None:
-        """Closes the bar and marks the trace done (with ``result``, a summary dict)."""
+    def finish(self, result, summary: dict | None = None) -> None:
+        """Closes the bar and marks the trace done: the final image's loss as the last step,
+        and ``summary`` (a dict) as ``"result"``."""
         self.close()
+        if result.steps and math.isfinite(result.last_loss):
+            self._trace["steps"].append({"step": result.steps, "scale": None,
+                                         "time": round(result.seconds, 6),
+                                         "total": _num(result.last_loss)})
         self._trace["done"] = True
-        if result is not None:
-            self._trace["result"] = _json_tree(result)
+        if summary is not None:
+            self._trace["result"] = _json_tree(summary)
         self._write_trace()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-            self.bar = None
 
     def _write_trace(self) -> None:
         if not self.trace_path:

@@ -100,18 +100,24 @@ def drop_earlier_outputs(inputs: list[Path], out_dir: Path) -> tuple[list[Path],
     return kept, dropped
 
 
-def recorded_outputs(folder: Path) -> set[str]:
-    """Names of the files an earlier batch wrote in ``folder`` (its :data:`BATCH_RECORD`)."""
+def recorded_outputs(folder: Path) -> dict[str, str | None]:
+    """``{name: settings digest}`` of the files an earlier batch wrote in ``folder`` (its
+    :data:`BATCH_RECORD`; the digest is ``None`` in records of older versions); the last
+    record of a name wins."""
     record = Path(folder) / BATCH_RECORD
     if record.is_symlink() or not record.is_file():
-        return set()
+        return {}
+    out: dict[str, str | None] = {}
     with contextlib.suppress(OSError, UnicodeDecodeError):
-        return set(record.read_text("utf-8", "surrogateescape").splitlines())
-    return set()
+        for line in record.read_text("utf-8", "surrogateescape").splitlines():
+            name, tab, digest = line.rpartition("\t")
+            out[name if tab else digest] = digest if tab else None
+    return out
 
 
-def record_output(path: Path) -> None:
-    """Adds ``path``'s name to its folder's :data:`BATCH_RECORD` (after the file is written)."""
+def record_output(path: Path, digest: str = "") -> None:
+    """Adds ``path``'s name and the digest of the settings that made it to its folder's
+    :data:`BATCH_RECORD` (after the file is written)."""
     record = path.parent / BATCH_RECORD
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     try:
@@ -120,7 +126,7 @@ def record_output(path: Path) -> None:
         raise NstError(f"cannot record the output {str(path)!r} in {str(record)!r}: "
                        f"{err.strerror or err}") from None
     try:
-        os.write(fd, os.fsencode(path.name) + b"\n")
+        os.write(fd, os.fsencode(path.name) + (f"\t{digest}".encode() if digest else b"") + b"\n")
     finally:
         os.close(fd)
 

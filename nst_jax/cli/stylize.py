@@ -57,7 +57,7 @@ def register(sub) -> None:
                    "(rewritten atomically after every chunk; format in nst_jax/cli/progress.py)")
     g.add_argument("--loss-log", metavar="JSON",
                    help="write the loss history as JSON at the end")
-    g.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    g.add_argument("--quiet", action="store_true", help="errors and warnings only")
     flags.add_run_flags(p)
     p.set_defaults(func=run, _extra_positionals="images")
 
@@ -107,7 +107,6 @@ def run(args: argparse.Namespace) -> int:
     content_path, style_paths = inputs(args)
     if args.print_every < 0:
         raise NstError(f"--print-every must be >= 0, got {args.print_every}")
-    config = _with_print_steps(config, args)
 
     from nst_jax import image_io
 
@@ -135,62 +134,60 @@ def run(args: argparse.Namespace) -> int:
         masks = [image_io.load_mask(m, content.shape[:2]) for m in args.style_masks]
     init_image = (image_io.load_image(config.init, reduce_to=side)
                   if config.run.init_is_path else None)
-    devices = common.setup_runtime(args)
+    runtime = common.setup_runtime(args)
+    devices = runtime.devices
+    if devices and len(devices) > 1:
+        common.status(args, f"stylize runs one image on one device: using "
+                      f"{devices[0].platform}:{devices[0].id} (nst-jax batch uses several)")
+    return _stylize(args, config, network, runtime, out, content, styles, blend, masks, init_image)
+
+
+def _stylize(args, config, network, runtime, out, content, styles, blend, masks, init_image):
+    """``config`` is tuned for ``network``, the weights' network as their header gave it."""
     import contextlib
 
     import jax
 
-    with jax.default_device(devices[0]) if devices else contextlib.nullcontext():
-        if devices and len(devices) > 1:
-            common.status(args, f"stylize runs one image on one device: using "
-                          f"{devices[0].platform}:{devices[0].id} (nst-jax batch uses several)")
-        return _stylize(args, config, network, out, content, styles, blend, masks, init_image)
-
-
-def _stylize(args, config, network, out, content, styles, blend, masks, init_image) -> int:
-    """``config`` is tuned for ``network``, the weights' network as their header gave it."""
     from nst_jax import image_io
-    from nst_jax.cli.progress import RunReporter
+    from nst_jax.cli import progress
+    from nst_jax.cli.interrupt import run_stoppable
     from nst_jax.run.transfer import stylize
 
     weights = common.load_weights_for_cli(args, network=config.network)
     if weights.network != network:  # the header said otherwise (or nothing): re-tune
-        config = _with_print_steps(flags.config_from_args(args, network=weights.network), args)
-    cache = getattr(args, "_compile_cache", None)
-    common.status(args, "computing style targets and compiling the optimisation step"
-                  + (f" (compiled programs are reused from {cache})" if cache else "")
-                  + " ...")
-    reporter = RunReporter(config.run.total_steps, progress=not args.quiet,
-                           print_every=args.print_every, trace_path=args.trace, config=config,
-                           weights_label=weights.label)
+        config = flags.config_from_args(args, network=weights.network)
+    common.status(args, runtime.compiling("computing style targets and compiling the "
+                                          "optimisation step"))
+    reporter = progress.RunReporter(config.run.total_steps, progress=not args.quiet,
+                                    print_every=args.print_every, trace_path=args.trace,
+                                    config=config, weights_label=weights.label)
+    saver = progress.Saver(config.save_every, lambda step: safety.intermediate_path(out, step))
+    every = math.gcd(config.save_every, args.print_every)
+    device = runtime.devices[0] if runtime.devices else None
 
-    def save_intermediate(step: int, image, loss: float) -> None:
-        image_io.save_image(safety.intermediate_path(out, step), image)
+    def run(stop):
+        watch = progress.observers(reporter, saver if config.save_every else None,
+                                   None if args.quiet else progress.estimate_notice(), stop)
+        with jax.default_device(device) if device else contextlib.nullcontext():
+            return stylize(content, styles, config, weights, init_image=init_image,
+                           style_blend=blend, masks=masks, on_chunk=watch, report_every=every,
+                           check_memory=common.memory_check_on())
 
     try:
-        result = stylize(content, styles, config, weights, init_image=init_image,
-                         style_blend=blend, masks=masks, on_chunk=reporter,
-                         callback=save_intermediate if config.save_every else None)
+        result = run_stoppable(run)
     finally:
         reporter.close()
     image_io.save_image(out, result.image)
     if args.loss_log:
         files.atomic_write_bytes(args.loss_log, loss_log_json(result), what="loss log")
-    reporter.finish(common.summary_dict(result, out))
-    common.print_summary(result, out, config)
+    reporter.finish(result, common.summary_dict(result, out))
+    common.print_summary(result, out, config, quiet=args.quiet)
     if result.diverged:
         print(f"nst-jax: warning: {result.diverged}", file=sys.stderr)
         return common.EXIT_DIVERGED
     if result.interrupted:
         return common.EXIT_INTERRUPTED
     return 0
-
-
-def _with_print_steps(config, args):
-    """Per-layer terms are evaluated between chunks: let chunks end on every --print-every step."""
-    if not args.print_every:
-        return config
-    return config.replace(chunk_size=math.gcd(config.chunk_size, args.print_every))
 
 
 def loss_log_json(result) -> bytes:

@@ -90,9 +90,15 @@ def resized_content(item: Item, side: int) -> np.ndarray:
     return imageops.resize_longest(item.content, side)
 
 
+def style_shape(hw: tuple[int, int], scale: float, side: int) -> tuple[int, int]:
+    """The ``(h, w)`` a style image of shape ``hw`` is used at: longest side ``scale`` times the
+    content's longest side ``side``, at least 8 px."""
+    return imageops.fit_longest(hw, max(8, round(side * scale)))
+
+
 def resized_style(style: np.ndarray, scale: float, side: int) -> np.ndarray:
-    """The style image at ``scale`` times the content's longest side ``side`` (at least 8 px)."""
-    return imageops.resize_longest(style, max(8, round(side * scale)))
+    """The style image at :func:`style_shape`."""
+    return imageops.resize_host(style, style_shape(style.shape[:2], scale, side))
 
 
 def initial_image(content: jax.Array, style: jax.Array, config: StyleConfig, init_image=None):

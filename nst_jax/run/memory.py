@@ -45,12 +45,15 @@ ACTIVATION_FACTOR = 2.6
 #: tiny preset at 128-768 px the estimate was 0.97-1.12x the measured growth with 300 MB, and
 #: 0.87-0.94x with 200 MB).
 RUNTIME_BYTES = 300 << 20
-#: Environment variable that turns the guard off (``0``), e.g. where swap makes more room.
-ENV_SWITCH = "NST_JAX_MEMORY_CHECK"
 
 
 class OutOfMemory(NstError):
-    """The run does not fit in the device's memory (refused before, or failed while running)."""
+    """The run does not fit in the device's memory (refused before, or failed while running);
+    ``fit`` is the guard's :class:`Fit` when it refused before compiling."""
+
+    def __init__(self, message: str, fit: "Fit | None" = None):
+        super().__init__(message)
+        self.fit = fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,19 +245,64 @@ def gib(n: float) -> str:
     return f"{n / (1 << 30):.1f} GiB"
 
 
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """What the guard found, as data (the apps word it in their own terms).
+
+    Attributes:
+      estimate: the run's :class:`Estimate` per device.
+      limit: bytes the run may add (``None``: unknown, not checked); ``where``: which device
+        and what was read (e.g. ``"cpu:0, available host RAM"``).
+      hw: the content's final ``(h, w)``; ``batch``: images per device.
+      bfloat16, remat: whether the run would fit with that change alone.
+      batch_fits: the most images per device that fit (when a smaller batch would).
+      size_fits: the longest side that fits (``None``: none smaller than the run's does).
+    """
+
+    estimate: Estimate
+    limit: int | None
+    where: str
+    hw: tuple[int, int]
+    batch: int = 1
+    bfloat16: bool = False
+    remat: bool = False
+    batch_fits: int | None = None
+    size_fits: int | None = None
+
+    @property
+    def fits(self) -> bool:
+        return self.limit is None or self.estimate.run <= self.limit
+
+    def sentence(self) -> str:
+        """One sentence in library terms (config fields), for callers of the API."""
+        ways = [w for w, ok in (("dtype='bfloat16'", self.bfloat16), ("remat=True", self.remat))
+                if ok]
+        if self.batch_fits:
+            ways.append(f"at most {self.batch_fits} images per device")
+        if self.size_fits:
+            ways.append(f"size={self.size_fits} or less")
+        return (f"this run needs about {gib(self.estimate.total)} per device at "
+                f"{self.hw[1]}x{self.hw[0]} px but {self.where} has "
+                f"{gib((self.limit or 0) + self.estimate.process)}; "
+                + (f"it would fit with {' or '.join(ways)}" if ways else "nothing smaller fits"))
+
+
 def check_fits(
     content_hw: tuple[int, int], style_hws: Sequence[tuple[int, int]], config, *,
-    batch: int = 1, batch_flag: bool = False, limit: int | None = None, network: str = "vgg19",
-) -> Estimate:
-    """Raises :class:`OutOfMemory` (one sentence: estimate, limit, what would fit) when the run
-    of ``config`` (a :class:`~nst_jax.config.StyleConfig`) cannot fit; returns the estimate.
+    devices: Sequence | None = None, batch: int = 1, limit: int | None = None,
+    network: str = "vgg19",
+) -> Fit:
+    """The :class:`Fit` of the run of ``config`` (a :class:`~nst_jax.config.StyleConfig`) on
+    ``devices`` (this process's devices of the run's mesh; default JAX's first); raises
+    :class:`OutOfMemory` carrying it when the run cannot fit.
 
-    ``limit`` overrides the device's available memory (tests). ``NST_JAX_MEMORY_CHECK=0``
-    turns the check off.
+    Devices that share host memory (CPU devices) split what the host has. ``limit`` overrides
+    the available memory per device (tests).
     """
     import jax
 
-    cpu = kernels_for(jax.devices()[0].platform) == "cpu"  # the device available_bytes reads
+    devices = list(devices or jax.devices()[:1])
+    cpu = kernels_for(devices[0].platform) == "cpu"
 
     def estimate_of(hw, shws, **changes) -> Estimate:
         kw = dict(content_layers=config.content_layers, style_layers=config.style_layers,
@@ -266,35 +314,26 @@ def check_fits(
         return estimate_of(hw, shws, **changes).total
 
     estimate = estimate_of(content_hw, style_hws)
-    if os.environ.get(ENV_SWITCH, "1") == "0":
-        return estimate
-    what = "the given limit"
+    where = "the given limit"
     if limit is None:
-        limit, what = available_bytes()
+        found = [(available_bytes(d), d) for d in devices]
+        (limit, what), device = min(found, key=lambda f: f[0][0] if f[0][0] is not None else 1 << 62)
+        where = f"{device.platform}:{device.id} ({what})"
         if limit is None:
-            return estimate
-        estimate = dataclasses.replace(estimate, process=process_bytes())
-    if estimate.run <= limit:
-        return estimate
-    fits = []
-    if config.dtype != "bfloat16" and est(content_hw, style_hws, dtype="bfloat16") <= limit:
-        fits.append("--dtype bfloat16")
-    if not config.remat and est(content_hw, style_hws, remat=True) <= limit:
-        fits.append("--remat")
-    if batch_flag and batch > 1 and est(content_hw, style_hws, batch=1) <= limit:
-        most = _largest_batch(est, content_hw, style_hws, limit, batch)
-        fits.append(f"a smaller --batch-size (at most {most})")
-    side = _largest_size(est, content_hw, style_hws, limit)
-    if side:
-        fits.append(f"--size {side} or less")
-    advice = (" it would fit with " + " or ".join(fits)) if fits else " nothing smaller fits either"
-    held = (f" (of which this process holds {gib(estimate.process)} already)"
-            if estimate.process else "")
-    raise OutOfMemory(
-        f"this run needs about {gib(estimate.total)} at {content_hw[1]}x{content_hw[0]} px"
-        f"{held} but only {gib(limit + estimate.process)} is free ({what}"
-        f"{' plus what this process holds' if estimate.process else ''});{advice}"
-    )
+            return Fit(estimate, None, where, tuple(content_hw), batch)
+        if cpu:
+            limit //= len(devices)
+        estimate = dataclasses.replace(estimate, process=process_bytes(device) // len(devices))
+    fit = Fit(estimate, limit, where, tuple(content_hw), batch)
+    if fit.fits:
+        return fit
+    fit = dataclasses.replace(
+        fit, bfloat16=config.dtype != "bfloat16" and est(content_hw, style_hws, dtype="bfloat16") <= limit,
+        remat=not config.remat and est(content_hw, style_hws, remat=True) <= limit,
+        batch_fits=(_largest_batch(est, content_hw, style_hws, limit, batch)
+                    if batch > 1 and est(content_hw, style_hws, batch=1) <= limit else None),
+        size_fits=_largest_size(est, content_hw, style_hws, limit))
+    raise OutOfMemory(fit.sentence(), fit)
 
 
 def _largest_size(est, hw, style_hws, limit) -> int | None:
@@ -332,15 +371,14 @@ def oom_as_error(where: str) -> Iterator[None]:
         yield
     except MemoryError:
         raise OutOfMemory(
-            f"ran out of host memory while {where}; try --dtype bfloat16, --remat or a smaller "
-            "--size"
+            f"ran out of host memory while {where}; try dtype bfloat16, remat or a smaller size"
         ) from None
     except Exception as err:  # noqa: BLE001 - only XLA's out-of-memory is translated
         if "RESOURCE_EXHAUSTED" not in str(err) and "Out of memory" not in str(err):
             raise
         first = str(err).strip().splitlines()[0][:200]
         raise OutOfMemory(
-            f"the device ran out of memory while {where} ({first}); try --dtype bfloat16, "
-            "--remat or a smaller --size or --batch-size"
+            f"the device ran out of memory while {where} ({first}); try dtype bfloat16, remat, "
+            "a smaller size or fewer images per device"
         ) from None
 

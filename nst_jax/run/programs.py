@@ -164,14 +164,14 @@ def next_scale(states, targets, weights, *, spec, optim, shared, mesh, hw, carry
     return _on_rows(one, mesh, (0, target_axes(targets, shared), None))(states, targets, weights)
 
 
-@_compiled(("spec", "optim", "shared", "chunk"), donate=(0,))
-def chunk(states, n, targets, weights, *, spec, optim, shared, mesh, chunk: int):
-    """``run_chunk`` on every image: ``min(n, chunk)`` steps each; histories ``(B, chunk)``
-    and whether each image has diverged ``(B,)``."""
+@_compiled(("spec", "optim", "shared", "max_steps"), donate=(0,))
+def chunk(states, n, targets, weights, *, spec, optim, shared, mesh, max_steps: int):
+    """``run_chunk`` on every image: ``min(n, max_steps)`` steps each; histories
+    ``(B, max_steps)`` and whether each image has diverged ``(B,)``."""
     weights = _kernels(weights, spec, mesh)
 
     def one(s, t, w, n):
-        s, hist = run_chunk(s, n, _loss(t, w, spec), optim, chunk)
+        s, hist = run_chunk(s, n, _loss(t, w, spec), optim, max_steps)
         return s, {**hist, "diverged": s.diverged}
 
     axes = (0, target_axes(targets, shared), None, None)
@@ -180,11 +180,9 @@ def chunk(states, n, targets, weights, *, spec, optim, shared, mesh, chunk: int)
 
 
 @_compiled(("optim",))
-def snapshot(states, *, optim: OptimSpec, mesh: Mesh):
-    """``{"image": reported image, "current": clip(iterate)}`` per image, a copy that outlives
-    the (donated) states."""
-    one = lambda s: {"image": result_image(s, optim), "current": jnp.clip(s.image, 0.0, 1.0)}  # noqa: E731
-    return _on_rows(one, mesh, (0,))(states)
+def reported(states, *, optim: OptimSpec, mesh: Mesh):
+    """The image each state would report now (:func:`~nst_jax.optimize.result_image`)."""
+    return _on_rows(lambda s: result_image(s, optim), mesh, (0,))(states)
 
 
 @_compiled(("spec", "shared"))
@@ -196,14 +194,22 @@ def evaluate(images, targets, weights, *, spec: LossSpec, shared: bool, mesh: Me
 
 @_compiled(("spec", "optim", "shared"))
 def finish(states, targets, weights, *, spec, optim, shared, mesh):
-    """Reported image, its loss terms, and the terms at the diverged iterate, per image."""
+    """Per image: the reported image and its loss terms, the final iterate's loss, and the
+    terms at the diverged iterate.
+
+    No step evaluates the final iterate (each step evaluates the image it starts from), so
+    under ``"best"`` it competes here: ``last_wins`` when it is lower than every earlier one.
+    """
 
     def one(s, t, w):
-        image = result_image(s, optim)
+        last = jnp.clip(s.image, 0.0, 1.0)
+        last_loss, _ = style_transfer_loss(last, t, w, spec)
+        wins = (optim.reported == "best") & ~s.diverged & (last_loss < s.best_loss)
+        image = jnp.where(wins, last, result_image(s, optim))
         total, aux = style_transfer_loss(image, t, w, spec)
         _, bad = style_transfer_loss(jnp.clip(s.diverged_image, 0, 1), t, w, spec)
-        return {"image": image, "loss": total, "terms": aux, "bad": bad,
-                "steps": s.step, "diverged": s.diverged}
+        return {"image": image, "loss": total, "terms": aux, "bad": bad, "last_loss": last_loss,
+                "last_wins": wins, "steps": s.step, "diverged": s.diverged}
 
     return _on_rows(one, mesh, (0, target_axes(targets, shared), None))(states, targets, weights)
 

@@ -8,26 +8,32 @@ from typing import Any, Callable
 
 import numpy as np
 
-#: ``callback(step, image, loss)`` is called at every ``save_every`` boundary.
-Callback = Callable[[int, np.ndarray, float], None]
-
-
 @dataclasses.dataclass(frozen=True)
 class ChunkReport:
-    """What the host loop knows after each compiled chunk of steps (see ``on_chunk``).
+    """What the loop knows after each compiled chunk of steps: the one thing observers see.
+
+    Step ``k`` means the image after ``k`` optimiser steps (``0`` is the start image), in every
+    report, trace, print and in :attr:`StylizeResult.best_step`.
 
     Attributes:
-      step: steps done so far over all scales.
+      step: steps done so far over all scales (this chunk ran steps ``step - n + 1 .. step``).
       total_steps: the step budget over all scales.
-      scale: index of the current scale (0 for single-scale runs); ``n_scales`` how many.
-      losses: ``{"total", "content", "style", "tv"}`` for each step of this chunk (float32
-        arrays; NaN where a term was not evaluated, e.g. per-term values under L-BFGS).
+      scale, n_scales: the current scale (0 for single-scale runs) and how many there are.
+      losses: ``{"total", "content", "style", "tv"}``, one float32 value per step of this chunk:
+        the loss of the image that step started from, i.e. of steps ``step - n .. step - 1``
+        (NaN where a term was not evaluated, e.g. per-term values under L-BFGS).
       seconds: wall time since the run started.
-      image: zero-argument function returning the current reported image ``(h, W, 3)`` float32
-        in ``[0, 1]`` at this scale's size (costs a device-to-host copy, so it is lazy).
-      terms: zero-argument function returning the loss terms of the current (last) iterate,
-        ``aux`` of :func:`~nst_jax.objective.style_transfer_loss` as floats, per layer included
-        (one extra loss evaluation, so it is lazy); ``None`` where unavailable.
+      eta: estimated seconds until the run's last step (``None`` before a chunk was timed).
+      group, n_groups, rows: which shape group of a batch this is, how many there are, and
+        how many images it optimises at once (``stylize``: 0, 1, 1); losses and images are
+        the group's first image's.
+      image: zero-argument function: the image the run would report now (best, last or EMA),
+        ``(h, w, 3)`` float32 in ``[0, 1]`` at this scale's size, with the content's colours
+        put back under ``preserve_colors="luminance"``. A device-to-host copy, so lazy; valid
+        only during the observer's call.
+      terms: zero-argument function: the loss terms of the image after step ``step``, ``aux``
+        of :func:`~nst_jax.objective.style_transfer_loss` as floats with ``"total"`` (one extra
+        loss evaluation, so lazy; valid only during the call).
     """
 
     step: int
@@ -37,13 +43,16 @@ class ChunkReport:
     losses: dict
     seconds: float
     image: Callable[[], np.ndarray]
-    terms: Callable[[], dict] | None = None
+    terms: Callable[[], dict]
+    eta: float | None = None
+    group: int = 0
+    n_groups: int = 1
+    rows: int = 1
 
 
-#: ``on_chunk(report)`` is called after every chunk; returning True asks the run to stop (as
-#: Ctrl-C does, after the chunk already queued: the best image so far is kept and
-#: ``interrupted`` is set).
-ChunkHook = Callable[[ChunkReport], Any]
+#: The loop's one observer: ``on_chunk(report)`` after every chunk; True asks the run to stop
+#: after this chunk (the best image so far is kept and ``interrupted`` is set).
+ChunkHook = Callable[[ChunkReport], bool]
 
 
 @dataclasses.dataclass
@@ -58,12 +67,14 @@ class StylizeResult:
       loss: total loss of ``image``.
       steps: optimiser steps taken.
       diverged: ``None``, or a sentence saying which loss term stopped being finite and when.
-      interrupted: stopped early by Ctrl-C.
+      interrupted: stopped early (an observer asked, or the group never started).
       seconds: wall time of the optimisation, including compilation.
       weights_label: which weights were used (says RANDOM for random weights).
       iterate: which image ``image`` is: ``"best"``, ``"last"`` or ``"ema"``.
-      best_step: for ``"best"``, the step whose starting iterate is ``image`` (0 = the start
-        image of the last scale: no step lowered the loss below it); else ``None``.
+      last_loss: total loss of the final iterate (the image after the last step).
+      best_step: for ``"best"``, the step of the last scale after which ``image`` was the
+        iterate (0 = that scale's start image: no step lowered the loss below it; ``steps`` of
+        that scale: the final iterate); else ``None``.
     """
 
     image: np.ndarray
@@ -77,6 +88,7 @@ class StylizeResult:
     weights_label: str
     iterate: str = "best"
     best_step: int | None = None
+    last_loss: float = float("nan")
 
     @property
     def start_unbeaten(self) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nst_jax import image_io, imageops
+from nst_jax import image_io
 from nst_jax.errors import NstError
 from nst_jax.run.results import ChunkReport
 from nst_jax.run.transfer import stylize
@@ -37,8 +37,6 @@ class Progress:
     def __init__(self, job: Job):
         self.job = job
         self.first: tuple[int, float] | None = None
-        luminance = job.config.preserve_colors == "luminance"
-        self.chroma = imageops.as_rgb01(job.content, "content image") if luminance else None
 
     def event(self, report: ChunkReport) -> dict:
         now = time.perf_counter()
@@ -48,11 +46,7 @@ class Progress:
         elif report.step > self.first[0] and now > self.first[1]:
             rate = (report.step - self.first[0]) / (now - self.first[1])
             eta = (report.total_steps - report.step) / rate
-        image = report.image()
-        if self.chroma is not None:
-            # The run optimises the luminance; show it with the content's colours, as the result.
-            chroma = imageops.resize_host(self.chroma, image.shape[:2])
-            image = np.asarray(imageops.recombine_chroma(image, chroma))
+        image = report.image()  # with the content's colours under preserve_colors="luminance"
         return {"type": "progress", "job": self.job.id, "step": int(report.step),
                 "total": int(report.total_steps), "scale": int(report.scale),
                 "n_scales": int(report.n_scales), "losses": _finite_or_none(report.losses["total"]),
