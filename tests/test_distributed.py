@@ -85,7 +85,7 @@ def test_two_processes_write_disjoint_shares_exactly_once(tmp_path):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(coordinator="127.0.0.1:1234"), "needs all of --coordinator"),
+        (dict(coordinator="127.0.0.1:1234"), "needs all of a coordinator"),
         (dict(coordinator="127.0.0.1:1234", num_processes=2, process_id=2), "process id must be"),
         (dict(coordinator="localhost", num_processes=2, process_id=0), "HOST:PORT"),
     ],

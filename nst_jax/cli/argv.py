@@ -9,7 +9,9 @@ so :func:`translate` rewrites them to this CLI's ``--long-dash`` names first:
 * the names that differ are mapped by :data:`JJ_FLAGS` (``-num_iterations`` → ``--steps``, ...);
 * ``-original_colors 0|1`` becomes ``--original-colors`` (or nothing), ``-backend X`` and
   ``-cudnn_autotune`` are dropped with a note (JAX picks its own kernels);
-* any other multi-letter single-dash token is refused with a one-line error naming it.
+* any other multi-letter single-dash token is refused with a one-line error naming it;
+* a command line with any of these single-dash flags gets the hidden ``--jcjohnson-style``
+  mark, so that without ``--preset`` it runs neural-style's recipe (``gatys``).
 
 Numbers (``-gpu -1``) and everything after ``--`` are left alone.
 """
@@ -19,6 +21,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+
+from nst_jax.cli.flags import JJ_MARK
 
 #: jcjohnson/neural-style flag → this CLI's option (where the dashed spelling differs).
 JJ_FLAGS = {
@@ -62,6 +66,7 @@ def translate(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[st
     known = _options(parser)
     out: list[str] = []
     notes: list[str] = []
+    jj = False
     i = 0
     while i < len(argv):
         tok = argv[i]
@@ -75,6 +80,7 @@ def translate(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[st
         name, eq, value = tok.lstrip("-").partition("=")
         dashed = "--" + name.replace("_", "-")
         single = not tok.startswith("--")
+        jj = jj or single
         if single and name in JJ_FLAGS and JJ_FLAGS[name] in known:
             flag = JJ_FLAGS[name]
         elif single and name == "original_colors" and "--original-colors" in known:
@@ -104,6 +110,8 @@ def translate(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[st
             out.append(tok)  # argparse reports it, or matches an abbreviation
             continue
         out.append(f"{flag}={value}" if eq else flag)
+    if jj and JJ_MARK in known:
+        out.insert(0, JJ_MARK)
     return out, notes
 
 

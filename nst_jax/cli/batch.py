@@ -126,7 +126,13 @@ def run(args: argparse.Namespace) -> int:
             raise NstError(f"batch needs {what}")
     from nst_jax.run import sharding
 
-    sharding.initialize(args.coordinator, args.num_processes, args.process_id)
+    try:
+        sharding.initialize(args.coordinator or os.environ.get(ENV_COORDINATOR) or None,
+                            _flag_or_env(args.num_processes, ENV_NUM_PROCESSES),
+                            _flag_or_env(args.process_id, ENV_PROCESS_ID))
+    except NstError as err:
+        raise NstError(f"{err} (--coordinator, --num-processes and --process-id, or "
+                       f"${ENV_COORDINATOR}, ${ENV_NUM_PROCESSES}, ${ENV_PROCESS_ID})") from None
 
     from nst_jax import image_io
     from nst_jax.run.inputs import pair_indices
@@ -169,6 +175,23 @@ def run(args: argparse.Namespace) -> int:
         with safety.folder_lock(out_dir) if _holds_lock() else contextlib.nullcontext():
             return _run_locked(args, config, network, start, contents, styles, pairing, pairs,
                                names, outputs, out_dir, init_image)
+
+
+ENV_COORDINATOR = "NST_JAX_COORDINATOR"
+ENV_NUM_PROCESSES = "NST_JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "NST_JAX_PROCESS_ID"
+
+
+def _flag_or_env(value: int | None, name: str) -> int | None:
+    if value is not None:
+        return value
+    text = os.environ.get(name)
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise NstError(f"${name} must be an integer, got {text!r}") from None
 
 
 def _holds_lock() -> bool:

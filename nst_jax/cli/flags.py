@@ -191,6 +191,8 @@ def add_config_flags(p: argparse.ArgumentParser, *, single: bool = True) -> None
         "settings", "Every setting starts from --preset (default: the preset measured best on "
         f"the network of the weights in use: {defaults}); the defaults shown ('preset "
         "default') are that preset's, tuned for that network.")
+    # Set by cli.argv when the command line uses jcjohnson/neural-style's flags.
+    p.add_argument(JJ_MARK, action="store_true", help=argparse.SUPPRESS)
     action = g.add_argument(
         "--preset", default=None, choices=sorted(PRESETS),
         help=f"starting settings that the other flags override (default: {defaults}; the "
@@ -308,9 +310,18 @@ def apply_env_caps(config: StyleConfig) -> tuple[StyleConfig, str | None]:
     return config.replace(**changes), f"{env} caps this run: {said}"
 
 
+#: The hidden flag cli.argv adds to a command line written with jcjohnson/neural-style's flags.
+JJ_MARK = "--jcjohnson-style"
+#: The preset such a command line gets: neural-style's own recipe (L-BFGS, relu4_2, 5/100).
+JJ_PRESET = "gatys"
+
+
 def preset_name(args: argparse.Namespace, network: str | None) -> str:
-    """``--preset``, else the default preset of ``network`` (config.default_preset)."""
-    return getattr(args, "preset", None) or default_preset(network)
+    """``--preset``; else ``gatys`` for a jcjohnson-style command line (neural-style's recipe,
+    what its users expect); else the default preset of ``network`` (config.default_preset)."""
+    if getattr(args, "preset", None):
+        return args.preset
+    return JJ_PRESET if getattr(args, "jcjohnson_style", False) else default_preset(network)
 
 
 def weights_network(args: argparse.Namespace) -> str | None:
@@ -331,6 +342,9 @@ def print_config(config: StyleConfig, args: argparse.Namespace, network: str | N
     base = get_preset(name, network)
     tuned = (f"tuned for {NETWORK_NAMES[network]}, the network of the weights in use" if network
              else "for VGG-19: no weights found")
+    if not getattr(args, "preset", None) and getattr(args, "jcjohnson_style", False):
+        tuned += ("; chosen because the command line uses jcjohnson/neural-style's flags: it is "
+                  "neural-style's recipe")
     print(f"# effective settings: preset {name} ({tuned}); * = changed by a flag")
     for name, value in config.flat().items():
         mark = "*" if value != getattr(base, name) else " "

@@ -29,7 +29,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import os
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -39,9 +38,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from nst_jax.errors import NstError
 
 BATCH_AXIS = "batch"
-ENV_COORDINATOR = "NST_JAX_COORDINATOR"
-ENV_NUM_PROCESSES = "NST_JAX_NUM_PROCESSES"
-ENV_PROCESS_ID = "NST_JAX_PROCESS_ID"
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,25 +49,19 @@ def initialize(
 ) -> bool:
     """Joins a multi-process run through :func:`jax.distributed.initialize`, if one is asked for.
 
-    Arguments left ``None`` are read from ``NST_JAX_COORDINATOR`` (``HOST:PORT`` of process 0),
-    ``NST_JAX_NUM_PROCESSES`` and ``NST_JAX_PROCESS_ID``. With no coordinator and at most one
-    process this does nothing and returns False (a single-process run). Must run before anything
-    touches a JAX device. On CPU the cross-process collectives use gloo.
+    ``coordinator`` is ``HOST:PORT`` of process 0. With no coordinator and at most one process
+    this does nothing and returns False (a single-process run). Must run before anything touches
+    a JAX device. On CPU the cross-process collectives use gloo.
 
     Raises:
       NstError: a coordinator without a process count or id (or the reverse), bad numbers, or a
         failed connection.
     """
-    coordinator = coordinator or os.environ.get(ENV_COORDINATOR) or None
-    num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
-    process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
     if coordinator is None and (num_processes or 1) <= 1:
         return False
     if coordinator is None or num_processes is None or process_id is None:
-        raise NstError(
-            "a multi-process run needs all of --coordinator HOST:PORT, --num-processes N and "
-            f"--process-id I (or ${ENV_COORDINATOR}, ${ENV_NUM_PROCESSES}, ${ENV_PROCESS_ID})"
-        )
+        raise NstError("a multi-process run needs all of a coordinator (HOST:PORT), the number "
+                       "of processes and this process's id")
     if num_processes < 1 or not 0 <= process_id < num_processes:
         raise NstError(f"process id must be in [0, {num_processes}) for {num_processes} "
                        f"processes, got {process_id}")
@@ -84,16 +74,6 @@ def initialize(
     except Exception as e:  # connection and timeout errors come as several runtime types
         raise NstError(f"cannot join the multi-process run at {coordinator}: {e}") from e
     return True
-
-
-def _env_int(name: str) -> int | None:
-    text = os.environ.get(name)
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise NstError(f"${name} must be an integer, got {text!r}") from None
 
 
 def allgather(x: np.ndarray) -> np.ndarray:
