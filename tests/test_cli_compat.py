@@ -29,10 +29,10 @@ def test_jj_spellings_are_rewritten():
          "-num_iterations", "20", "-print_iter", "5", "-save_iter", "10", "-gpu", "-1",
          "-output_image", "o.png", "-style_blend_weights", "0.7,0.3", "-original_colors", "1",
          "-init", "random", "-learning_rate=2", "-backend", "cudnn", "--content_weight", "5"], p)
-    assert out == ["--content-image", "a.jpg", "--style-image", "b.jpg,c.jpg", "--size", "128",
+    assert out == ["--jcjohnson-style", "--content-image", "a.jpg", "--style-image", "b.jpg,c.jpg", "--size", "128",
                    "--steps", "20", "--print-every", "5", "--save-every", "10", "--gpu", "-1",
                    "--output", "o.png", "--style-blend", "0.7,0.3", "--original-colors",
-                   "--init", "random", "--lr=2", "--content-weight", "5"]
+                   "--init", "random", "--lr=2", "--content-weight", "5"]  # mark: gatys
     assert notes and "-backend" in notes[0]
     assert argv_lib.translate(["-original_colors", "0", "-o", "x.png"], p)[0] == ["-o", "x.png"]
 

@@ -324,7 +324,8 @@ def _run_locked(args, config, network, start, contents, styles, pairing, pairs, 
     tally = _Tally()
 
     def run(stop) -> bool:
-        watch = progress.observers(bar, stop)
+        estimate = None if args.quiet else progress.estimate_notice(bar=bar)
+        watch = progress.observers(bar, estimate, stop)
         for chunk in mine:
             loaded, batch_contents, batch_pairing = _load(chunk, pairs, contents, config, tally)
             for j, result in iter_stylize_batch(

@@ -120,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
 
     bar = progress.StepBar(config.run.total_steps)
     try:
+        watch = [bar, progress.estimate_notice(bar=bar)]
         result = run_stoppable(lambda stop: stylize(
-            content, style, config, weights, on_chunk=progress.observers(bar, stop),
+            content, style, config, weights, on_chunk=progress.observers(*watch, stop),
             check_memory=common.memory_check_on()))
     finally:
         bar.close()

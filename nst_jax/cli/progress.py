@@ -65,17 +65,19 @@ def observers(*hooks: Callable | None) -> Callable:
     return lambda report: any([bool(h(report)) for h in hooks])
 
 
-def estimate_notice(limit: float = 600.0) -> Callable:
-    """An observer that prints the estimated run time once, when it exceeds ``limit`` s."""
+def estimate_notice(limit: float = 600.0, bar: "StepBar | None" = None) -> Callable:
+    """An observer that prints the estimated run time once, when it exceeds ``limit`` s (above
+    ``bar``, when there is one)."""
     said = []
 
     def hook(report) -> bool:
         if not said and report.eta is not None:
             said.append(True)
             if report.eta > limit:
-                print(f"nst-jax: this run will take about {report.eta / 60:.0f} more minutes "
-                      "here (a smaller --size or fewer --steps is faster; Ctrl-C stops it and "
-                      "keeps the best image so far)", file=sys.stderr, flush=True)
+                text = (f"nst-jax: this run will take about {report.eta / 60:.0f} more minutes "
+                        "here (a smaller --size or fewer --steps is faster; Ctrl-C stops it and "
+                        "keeps the best image so far)")
+                (bar or StepBar()).write(text, file=sys.stderr)
         return False
 
     return hook
@@ -124,11 +126,12 @@ class StepBar:
         self.bar.update(report.step - self.bar.n)
         return False
 
-    def write(self, text: str) -> None:
+    def write(self, text: str, file=None) -> None:
+        """A line above the bar (stdout by default)."""
         if self.bar is not None:
-            self.bar.write(text, file=sys.stdout)
+            self.bar.write(text, file=file or sys.stdout)
         else:
-            print(text, flush=True)
+            print(text, file=file or sys.stdout, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -166,8 +166,8 @@ def _stylize(args, config, network, runtime, out, content, styles, blend, masks,
     device = runtime.devices[0] if runtime.devices else None
 
     def run(stop):
-        watch = progress.observers(reporter, saver if config.save_every else None,
-                                   None if args.quiet else progress.estimate_notice(), stop)
+        estimate = None if args.quiet else progress.estimate_notice(bar=reporter.bar)
+        watch = progress.observers(reporter, saver if config.save_every else None, estimate, stop)
         with jax.default_device(device) if device else contextlib.nullcontext():
             return stylize(content, styles, config, weights, init_image=init_image,
                            style_blend=blend, masks=masks, on_chunk=watch, report_every=every,

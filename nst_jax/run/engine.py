@@ -1,31 +1,24 @@
 """The one loop: scales × chunks of steps over a group of 1..N images on a mesh, one observer.
 
-A *group* is the items (:class:`~nst_jax.run.inputs.Item`) that have the same shape at every
-scale. :meth:`Engine.run_group` places their rows on the mesh, computes their targets, and at
-each scale runs the compiled programs of :mod:`nst_jax.run.programs` chunk after chunk until the
-step budget, a stop, or until every image has diverged; then it reads back one
-:class:`~nst_jax.run.results.StylizeResult` per item.
+A *group* is the items (:class:`~nst_jax.run.inputs.Item`) of one shape at every scale.
+:meth:`Engine.run_group` places their rows on the mesh, computes their targets, and at each
+scale runs the programs of :mod:`nst_jax.run.programs` chunk after chunk until the step budget,
+a stop, or until every image has diverged; then it reads back one result per item.
 
-**Chunks are sized by time.** The first chunk of a scale is one step; from its execution time
-(compilation excluded: it happens when the chunk is dispatched) the engine sizes every later
-chunk to about :data:`CHUNK_SECONDS`, at most ``config.chunk_size`` steps (the compiled
-program's length), and ending on every multiple of ``report_every``. The observer therefore
-hears from the loop every second or two at any image size, and a stop lands after the running
-chunk: nothing is queued behind it.
-
-**One observer**: ``on_chunk(ChunkReport) -> bool`` after every chunk; True stops. Progress
-bars, saves, prints, traces, previews and signals are observers owned by the apps.
-
-With several processes every process runs the same sequence of programs: chunk lengths,
-stop and all-diverged decisions are agreed through :mod:`~nst_jax.run.sharding` after each
-chunk, and each process reads back only its own rows.
+**Chunks are sized by time**: a shape's first chunk is one step; from its execution time
+(compilation happens at dispatch, so it is excluded) every later chunk aims at
+:data:`CHUNK_SECONDS`, at most ``config.chunk_size`` steps, ending on each multiple of
+``report_every``. **One observer**, ``on_chunk(ChunkReport) -> bool``, hears from the loop
+after every chunk, every second or two at any size; True stops after that chunk (nothing is
+queued behind it). Bars, saves, prints, traces, previews and signals are the apps' observers.
+Several processes agree on chunk lengths and stops (:mod:`~nst_jax.run.sharding`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
@@ -34,21 +27,15 @@ from jax.sharding import Mesh
 from nst_jax.config import StyleConfig
 from nst_jax.optimize import HISTORY_KEYS
 from nst_jax.run import programs, sharding
-from nst_jax.run.inputs import Item, initial_image, resized_content, resized_style, restore_colors
-from nst_jax.run.results import ChunkHook, ChunkReport, StylizeResult, diverged_message
+from nst_jax.run.inputs import (Item, SharedStyle, initial_image, resized_content, resized_style,
+                                restore_colors)
+from nst_jax.run.results import (ChunkHook, ChunkReport, StylizeResult, finished_result,
+                                 unstarted_result)
 from nst_jax.run.targets import GramCache, fill_rows, group_targets
 from nst_jax.weights.container import VGGWeights
 
 #: Wall time a chunk of steps aims at once the first one has been timed.
 CHUNK_SECONDS = 1.5
-
-
-class SharedStyle(NamedTuple):
-    """The one style every row of a run takes (its targets are replicated, not per row)."""
-
-    image: np.ndarray
-    key: tuple
-    scale: float
 
 
 @dataclasses.dataclass
@@ -70,18 +57,10 @@ def _floats(tree) -> Any:
 
 @dataclasses.dataclass
 class Engine:
-    """Runs groups of items with one configuration, one set of weights and one mesh.
-
-    Attributes:
-      config, weights, mesh: the settings, weights (local or replicated on ``mesh``) and a 1-D
-        ``"batch"`` mesh (:func:`~nst_jax.run.sharding.batch_mesh`).
-      shared_style: the style every item takes, if one does.
-      regions: masked style regions per item (0: none).
-      init_image: the start image when ``config.init`` is a path.
-      on_chunk: the observer (see the module notes).
-      report_every: chunks end on every multiple of this step (0: anywhere), so an observer
-        that saves or prints every N steps sees exactly those steps.
-    """
+    """Runs groups of items with one config, one set of weights (local or replicated) and one
+    ``"batch"`` mesh; ``shared_style`` is the style every item takes, if one does; ``regions``
+    the masked style regions per item; ``init_image`` the start image when ``config.init`` is a
+    path; ``on_chunk`` the observer; chunks end on every multiple of ``report_every`` (0: any)."""
 
     config: StyleConfig
     weights: VGGWeights
@@ -134,7 +113,7 @@ class Engine:
                 state = programs.next_scale(state, targets, self.step_weights, hw=tuple(hw),
                                             carry=self.config.optimizer == "adam", **self.kw)
                 if self.step_seconds is not None:  # a step costs about its pixel count
-                    self.step_seconds *= hw[0] * hw[1] / (shapes[scale - 1][0] * shapes[scale - 1][1])
+                    self.step_seconds *= hw[0] * hw[1] / np.prod(shapes[scale - 1])
             scale_start = {id(r): r.done for r in rows}
             state = self._scale_loop(state, targets, rows, shapes, scale, offset, group)
             offset += self.config.steps_at(scale)
@@ -160,13 +139,11 @@ class Engine:
             n = int(sharding.allgather(np.array([n], np.int32)).min())
         return n
 
-    def _eta(self, shapes, scale: int, done_in_scale: int) -> float | None:
-        if self.step_seconds is None:
-            return None
-        area = shapes[scale][0] * shapes[scale][1]
-        left = sum(self.config.steps_at(s) * shapes[s][0] * shapes[s][1] / area
-                   for s in range(scale + 1, len(shapes)))
-        return self.step_seconds * (self.config.steps_at(scale) - done_in_scale + left)
+    def _eta(self, shapes, scale: int, done_in_scale: int) -> float:
+        """Seconds left in this group: a step costs about its pixel count."""
+        later = sum(self.config.steps_at(s) * np.prod(shapes[s]) / np.prod(shapes[scale])
+                    for s in range(scale + 1, len(shapes)))
+        return self.step_seconds * (self.config.steps_at(scale) - done_in_scale + later)
 
     def _scale_loop(self, state, targets, rows, shapes, scale, offset, group):
         steps, done = self.config.steps_at(scale), 0
@@ -176,9 +153,8 @@ class Engine:
                                          max_steps=self.config.chunk_size, **self.kw)
             dispatched = time.perf_counter()  # compilation, if any, happened in the call
             per_slot = sharding.local_rows(hist)  # waits for the chunk
-            seconds = (time.perf_counter() - dispatched) / n
-            self.step_seconds = seconds if self.step_seconds is None else (
-                0.5 * self.step_seconds + 0.5 * seconds)
+            seconds = (time.perf_counter() - dispatched) / n  # smoothed over chunks:
+            self.step_seconds = 0.5 * ((self.step_seconds or seconds) + seconds)
             done += n
             losses = self._absorb(per_slot, rows)
             report = None
@@ -230,40 +206,16 @@ class Engine:
         )
 
     def _result(self, r: _Row, seconds: float) -> StylizeResult:
-        out = r.final
-        history = {k: np.concatenate([np.zeros((0,), np.float32)] + [h[k] for h in r.history])
-                   .astype(np.float32) for k in HISTORY_KEYS}
-        diverged = None
-        steps = len(history["total"])
-        if bool(out["diverged"]):
-            steps = r.steps_before + int(out["steps"])
-            diverged = diverged_message(_floats(out["bad"]), steps)
-        best_step = None
-        last = history["total"][r.steps_before:]
-        if bool(out["last_wins"]):
-            best_step = len(last)
-        elif self.config.optim.reported == "best" and np.isfinite(last).any():
-            best_step = int(np.nanargmin(np.where(np.isfinite(last), last, np.nan)))
-        image = restore_colors(np.asarray(out["image"], np.float32), r.item, self.config)
-        return StylizeResult(
-            image=image, history=history, terms=_floats(out["terms"]), loss=float(out["loss"]),
-            steps=steps, diverged=diverged, interrupted=self.stopped and diverged is None,
-            seconds=seconds, weights_label=self.weights.label, iterate=self.config.optim.reported,
-            best_step=best_step, last_loss=float(out["last_loss"]),
-        )
+        image = restore_colors(np.asarray(r.final["image"], np.float32), r.item, self.config)
+        final = _floats({k: v for k, v in r.final.items() if k != "image"})
+        return finished_result(final, image, r.history, r.steps_before, seconds,
+                               stopped=self.stopped, weights_label=self.weights.label,
+                               iterate=self.config.optim.reported)
 
     def unstarted(self, item: Item) -> StylizeResult:
         """The result of an item whose group never ran (a stop came first): its start image."""
         side = max(item.shapes[0])
-        content = resized_content(item, side)
         style = resized_style(item.styles[0], item.style_scales[0], side)
-        nan = float("nan")
-        terms = {"content": nan, "style": nan, "tv": nan,
-                 "content_layers": {k: nan for k in self.spec.content_layers},
-                 "style_layers": {k: nan for k in self.spec.style_layers}}
-        return StylizeResult(
-            image=np.clip(initial_image(content, style, self.config, self.init_image), 0.0, 1.0),
-            history={k: np.zeros((0,), np.float32) for k in HISTORY_KEYS},
-            terms=terms, loss=nan, steps=0, diverged=None, interrupted=True, seconds=0.0,
-            weights_label=self.weights.label, iterate=self.config.optim.reported,
-        )
+        image = initial_image(resized_content(item, side), style, self.config, self.init_image)
+        return unstarted_result(np.clip(image, 0.0, 1.0), self.spec, self.weights.label,
+                                self.config.optim.reported)

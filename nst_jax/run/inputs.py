@@ -9,17 +9,18 @@ network; resizing uses :mod:`nst_jax.imageops`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import imageops
-from nst_jax.config import StyleConfig
+from nst_jax.config import StyleConfig, check_init_path
 from nst_jax.errors import NstError
 from nst_jax.objective import LossSpec
-from nst_jax.vgg import min_side
+from nst_jax.vgg import canonical_layer, min_side
+from nst_jax.weights.container import VGGWeights, require_network
 
 
 @dataclasses.dataclass
@@ -51,6 +52,14 @@ class Item:
     def key(self) -> tuple[int, ...]:
         """The group key: every scale's ``(h, w)``, flattened."""
         return tuple(v for hw in self.shapes for v in hw)
+
+
+class SharedStyle(NamedTuple):
+    """The one style every row of a run takes (its targets are replicated, not per row)."""
+
+    image: np.ndarray
+    key: tuple
+    scale: float
 
 
 def luminance_style(style: np.ndarray, content: np.ndarray) -> np.ndarray:
@@ -186,3 +195,52 @@ def pair_indices(n_contents: int, n_styles: int, pairing: str) -> list[tuple[int
             raise NstError("pairing 'product' needs at least one style image")
         return [(c, s) for c in range(n_contents) for s in range(n_styles)]
     raise NstError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+
+
+def check_weights_fit(config: StyleConfig, weights: VGGWeights) -> None:
+    """Raises ``NstError`` (one sentence) when ``weights`` are not the network ``config`` requires,
+    or lack one of its layers (``relu5_4`` on VGG-16)."""
+    require_network(weights.network, config.network, f"the weights in use ({weights.label})")
+    for name in config.content_layers + config.style_layers:
+        canonical_layer(name, weights.network)
+
+
+def check_run(config: StyleConfig, weights: VGGWeights, init_image) -> None:
+    """The checks of ``stylize``'s arguments that need no image: types, network, init path."""
+    if not isinstance(config, StyleConfig):
+        raise NstError(f"config must be a StyleConfig (e.g. nst_jax.get_preset('tf-tutorial')), "
+                       f"got {type(config).__name__}")
+    if not isinstance(weights, VGGWeights):
+        raise NstError(f"weights must be VGGWeights (from nst_jax.resolve_weights or "
+                       f"nst_jax.random_weights), got {type(weights).__name__}")
+    check_weights_fit(config, weights)
+    if init_image is None:
+        check_init_path(config)
+
+
+def one_style(item: Item) -> SharedStyle | None:
+    """The item's style when it takes one plain style (no blend, no masks): the same
+    replicated-style programs as ``stylize_batch``'s ``"broadcast"``."""
+    if len(item.styles) > 1 or item.blend is not None or item.masks is not None:
+        return None
+    return SharedStyle(item.styles[0], item.style_keys[0], item.style_scales[0])
+
+
+def pairs_of(contents, styles, pairing) -> list[tuple[int, int]]:
+    """``(content, style)`` index pairs: ``"broadcast"`` (one style for all), ``"zip"`` (style
+    ``i`` for content ``i``), ``"product"`` (content-major), or an explicit list (checked)."""
+    if isinstance(pairing, str):
+        return pair_indices(len(contents), len(styles), pairing) if contents else []
+    pairs = [(int(c), int(s)) for c, s in pairing]
+    bad = [p for p in pairs if not (0 <= p[0] < len(contents) and 0 <= p[1] < len(styles))]
+    if bad:
+        raise NstError(f"pairs {bad} name images that were not given")
+    return pairs
+
+
+def batch_items(contents, styles, pairs, config: StyleConfig) -> list[Item]:
+    """One :class:`Item` per pair (each image checked and converted once)."""
+    rgb_c = {c: imageops.as_rgb01(contents[c], f"content image {c + 1}") for c, _ in pairs}
+    rgb_s = {s: imageops.as_rgb01(styles[s], f"style image {s + 1}") for _, s in pairs}
+    return [make_item(i, rgb_c[c], [(s, rgb_s[s])], config, n_styles=len(styles))
+            for i, (c, s) in enumerate(pairs)]

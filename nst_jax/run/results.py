@@ -23,7 +23,7 @@ class ChunkReport:
         the loss of the image that step started from, i.e. of steps ``step - n .. step - 1``
         (NaN where a term was not evaluated, e.g. per-term values under L-BFGS).
       seconds: wall time since the run started.
-      eta: estimated seconds until the run's last step (``None`` before a chunk was timed).
+      eta: estimated seconds until the group's last step (from the timed chunks).
       group, n_groups, rows: which shape group of a batch this is, how many there are, and
         how many images it optimises at once (``stylize``: 0, 1, 1); losses and images are
         the group's first image's.
@@ -106,3 +106,41 @@ def diverged_message(aux, step: int) -> str:
     ]
     what = ", ".join(layers or bad) or "the gradient"
     return f"the loss diverged at step {step} (not finite: {what}); kept the best image before it"
+
+
+def _history(chunks: list[dict]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([np.zeros((0,), np.float32)] + [h[k] for h in chunks])
+            .astype(np.float32) for k in ("total", "content", "style", "tv")}
+
+
+def finished_result(final: dict, image: np.ndarray, chunks: list[dict], steps_before: int,
+                    seconds: float, *, stopped: bool, weights_label: str,
+                    iterate: str) -> StylizeResult:
+    """The result of one image from the loop's records: ``final`` (the row of
+    :func:`~nst_jax.run.programs.finish`, as floats), the per-chunk ``histories`` and the steps
+    taken before the scale that finished."""
+    history = _history(chunks)
+    steps, diverged = len(history["total"]), None
+    if final["diverged"]:
+        steps = steps_before + int(final["steps"])
+        diverged = diverged_message(final["bad"], steps)
+    best_step, last = None, history["total"][steps_before:]
+    if final["last_wins"]:
+        best_step = len(last)
+    elif iterate == "best" and np.isfinite(last).any():
+        best_step = int(np.nanargmin(np.where(np.isfinite(last), last, np.nan)))
+    return StylizeResult(image=image, history=history, terms=final["terms"], loss=final["loss"],
+                         steps=steps, diverged=diverged, interrupted=stopped and diverged is None,
+                         seconds=seconds, weights_label=weights_label, iterate=iterate,
+                         best_step=best_step, last_loss=final["last_loss"])
+
+
+def unstarted_result(image: np.ndarray, spec, weights_label: str, iterate: str) -> StylizeResult:
+    """The result of an image whose group never ran (a stop came first): its start image."""
+    nan = float("nan")
+    terms = {"content": nan, "style": nan, "tv": nan,
+             "content_layers": {k: nan for k in spec.content_layers},
+             "style_layers": {k: nan for k in spec.style_layers}}
+    return StylizeResult(image=image, history=_history([]), terms=terms, loss=nan, steps=0,
+                         diverged=None, interrupted=True, seconds=0.0,
+                         weights_label=weights_label, iterate=iterate)

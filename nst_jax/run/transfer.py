@@ -1,39 +1,25 @@
 """``stylize`` (one content image) and ``stylize_batch`` (many): both run :mod:`nst_jax.run.engine`.
 
 ``stylize`` is a group of one image on a one-device mesh, with the single-image extras (several
-styles blended or assigned to region masks, ``save_every`` callbacks, ``on_chunk`` hooks).
-``stylize_batch`` pairs content and style images — ``"broadcast"`` (one style for all),
-``"zip"`` (style ``i`` for content ``i``), ``"product"`` (every content with every style,
-content-major) — groups the pairs by their shape at every scale (aspect ratios are kept), and
-runs each group as one batch: ``jax.vmap`` over a device's rows (L-BFGS: ``lax.map``), and
-``jax.shard_map`` over a mesh of all devices of all processes. The same compiled programs
-(:mod:`nst_jax.run.programs`) serve both, so a batch of one equals ``stylize``, and the step
-compiles once per group shape (:func:`compile_count`). :func:`iter_stylize_batch` yields the
-results as each group finishes. Larger batches compute the same math in
-another compiled program, whose float rounding differs in the last bit; an optimisation of
-hundreds of steps amplifies that to visible differences at the same loss (measured in README,
-"Many images").
+styles blended or assigned to region masks). ``stylize_batch`` pairs content and style images
+(:func:`~nst_jax.run.inputs.pairs_of`), groups the pairs by their shape at every scale (aspect
+ratios kept) and runs each group as one batch: ``jax.vmap`` over a device's rows (L-BFGS:
+``lax.map``), ``jax.shard_map`` over a mesh of all devices of all processes. The same compiled
+programs serve both, so a batch of one equals ``stylize`` and the step compiles once per group
+shape (:func:`compile_count`); larger batches compute the same math in another program, whose
+rounding differs in the last bit (README, "Many images"). :func:`iter_stylize_batch` yields the
+results as each group finishes.
 
-**Sharding** (:mod:`nst_jax.run.sharding`): per-image arrays are ``NamedSharding(mesh,
-P("batch"))``, the weights and a ``"broadcast"`` style's Grams are replicated. A group of ``n``
-images gets ``ceil(n / devices)`` rows per device; free rows are padded and dropped.
+**Sharding** (:mod:`nst_jax.run.sharding`): per-image arrays are split over ``"batch"``, the
+weights and a shared style's targets replicated; free rows are padded and dropped. **Several
+processes** (after :func:`~nst_jax.run.sharding.initialize`) run one SPMD computation: each
+passes its own share of the images and gets back its own results. **Memory** per device is
+checked before compiling (:mod:`nst_jax.run.memory`).
 
-**Several processes**: after :func:`nst_jax.run.sharding.initialize` the mesh spans every
-process's devices and the programs run as one SPMD computation. Each process passes its own
-share of the images (and the same styles and config) and gets back its own results; one small
-all-gather of ``(shape, count)`` per call agrees on the groups, and the slot layout puts each
-process's images on its own devices, so a process loads and writes only its own images.
-
-**Memory** per device: the weights (~80 MB float32 for VGG-19) and their prepared kernels,
-about 300 MB of workspace, and per image about 3 KB per pixel in float32 for the
-``tf-tutorial`` layers (BENCHMARKS.md); ``bfloat16`` roughly halves the per-image part,
-``remat`` trades recomputation for much of it, L-BFGS adds ``2 × lbfgs_memory`` images.
-
-A stop (the observer ``on_chunk`` returns True, in any process) lands after the running
-chunk: the running group returns its best images so far marked ``interrupted``; groups not
-started return their start image with ``steps == 0`` and NaN losses, also marked
-``interrupted``. The library reads no environment, prints nothing and installs no signal
-handler: the apps (``nst_jax.cli``, ``nst_jax.web``) do, as observers.
+A stop (the observer returns True, in any process) lands after the running chunk: the running
+group returns its best images so far, groups not started their start image with ``steps == 0``
+and NaN losses, all marked ``interrupted``. The library reads no environment, prints nothing
+and installs no signal handler: the apps (``nst_jax.cli``, ``nst_jax.web``) do, as observers.
 """
 
 from __future__ import annotations
@@ -45,36 +31,16 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from nst_jax import imageops
-from nst_jax.config import StyleConfig, check_init_path
+from nst_jax.config import StyleConfig
 from nst_jax.errors import NstError
 from nst_jax.run import memory, programs, sharding
-from nst_jax.run.engine import Engine, SharedStyle
-from nst_jax.run.inputs import Item, make_item, pair_indices, style_shape
+from nst_jax.run.engine import Engine
+from nst_jax.run.inputs import (Item, SharedStyle, batch_items, check_run, make_item, one_style,
+                                pairs_of, style_shape)
 from nst_jax.run.results import ChunkHook, StylizeResult
-from nst_jax.vgg import canonical_layer
-from nst_jax.weights.container import VGGWeights, require_network
+from nst_jax.weights.container import VGGWeights
 
 compile_count = programs.compile_count
-
-
-def check_weights_fit(config: StyleConfig, weights: VGGWeights) -> None:
-    """Raises ``NstError`` (one sentence) when ``weights`` are not the network ``config`` requires,
-    or lack one of its layers (``relu5_4`` on VGG-16)."""
-    require_network(weights.network, config.network, f"the weights in use ({weights.label})")
-    for name in config.content_layers + config.style_layers:
-        canonical_layer(name, weights.network)
-
-
-def _checked(config: StyleConfig, weights: VGGWeights, init_image) -> None:
-    if not isinstance(config, StyleConfig):
-        raise NstError(f"config must be a StyleConfig (e.g. nst_jax.get_preset('tf-tutorial')), "
-                       f"got {type(config).__name__}")
-    if not isinstance(weights, VGGWeights):
-        raise NstError(f"weights must be VGGWeights (from nst_jax.resolve_weights or "
-                       f"nst_jax.random_weights), got {type(weights).__name__}")
-    check_weights_fit(config, weights)
-    if init_image is None:
-        check_init_path(config)
 
 
 def _check_memory(items: list[Item], config: StyleConfig, weights: VGGWeights, mesh: Mesh) -> None:
@@ -88,14 +54,6 @@ def _check_memory(items: list[Item], config: StyleConfig, weights: VGGWeights, m
     devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
     memory.check_fits(hw, styles, config, batch=-(-n // mesh.devices.size), devices=devices,
                       network=weights.network)
-
-
-def _one_style(item: Item) -> SharedStyle | None:
-    """The item's style when it takes one plain style (no blend, no masks): the same
-    replicated-style programs as ``stylize_batch``'s ``"broadcast"``."""
-    if len(item.styles) > 1 or item.blend is not None or item.masks is not None:
-        return None
-    return SharedStyle(item.styles[0], item.style_keys[0], item.style_scales[0])
 
 
 def _default_device() -> jax.Device:
@@ -136,7 +94,7 @@ def stylize(
     styles = list(style) if isinstance(style, (list, tuple)) else [style]
     if not styles:
         raise NstError("at least one style image is needed")
-    _checked(config, weights, init_image)
+    check_run(config, weights, init_image)
     content = imageops.as_rgb01(content, "content image")
     styles = [imageops.as_rgb01(s, f"style image {i + 1}") for i, s in enumerate(styles)]
     item = make_item(0, content, list(enumerate(styles)), config, n_styles=len(styles),
@@ -144,29 +102,12 @@ def stylize(
     mesh = sharding.batch_mesh([_default_device()])
     if check_memory:
         _check_memory([item], config, weights, mesh)
-    engine = Engine(config, weights, mesh, shared_style=_one_style(item),
+    engine = Engine(config, weights, mesh, shared_style=one_style(item),
                     regions=0 if item.masks is None else len(styles), init_image=init_image,
                     on_chunk=on_chunk,
                     report_every=config.save_every if report_every is None else report_every)
     (result,) = engine.run_group(item.shapes, (1,), [item])
     return result
-
-
-def _pairs(contents, styles, pairing) -> list[tuple[int, int]]:
-    if isinstance(pairing, str):
-        return pair_indices(len(contents), len(styles), pairing) if contents else []
-    pairs = [(int(c), int(s)) for c, s in pairing]
-    bad = [p for p in pairs if not (0 <= p[0] < len(contents) and 0 <= p[1] < len(styles))]
-    if bad:
-        raise NstError(f"pairs {bad} name images that were not given")
-    return pairs
-
-
-def _batch_items(contents, styles, pairs, config: StyleConfig) -> list[Item]:
-    rgb_c = {c: imageops.as_rgb01(contents[c], f"content image {c + 1}") for c, _ in pairs}
-    rgb_s = {s: imageops.as_rgb01(styles[s], f"style image {s + 1}") for _, s in pairs}
-    return [make_item(i, rgb_c[c], [(s, rgb_s[s])], config, n_styles=len(styles))
-            for i, (c, s) in enumerate(pairs)]
 
 
 def iter_stylize_batch(
@@ -180,10 +121,10 @@ def iter_stylize_batch(
     styles = list(styles) if isinstance(styles, (list, tuple)) else [styles]
     if not styles and contents:
         raise NstError("at least one style image is needed")
-    pairs = _pairs(contents, styles, pairing)
+    pairs = pairs_of(contents, styles, pairing)
     mesh = mesh or sharding.batch_mesh()
-    _checked(config, weights, init_image)
-    items = _batch_items(contents, styles, pairs, config)
+    check_run(config, weights, init_image)
+    items = batch_items(contents, styles, pairs, config)
     if check_memory:
         _check_memory(items, config, weights, mesh)
     groups = sharding.gather_counts([it.key for it in items], 2 * config.scales)
