@@ -34,7 +34,8 @@ def test_jj_spellings_are_rewritten():
                    "--output", "o.png", "--style-blend", "0.7,0.3", "--original-colors",
                    "--init", "random", "--lr=2", "--content-weight", "5"]  # mark: gatys
     assert notes and "-backend" in notes[0]
-    assert argv_lib.translate(["-original_colors", "0", "-o", "x.png"], p)[0] == ["-o", "x.png"]
+    assert argv_lib.translate(["-original_colors", "0", "-o", "x.png"], p)[0] == [
+        "--jcjohnson-style", "-o", "x.png"]
 
 
 @pytest.mark.parametrize("args,match", [
