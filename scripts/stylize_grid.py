@@ -105,7 +105,7 @@ def main() -> None:
     config = get_preset(args.preset).replace(size=args.size, steps=args.steps)
     weights = resolve_weights(args.weights)
     start = time.perf_counter()
-    results = stylize_batch(contents, styles, config, weights, pairing="product", progress=True)
+    results = stylize_batch(contents, styles, config, weights, pairing="product")
     seconds = time.perf_counter() - start
     names = lambda xs: [Path(x).stem for x in xs]  # noqa: E731
     image_io.save_image(args.output, compose_grid(contents, styles, results, args.cell,
