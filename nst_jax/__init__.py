@@ -9,8 +9,8 @@ Public API (all pure functions take ONE image or feature map; batch with ``jax.v
   :func:`style_loss`, :func:`total_variation_loss`, :func:`style_transfer_loss`,
   :func:`compute_targets`;
 * stylization: :class:`StyleConfig` (:class:`LossSpec`, :class:`OptimSpec`, :class:`RunSpec`),
-  :func:`get_preset`, :func:`stylize`, :func:`stylize_batch` (results :class:`StylizeResult`,
-  per-chunk :class:`ChunkReport`).
+  :func:`get_preset`, :func:`stylize`, :func:`stylize_batch`, :func:`sweep` (a grid of
+  settings in one batch) (results :class:`StylizeResult`, per-chunk :class:`ChunkReport`).
 
 Everything else lives in its module (``nst_jax.run.sharding``, ``nst_jax.image_io``, ...) and is
 importable from there; the names below are the stable surface.
@@ -38,6 +38,8 @@ from nst_jax.optimize import OptimSpec as OptimSpec
 from nst_jax.preprocessing import Preprocessing as Preprocessing
 from nst_jax.run.results import ChunkReport as ChunkReport
 from nst_jax.run.results import StylizeResult as StylizeResult
+from nst_jax.run.sweep import SweepPoint as SweepPoint
+from nst_jax.run.sweep import sweep as sweep
 from nst_jax.run.transfer import stylize as stylize
 from nst_jax.run.transfer import stylize_batch as stylize_batch
 from nst_jax.vgg import NETWORKS as NETWORKS
@@ -54,9 +56,9 @@ __version__ = "0.1.0"
 __all__ = [
     "CONVENTIONS", "DEFAULT_PRESETS", "NETWORKS", "PRESETS", "VGG", "VGG16", "VGG19",
     "ChunkReport", "LossConvention", "LossSpec", "NstError", "OptimSpec", "Preprocessing",
-    "RunSpec", "StyleConfig", "StylizeResult", "VGGWeights",
+    "RunSpec", "StyleConfig", "StylizeResult", "SweepPoint", "VGGWeights",
     "compute_targets", "content_loss", "extract_features", "get_preset", "gram_matrix",
     "load_weights", "random_weights", "resolve_weights", "style_layer_loss", "style_loss",
-    "style_transfer_loss", "stylize", "stylize_batch", "total_variation_loss",
+    "style_transfer_loss", "stylize", "stylize_batch", "sweep", "total_variation_loss",
 ]
 

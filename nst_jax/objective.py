@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +88,19 @@ class LossSpec:
         check_choice(self.dtype, "dtype", DTYPES)
         check_int(self.regions, "regions", minimum=0)
 
+    def structure(self) -> "LossSpec":
+        """The spec without its traced values (:class:`LossValues`): what changes a compiled
+        program (layers, convention, pooling, dtype, remat, regions). Two specs that differ only
+        in weights share every program."""
+        return dataclasses.replace(self, content_weight=1.0, style_weight=1.0, tv_weight=1.0,
+                                   style_layer_weights=None)
+
+    def values(self) -> "LossValues":
+        """The weights that enter the compiled programs as arrays."""
+        f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+        return LossValues(f32(self.content_weight), f32(self.style_weight), f32(self.tv_weight),
+                          f32(list(self.layer_weights.values())))
+
     @property
     def layer_weights(self) -> dict[str, float]:
         """``{style_layer: w_l}``."""
@@ -107,6 +120,17 @@ class LossSpec:
     @property
     def jnp_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
+
+
+class LossValues(NamedTuple):
+    """A :class:`LossSpec`'s weights as traced arrays: ``α``, ``β``, ``γ`` (scalars) and
+    ``w_l`` ``(L,)`` in the order of ``style_layers``. A new value reuses the compiled programs;
+    a sweep ``vmap``s over them."""
+
+    content_weight: jax.Array
+    style_weight: jax.Array
+    tv_weight: jax.Array
+    style_layer_weights: jax.Array
 
 
 def features_for(weights: VGGWeights, image: jax.Array, layers: Sequence[str], spec: LossSpec):
@@ -273,9 +297,14 @@ def _style_term(f: jax.Array, targets: Targets, layer: str, conv) -> jax.Array:
 
 
 def style_transfer_loss(
-    image: jax.Array, targets: Targets, weights: VGGWeights, spec: LossSpec
+    image: jax.Array, targets: Targets, weights: VGGWeights, spec: LossSpec,
+    values: LossValues | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Total loss of one ``(H, W, 3)`` image and its terms.
+
+    ``values`` are the weights ``α, β, γ, w_l`` as arrays (default: ``spec.values()``), so that
+    the compiled programs take them as inputs (:meth:`LossSpec.structure` is then enough as
+    the static spec).
 
     Returns:
       ``(total, aux)``: float32 scalar and ``{"content": Σ, "style": Σ, "tv": γ TV,
@@ -288,15 +317,17 @@ def style_transfer_loss(
     image = imageops.checked_image(image)
     feats = features_for(weights, image, spec.all_layers, spec)
     _check_sizes(image, feats, targets, spec)
-    cw, lw = spec.content_layer_weights, spec.layer_weights
+    v = spec.values() if values is None else values
+    cw = spec.content_layer_weights
     content_terms = {
-        k: spec.content_weight * cw[k]
+        k: v.content_weight * cw[k]
         * losses.content_loss(feats[k], targets["content"][k], convention=conv)
         for k in spec.content_layers
     }
-    style_terms = {k: spec.style_weight * lw[k] * _style_term(feats[k], targets, k, conv)
-                   for k in spec.style_layers}
-    tv = spec.tv_weight * losses.total_variation_loss(image, kind=conv.tv, scale=conv.tv_scale)
+    style_terms = {k: v.style_weight * v.style_layer_weights[i]
+                   * _style_term(feats[k], targets, k, conv)
+                   for i, k in enumerate(spec.style_layers)}
+    tv = v.tv_weight * losses.total_variation_loss(image, kind=conv.tv, scale=conv.tv_scale)
     content_total, style_total = losses.sum_terms(content_terms), losses.sum_terms(style_terms)
     aux = {"content": content_total, "style": style_total, "tv": tv,
            "content_layers": content_terms, "style_layers": style_terms}

@@ -75,6 +75,20 @@ class OptimSpec:
         if self.output_iterate == "ema" and self.ema_decay == 0:
             raise NstError("output iterate 'ema' needs an EMA decay > 0 (e.g. --ema-decay 0.95)")
 
+    def structure(self) -> "OptimSpec":
+        """The spec with its traced values (:class:`OptimValues`) replaced by placeholders that
+        keep only what changes a compiled program: the optimiser, its memory, whether L-BFGS's
+        line search picks every step (learning rate 1), whether an average is kept and which
+        image is reported. Two specs that differ only in values share every program."""
+        keep = (self.optimizer == "lbfgs" and self.learning_rate == 1.0)
+        return dataclasses.replace(
+            self, learning_rate=1.0 if keep else 0.5, adam_b1=0.5, adam_b2=0.5, adam_eps=0.5,
+            ema_decay=0.5 if self.ema_decay > 0 else 0.0, output_iterate=self.reported)
+
+    def values(self) -> "OptimValues":
+        """The settings that enter the compiled programs as arrays (float32 scalars)."""
+        return OptimValues(*(jnp.asarray(getattr(self, f), jnp.float32) for f in OptimValues._fields))
+
     @property
     def reported(self) -> str:
         """``output_iterate`` resolved: ``"best"``, ``"last"`` or ``"ema"``."""
@@ -83,12 +97,26 @@ class OptimSpec:
         return "ema" if self.ema_decay > 0 else "best"
 
 
-def make_optimizer(spec: OptimSpec) -> optax.GradientTransformationExtraArgs:
-    """optax Adam with the spec's hyper-parameters, or L-BFGS with a zoom line search."""
+class OptimValues(NamedTuple):
+    """An :class:`OptimSpec`'s numbers as traced arrays: a new value reuses the programs, and a
+    sweep ``vmap``s over them (as optax's ``inject_hyperparams`` passes hyper-parameters)."""
+
+    learning_rate: jax.Array
+    adam_b1: jax.Array
+    adam_b2: jax.Array
+    adam_eps: jax.Array
+    ema_decay: jax.Array
+
+
+def make_optimizer(spec: OptimSpec, values: OptimValues | None = None,
+                   ) -> optax.GradientTransformationExtraArgs:
+    """optax Adam with the hyper-parameters ``values`` (default: the spec's), or L-BFGS with a
+    zoom line search."""
+    v = spec.values() if values is None else values
     if spec.optimizer == "adam":
-        return optax.adam(spec.learning_rate, b1=spec.adam_b1, b2=spec.adam_b2, eps=spec.adam_eps)
+        return optax.adam(v.learning_rate, b1=v.adam_b1, b2=v.adam_b2, eps=v.adam_eps)
     if spec.optimizer == "lbfgs":
-        lr = None if spec.learning_rate == 1.0 else spec.learning_rate
+        lr = None if spec.learning_rate == 1.0 else v.learning_rate
         linesearch = optax.scale_by_zoom_linesearch(max_linesearch_steps=20,
                                                     initial_guess_strategy="one")
         return optax.lbfgs(learning_rate=lr, memory_size=spec.lbfgs_memory, linesearch=linesearch)
@@ -115,10 +143,12 @@ def objective_for(loss_fn: LossFn, spec: OptimSpec) -> LossFn:
     return loss_fn
 
 
-def init_state(image: jax.Array, loss_fn: LossFn, spec: OptimSpec) -> RunState:
-    """Fresh state at ``image`` (``(H, W, 3)`` in ``[0, 1]``)."""
+def init_state(image: jax.Array, loss_fn: LossFn, spec: OptimSpec,
+               values: OptimValues | None = None) -> RunState:
+    """Fresh state at ``image`` (``(H, W, 3)`` in ``[0, 1]``); ``values`` as in
+    :func:`make_optimizer`."""
     image = image.astype(jnp.float32)
-    opt = make_optimizer(spec)
+    opt = make_optimizer(spec, values)
     opt_state = opt.init(image)
     if spec.optimizer == "lbfgs":
         f = objective_for(loss_fn, spec)
@@ -137,9 +167,9 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def _step(state: RunState, loss_fn: LossFn, spec: OptimSpec):
+def _step(state: RunState, loss_fn: LossFn, spec: OptimSpec, values: OptimValues | None):
     """One optimiser step; returns ``(new_state, loss, terms)`` (terms NaN for L-BFGS)."""
-    opt = make_optimizer(spec)
+    opt = make_optimizer(spec, values)
     f = objective_for(loss_fn, spec)
     x = state.image
     nan = jnp.asarray(jnp.nan, jnp.float32)
@@ -163,8 +193,8 @@ def _step(state: RunState, loss_fn: LossFn, spec: OptimSpec):
     shown = jnp.clip(x, 0.0, 1.0)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
     new_x = keep(new_x, x)
-    d = spec.ema_decay
-    ema = d * state.ema_image + (1.0 - d) * jnp.clip(new_x, 0.0, 1.0) if d > 0 else new_x
+    d = (spec.values() if values is None else values).ema_decay
+    ema = d * state.ema_image + (1.0 - d) * jnp.clip(new_x, 0.0, 1.0) if spec.ema_decay > 0 else new_x
     new_state = RunState(
         image=new_x,
         opt_state=keep(new_opt, state.opt_state),
@@ -179,9 +209,11 @@ def _step(state: RunState, loss_fn: LossFn, spec: OptimSpec):
 
 
 def run_chunk(
-    state: RunState, n: jax.Array, loss_fn: LossFn, spec: OptimSpec, chunk: int
+    state: RunState, n: jax.Array, loss_fn: LossFn, spec: OptimSpec, chunk: int,
+    values: OptimValues | None = None,
 ) -> tuple[RunState, dict[str, jax.Array]]:
-    """Runs ``min(n, chunk)`` steps, stopping early on divergence.
+    """Runs ``min(n, chunk)`` steps, stopping early on divergence (``values`` as in
+    :func:`make_optimizer`).
 
     Returns the new state and ``{"total", "content", "style", "tv"}`` histories of shape
     ``(chunk,)``, NaN where no step ran (and for the terms under L-BFGS, whose line search
@@ -196,7 +228,7 @@ def run_chunk(
 
     def body(carry):
         i, s, hist = carry
-        s, loss, terms = _step(s, loss_fn, spec)
+        s, loss, terms = _step(s, loss_fn, spec, values)
         hist = dict(hist, total=hist["total"].at[i].set(loss))
         for k, v in terms.items():
             hist[k] = hist[k].at[i].set(v)

@@ -131,7 +131,7 @@ def _device_checks() -> dict:
     report["collectives"] = [op for op in ("all-gather", "all-reduce", "collective-permute",
                                            "all-to-all", "reduce-scatter") if op in hlo]
     report["state_specs"] = sorted({tuple(a.sharding.spec) for a in jax.tree.leaves(args[0])})
-    report["weight_specs"] = sorted({tuple(a.sharding.spec) for a in jax.tree.leaves(args[3])})
+    report["weight_specs"] = sorted({tuple(a.sharding.spec) for a in jax.tree.leaves(args[3:5])})
     report["state_rows"] = int(jax.tree.leaves(args[0])[0].shape[0])
 
     diffs, shapes_out, losses = [], [], []
@@ -196,7 +196,7 @@ def test_step_compiles_once_per_shape_group(device_report):
 
 def test_batch_axis_is_sharded_without_cross_device_traffic(device_report):
     assert device_report["state_specs"] == [["batch"]]  # every leaf of every image's state
-    assert device_report["weight_specs"] == [[]]  # replicated
+    assert device_report["weight_specs"] == [[]]  # values and weights replicated
     assert device_report["state_rows"] % 4 == 0  # padded to the device count
     assert device_report["collectives"] == []
 

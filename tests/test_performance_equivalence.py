@@ -234,11 +234,13 @@ def test_compiled_adam_step_equals_plain_adam_step(weights, images):
     optim = dataclasses.replace(OptimSpec(), adam_eps=10.0 * float(jnp.max(jnp.abs(g0))))
     weights = weights.prepare(spec.jnp_dtype)  # as the engine does, outside the jitted chunk
     assert kernels.prepared_kind(weights.prepared) == "cpu"
-    kw = dict(spec=spec, optim=optim, shared=True, mesh=sharding.batch_mesh(jax.devices()[:1]))
+    kw = dict(spec=spec, optim=optim, shared=True, swept=False,
+              mesh=sharding.batch_mesh(jax.devices()[:1]))
+    values = {"loss": spec.values(), "optim": optim.values()}
     rows = {"content": jax.tree.map(lambda a: a[None], targets["content"]),
             "style": targets["style"]}
-    state = programs.init(x[None], rows, weights, **kw)
-    state, hist = programs.chunk(state, jnp.int32(1), rows, weights, chunk=2, **kw)
+    state = programs.init(x[None], rows, values, weights, **kw)
+    state, hist = programs.chunk(state, jnp.int32(1), rows, values, weights, max_steps=2, **kw)
     state, hist = jax.tree.map(lambda a: a[0], (state, hist))
     opt = optax.adam(optim.learning_rate, b1=optim.adam_b1, b2=optim.adam_b2, eps=optim.adam_eps)
     upd, _ = opt.update(g0, opt.init(x), x)

@@ -51,6 +51,11 @@ class _Row:
     alive: bool = True  # not diverged
 
 
+def _values(config: StyleConfig) -> dict:
+    """The numbers the programs take as an argument (see :mod:`nst_jax.run.programs`)."""
+    return {"loss": config.loss.values(), "optim": config.optim.values()}
+
+
 def _floats(tree) -> Any:
     return jax.tree.map(float, jax.device_get(tree))
 
@@ -60,7 +65,9 @@ class Engine:
     """Runs groups of items with one config, one set of weights (local or replicated) and one
     ``"batch"`` mesh; ``shared_style`` is the style every item takes, if one does; ``regions``
     the masked style regions per item; ``init_image`` the start image when ``config.init`` is a
-    path; ``on_chunk`` the observer; chunks end on every multiple of ``report_every`` (0: any)."""
+    path; ``on_chunk`` the observer; chunks end on every multiple of ``report_every`` (0: any).
+    ``sweep``: one config per item (by ``Item.index``) that differ only in their values
+    (:meth:`~nst_jax.objective.LossSpec.values`): the programs take them per row."""
 
     config: StyleConfig
     weights: VGGWeights
@@ -70,15 +77,18 @@ class Engine:
     init_image: Any = None
     on_chunk: ChunkHook | None = None
     report_every: int = 0
+    sweep: list[StyleConfig] | None = None
 
     def __post_init__(self):
-        self.spec = dataclasses.replace(self.config.loss, regions=self.regions)
+        # Programs are compiled for the settings' structure; their numbers are an argument.
+        self.spec = dataclasses.replace(self.config.loss, regions=self.regions).structure()
         self.mesh_weights = sharding.replicate(self.weights, self.mesh)
         # Kernels prepared once for every step program (plain weights for targets and results).
         self.step_weights = programs.prepare(self.mesh_weights, spec=self.spec, mesh=self.mesh)
         self.grams = GramCache(sharding.local_copy(self.weights), self.spec, self.mesh)
-        self.kw = dict(spec=self.spec, optim=self.config.optim, mesh=self.mesh,
-                       shared=self.shared_style is not None)
+        self.kw = dict(spec=self.spec, optim=self.config.optim.structure(), mesh=self.mesh,
+                       shared=self.shared_style is not None, swept=self.sweep is not None)
+        self.values = sharding.replicate(_values(self.config), self.mesh)
         # Agreement with other processes only when the mesh spans them.
         self.collective = len({d.process_index for d in self.mesh.devices.flat}) > 1
         self.start = time.perf_counter()
@@ -99,6 +109,11 @@ class Engine:
         layout = sharding.slot_layout(self.mesh, counts)
         rows = [_Row(it, s) for it, s in zip(members, layout.local_slots)]
         state, offset, self.step_seconds = None, 0, None
+        values = self.values
+        if self.sweep is not None:
+            per_row = [_values(self.sweep[it.index]) for it in members]
+            values = sharding.put_rows(fill_rows(layout, per_row, _values(self.config)), layout,
+                                       self.mesh)
         for scale, hw in enumerate(shapes):
             targets, contents, firsts = group_targets(
                 members, hw, layout=layout, mesh=self.mesh, weights=self.mesh_weights,
@@ -108,20 +123,21 @@ class Engine:
                          for c, s in zip(contents, firsts)]
                 images = sharding.put_rows(
                     fill_rows(layout, inits, np.zeros((*hw, 3), np.float32)), layout, self.mesh)
-                state = programs.init(images, targets, self.step_weights, **self.kw)
+                state = programs.init(images, targets, values, self.step_weights, **self.kw)
             else:
-                state = programs.next_scale(state, targets, self.step_weights, hw=tuple(hw),
-                                            carry=self.config.optimizer == "adam", **self.kw)
+                state = programs.next_scale(state, targets, values, self.step_weights,
+                                            hw=tuple(hw), carry=self.config.optimizer == "adam",
+                                            **self.kw)
                 if self.step_seconds is not None:  # a step costs about its pixel count
                     self.step_seconds *= hw[0] * hw[1] / np.prod(shapes[scale - 1])
             scale_start = {id(r): r.done for r in rows}
-            state = self._scale_loop(state, targets, rows, shapes, scale, offset, group)
+            state = self._scale_loop(state, (targets, values), rows, shapes, scale, offset, group)
             offset += self.config.steps_at(scale)
             last = scale == len(shapes) - 1
             if last or self.stopped or self._agree(any(not r.alive and r.final is None
                                                        for r in rows)):
-                out = sharding.local_rows(programs.finish(state, targets, self.mesh_weights,
-                                                          **self.kw))
+                out = sharding.local_rows(programs.finish(state, targets, values,
+                                                          self.mesh_weights, **self.kw))
                 for r in rows:
                     if r.final is None and (last or self.stopped or not r.alive):
                         r.final, r.steps_before = out[r.slot], scale_start[id(r)]
@@ -145,11 +161,11 @@ class Engine:
                     for s in range(scale + 1, len(shapes)))
         return self.step_seconds * (self.config.steps_at(scale) - done_in_scale + later)
 
-    def _scale_loop(self, state, targets, rows, shapes, scale, offset, group):
+    def _scale_loop(self, state, inputs, rows, shapes, scale, offset, group):
         steps, done = self.config.steps_at(scale), 0
         while done < steps:
             n = self._chunk_length(steps - done, offset + done)
-            state, hist = programs.chunk(state, np.int32(n), targets, self.step_weights,
+            state, hist = programs.chunk(state, np.int32(n), *inputs, self.step_weights,
                                          max_steps=self.config.chunk_size, **self.kw)
             dispatched = time.perf_counter()  # compilation, if any, happened in the call
             per_slot = sharding.local_rows(hist)  # waits for the chunk
@@ -159,7 +175,7 @@ class Engine:
             losses = self._absorb(per_slot, rows)
             report = None
             if self.on_chunk is not None and losses is not None:
-                report = self._report(state, targets, rows, losses, shapes, scale, offset + done,
+                report = self._report(state, inputs, rows, losses, shapes, scale, offset + done,
                                       self._eta(shapes, scale, done), group)
             stop = self._agree(bool(self.on_chunk(report)) if report is not None else False)
             self.stopped = self.stopped or stop
@@ -183,18 +199,19 @@ class Engine:
                 losses = r.history[-1]
         return losses
 
-    def _report(self, state, targets, rows, losses, shapes, scale, step, eta, group):
+    def _report(self, state, inputs, rows, losses, shapes, scale, step, eta, group):
         r = next(r for r in rows if r.alive and r.final is None)
 
         def image():
-            out = programs.reported(state, optim=self.config.optim, mesh=self.mesh)
+            out = programs.reported(state, optim=self.kw["optim"], mesh=self.mesh)
             x = np.asarray(sharding.local_rows(out)[r.slot], np.float32)
             return restore_colors(x, r.item, self.config)
 
         def terms():
             current = jax.numpy.clip(state.image, 0.0, 1.0)
-            total, aux = programs.evaluate(current, targets, self.mesh_weights, spec=self.spec,
-                                           shared=self.kw["shared"], mesh=self.mesh)
+            total, aux = programs.evaluate(current, *inputs, self.mesh_weights, spec=self.spec,
+                                           shared=self.kw["shared"], swept=self.kw["swept"],
+                                           mesh=self.mesh)
             row = sharding.local_rows({"total": total, "aux": aux})[r.slot]
             return {"total": float(row["total"]), **_floats(row["aux"])}
 

@@ -106,8 +106,13 @@ def target_axes(targets: dict[str, Any], shared: bool) -> dict[str, Any]:
     return {k: None if shared and k == "style" else 0 for k in targets}
 
 
-def _loss(targets, weights, spec):
-    return lambda x: style_transfer_loss(x, targets, weights, spec)
+def _axes(targets, shared: bool, swept: bool) -> tuple:
+    """``in_axes`` of ``(targets, values)``: values per image in a sweep, else replicated."""
+    return target_axes(targets, shared), 0 if swept else None
+
+
+def _loss(targets, values, weights, spec):
+    return lambda x: style_transfer_loss(x, targets, weights, spec, values["loss"])
 
 
 def _kernels(weights: VGGWeights, spec: LossSpec, mesh: Mesh) -> VGGWeights:
@@ -140,43 +145,49 @@ def content_targets(contents: jax.Array, weights: VGGWeights, *, spec: LossSpec,
     return _on_rows(one, mesh, (0, None))(contents, weights)
 
 
-@_compiled(("spec", "optim", "shared"))
-def init(images, targets, weights, *, spec: LossSpec, optim: OptimSpec, shared: bool, mesh):
+@_compiled(("spec", "optim", "shared", "swept"))
+def init(images, targets, values, weights, *, spec: LossSpec, optim: OptimSpec, shared: bool,
+         swept: bool, mesh):
     """Fresh optimiser states at ``images`` ``(B, H, W, 3)``."""
     weights = _kernels(weights, spec, mesh)
-    one = lambda x, t, w: init_state(x, _loss(t, w, spec), optim)  # noqa: E731
-    return _on_rows(one, mesh, (0, target_axes(targets, shared), None))(images, targets, weights)
+    one = lambda x, t, v, w: init_state(x, _loss(t, v, w, spec), optim, v["optim"])  # noqa: E731
+    axes = (0, *_axes(targets, shared, swept), None)
+    return _on_rows(one, mesh, axes)(images, targets, values, weights)
 
 
-@_compiled(("spec", "optim", "shared", "hw", "carry"))
-def next_scale(states, targets, weights, *, spec, optim, shared, mesh, hw, carry: bool):
+@_compiled(("spec", "optim", "shared", "swept", "hw", "carry"))
+def next_scale(states, targets, values, weights, *, spec, optim, shared, swept, mesh, hw,
+               carry: bool):
     """States at size ``hw`` started from the previous scale's reported images; ``carry`` keeps
     Adam's moments (resized, see :func:`rescale_opt_state`)."""
     weights = _kernels(weights, spec, mesh)
 
-    def one(s, t, w):
+    def one(s, t, v, w):
         old_hw = s.image.shape[:2]
-        new = init_state(imageops.resize(result_image(s, optim), hw), _loss(t, w, spec), optim)
+        new = init_state(imageops.resize(result_image(s, optim), hw), _loss(t, v, w, spec), optim,
+                         v["optim"])
         if carry:
             new = new._replace(opt_state=rescale_opt_state(s.opt_state, hw, old_hw))
         return new
 
-    return _on_rows(one, mesh, (0, target_axes(targets, shared), None))(states, targets, weights)
+    axes = (0, *_axes(targets, shared, swept), None)
+    return _on_rows(one, mesh, axes)(states, targets, values, weights)
 
 
-@_compiled(("spec", "optim", "shared", "max_steps"), donate=(0,))
-def chunk(states, n, targets, weights, *, spec, optim, shared, mesh, max_steps: int):
+@_compiled(("spec", "optim", "shared", "swept", "max_steps"), donate=(0,))
+def chunk(states, n, targets, values, weights, *, spec, optim, shared, swept, mesh,
+          max_steps: int):
     """``run_chunk`` on every image: ``min(n, max_steps)`` steps each; histories
     ``(B, max_steps)`` and whether each image has diverged ``(B,)``."""
     weights = _kernels(weights, spec, mesh)
 
-    def one(s, t, w, n):
-        s, hist = run_chunk(s, n, _loss(t, w, spec), optim, max_steps)
+    def one(s, t, v, w, n):
+        s, hist = run_chunk(s, n, _loss(t, v, w, spec), optim, max_steps, v["optim"])
         return s, {**hist, "diverged": s.diverged}
 
-    axes = (0, target_axes(targets, shared), None, None)
+    axes = (0, *_axes(targets, shared, swept), None, None)
     sequential = optim.optimizer == "lbfgs"  # see _each_row
-    return _on_rows(one, mesh, axes, sequential)(states, targets, weights, n)
+    return _on_rows(one, mesh, axes, sequential)(states, targets, values, weights, n)
 
 
 @_compiled(("optim",))
@@ -185,15 +196,17 @@ def reported(states, *, optim: OptimSpec, mesh: Mesh):
     return _on_rows(lambda s: result_image(s, optim), mesh, (0,))(states)
 
 
-@_compiled(("spec", "shared"))
-def evaluate(images, targets, weights, *, spec: LossSpec, shared: bool, mesh: Mesh):
+@_compiled(("spec", "shared", "swept"))
+def evaluate(images, targets, values, weights, *, spec: LossSpec, shared: bool, swept: bool,
+             mesh: Mesh):
     """``(total, aux)`` of :func:`~nst_jax.objective.style_transfer_loss` per image."""
-    one = lambda x, t, w: style_transfer_loss(x, t, w, spec)  # noqa: E731
-    return _on_rows(one, mesh, (0, target_axes(targets, shared), None))(images, targets, weights)
+    one = lambda x, t, v, w: _loss(t, v, w, spec)(x)  # noqa: E731
+    axes = (0, *_axes(targets, shared, swept), None)
+    return _on_rows(one, mesh, axes)(images, targets, values, weights)
 
 
-@_compiled(("spec", "optim", "shared"))
-def finish(states, targets, weights, *, spec, optim, shared, mesh):
+@_compiled(("spec", "optim", "shared", "swept"))
+def finish(states, targets, values, weights, *, spec, optim, shared, swept, mesh):
     """Per image: the reported image and its loss terms, the final iterate's loss, and the
     terms at the diverged iterate.
 
@@ -201,17 +214,19 @@ def finish(states, targets, weights, *, spec, optim, shared, mesh):
     under ``"best"`` it competes here: ``last_wins`` when it is lower than every earlier one.
     """
 
-    def one(s, t, w):
+    def one(s, t, v, w):
+        loss = _loss(t, v, w, spec)
         last = jnp.clip(s.image, 0.0, 1.0)
-        last_loss, _ = style_transfer_loss(last, t, w, spec)
+        last_loss, _ = loss(last)
         wins = (optim.reported == "best") & ~s.diverged & (last_loss < s.best_loss)
         image = jnp.where(wins, last, result_image(s, optim))
-        total, aux = style_transfer_loss(image, t, w, spec)
-        _, bad = style_transfer_loss(jnp.clip(s.diverged_image, 0, 1), t, w, spec)
+        total, aux = loss(image)
+        _, bad = loss(jnp.clip(s.diverged_image, 0, 1))
         return {"image": image, "loss": total, "terms": aux, "bad": bad, "last_loss": last_loss,
                 "last_wins": wins, "steps": s.step, "diverged": s.diverged}
 
-    return _on_rows(one, mesh, (0, target_axes(targets, shared), None))(states, targets, weights)
+    axes = (0, *_axes(targets, shared, swept), None)
+    return _on_rows(one, mesh, axes)(states, targets, values, weights)
 
 
 def rescale_opt_state(opt_state, shape_hw: tuple[int, int], old_hw: tuple[int, int]):

@@ -43,7 +43,8 @@ from nst_jax.weights.container import VGGWeights
 compile_count = programs.compile_count
 
 
-def _check_memory(items: list[Item], config: StyleConfig, weights: VGGWeights, mesh: Mesh) -> None:
+def check_memory_fits(items: list[Item], config: StyleConfig, weights: VGGWeights,
+                      mesh: Mesh) -> None:
     """Before compiling: the largest group of one final shape, per device, must fit."""
     if not items:
         return
@@ -101,7 +102,7 @@ def stylize(
                      blend=style_blend, masks=masks)
     mesh = sharding.batch_mesh([_default_device()])
     if check_memory:
-        _check_memory([item], config, weights, mesh)
+        check_memory_fits([item], config, weights, mesh)
     engine = Engine(config, weights, mesh, shared_style=one_style(item),
                     regions=0 if item.masks is None else len(styles), init_image=init_image,
                     on_chunk=on_chunk,
@@ -126,7 +127,7 @@ def iter_stylize_batch(
     check_run(config, weights, init_image)
     items = batch_items(contents, styles, pairs, config)
     if check_memory:
-        _check_memory(items, config, weights, mesh)
+        check_memory_fits(items, config, weights, mesh)
     groups = sharding.gather_counts([it.key for it in items], 2 * config.scales)
     shared = None
     if pairing == "broadcast" and config.preserve_colors == "none" and styles:
