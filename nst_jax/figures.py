@@ -224,3 +224,79 @@ def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default(size=size)  # scalable font when Pillow has FreeType
     except (TypeError, ValueError, OSError, ImportError):
         return ImageFont.load_default()
+
+
+def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[str], path: PathLike, *,
+                  columns: int, height: int = 160) -> np.ndarray:
+    """Writes images in a grid of ``columns``, each scaled to ``height`` px with its label
+    (one or more lines) underneath; returns the sheet as float32 ``(H, W, 3)`` in ``[0, 1]``."""
+    check_output_path(path)
+    font = label_font(11)
+    tiles = []
+    for img in images:
+        arr = np.asarray(img, np.float32)
+        width = max(1, round(arr.shape[1] * height / arr.shape[0]))
+        tiles.append(Image.fromarray(np.round(np.clip(
+            resize_image(arr, (height, width)), 0, 1) * 255).astype(np.uint8)))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_h = max(probe.multiline_textbbox((0, 0), str(lab), font=font)[3] for lab in labels)
+    cell_w = max(max(t.width for t in tiles),
+                 max(probe.multiline_textbbox((0, 0), str(lab), font=font)[2] for lab in labels))
+    cell_h = height + text_h + 2 * _PAD
+    rows = -(-len(tiles) // columns)
+    canvas = Image.new("RGB", (columns * (cell_w + _PAD) + _PAD, rows * cell_h + _PAD), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (tile, label) in enumerate(zip(tiles, labels)):
+        x, y = _PAD + (i % columns) * (cell_w + _PAD), _PAD + (i // columns) * cell_h
+        canvas.paste(tile, (x + (cell_w - tile.width) // 2, y))
+        draw.multiline_text((x + cell_w // 2, y + height + 4), str(label), fill="black",
+                            font=font, anchor="ma", align="center")
+    sheet = np.asarray(canvas, np.float32) / np.float32(255.0)
+    save_image(path, sheet)
+    return sheet
+
+
+def scatter(points: Sequence[tuple[float, float, str, bool]], path: PathLike, *, xlabel: str,
+            ylabel: str, title: str, size: tuple[int, int] = (640, 480)) -> np.ndarray:
+    """Writes a labelled scatter plot of ``(x, y, label, marked)`` points (marked ones drawn as
+    red squares), linear axes, Pillow only; returns the image as float32 in ``[0, 1]``."""
+    check_output_path(path)
+    width, height = size
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    font = label_font(12)
+    left, right, top, bottom = 70, width - 30, 36, height - 50
+    xs = np.array([p[0] for p in points], float)
+    ys = np.array([p[1] for p in points], float)
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    x0, x1 = (xs[ok].min(), xs[ok].max()) if ok.any() else (0.0, 1.0)
+    y0, y1 = (ys[ok].min(), ys[ok].max()) if ok.any() else (0.0, 1.0)
+    padx, pady = max((x1 - x0) * 0.08, 1e-3), max((y1 - y0) * 0.08, 1e-3)
+    x0, x1, y0, y1 = x0 - padx, x1 + padx, y0 - pady, y1 + pady
+
+    def px(x, y):
+        return (left + (x - x0) / (x1 - x0) * (right - left),
+                bottom - (y - y0) / (y1 - y0) * (bottom - top))
+
+    draw.text((width // 2, 10), title, fill="black", font=font, anchor="mt")
+    draw.text(((left + right) // 2, height - 8), xlabel, fill="black", font=font, anchor="mb")
+    draw.text((8, top - 20), ylabel, fill="black", font=font)
+    for t in _nice_ticks(x0, x1):
+        u = px(t, y0)[0]
+        draw.line([(u, top), (u, bottom)], fill=(230, 230, 230))
+        draw.text((u, bottom + 6), f"{t:.3g}", fill="black", font=font, anchor="mt")
+    for t in _nice_ticks(y0, y1):
+        v = px(x0, t)[1]
+        draw.line([(left, v), (right, v)], fill=(230, 230, 230))
+        draw.text((left - 6, v), f"{t:.3g}", fill="black", font=font, anchor="rm")
+    draw.rectangle([left, top, right, bottom], outline="black")
+    for (x, y, label, marked), good in zip(points, ok):
+        if not good:
+            continue
+        u, v = px(x, y)
+        box = [u - 5, v - 5, u + 5, v + 5]
+        (draw.rectangle if marked else draw.ellipse)(box, fill="#d62728" if marked else "#1f77b4")
+        draw.text((u + 8, v - 6), label, fill="black", font=font)
+    figure = np.asarray(img, np.float32) / np.float32(255.0)
+    save_image(path, figure)
+    return figure
