@@ -12,14 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax import (
-    convert,
-    torch_import,
-    vgg,
-    weights_file,
-    weights_sources,
-    weights_store,
-)
+from nst_jax import vgg
+from nst_jax.weights import convert, torch_import
+from nst_jax.weights import file as weights_file
+from nst_jax.weights import sources as weights_sources
+from nst_jax.weights import store as weights_store
 from nst_jax import preprocessing as prep_lib
 from nst_jax.weights import container as weights_lib
 from nst_jax.cli import main
