@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from nst_jax.errors import NstError
+from nst_jax.kernels import XLA, Kernels
 from nst_jax.preprocessing import preprocess
 from nst_jax.vgg import VGG
 from nst_jax.weights.container import VGGWeights
@@ -28,6 +29,7 @@ def extract_features(
     pooling: str = "max",
     dtype: jnp.dtype | None = None,
     remat: bool = False,
+    kernels: Kernels = XLA,
 ) -> dict[str, jax.Array]:
     """Activations of the weights' VGG (``weights.network``) at ``layers`` for one image.
 
@@ -42,6 +44,8 @@ def extract_features(
       dtype: activation dtype; defaults to ``image.dtype`` (``bfloat16`` gives mixed precision).
       remat: recompute each block's activations in the backward pass (``jax.checkpoint``) instead
         of storing them, trading compute for memory on large images.
+      kernels: the implementation and its precomputed kernels (:func:`nst_jax.kernels.prepare`
+        of these weights' parameters); plain XLA by default.
 
     Returns:
       ``{layer: (H_l, W_l, C_l)}`` in ``dtype``; ``H_l = H // 2**k`` after ``k`` poolings.
@@ -63,7 +67,6 @@ def extract_features(
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.dtype(jnp.float32)
     x = preprocess(image.astype(dtype), weights.preprocessing)
-    module = VGG(network=weights.network, pooling=pooling, dtype=dtype, remat=remat)
-    return module.apply(
-        {"params": weights.params}, x, layers=tuple(layers), prepared=weights.prepared
-    )
+    module = VGG(network=weights.network, pooling=pooling, dtype=dtype, remat=remat,
+                 kernels=kernels.kind)
+    return module.apply({"params": weights.params}, x, layers=layers, prepared=kernels.tree)

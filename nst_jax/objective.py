@@ -22,6 +22,7 @@ from nst_jax import imageops, losses
 from nst_jax.checks import check_choice, check_int, check_nonnegative, plain_fields
 from nst_jax.errors import NstError
 from nst_jax.features import check_weights, extract_features
+from nst_jax.kernels import XLA, Kernels
 from nst_jax.vgg import POOLINGS, canonical_layer
 from nst_jax.weights.container import VGGWeights
 
@@ -109,16 +110,21 @@ class LossSpec:
         return jnp.dtype(self.dtype)
 
 
-def features_for(weights: VGGWeights, image: jax.Array, layers: Sequence[str], spec: LossSpec):
+def features_for(
+    weights: VGGWeights, image: jax.Array, layers: Sequence[str], spec: LossSpec, *,
+    kernels: Kernels = XLA,
+):
     """:func:`extract_features` with the spec's pooling, dtype and remat."""
     return extract_features(weights, image.astype(spec.jnp_dtype), layers, pooling=spec.pooling,
-                            remat=spec.remat)
+                            remat=spec.remat, kernels=kernels)
 
 
-def style_grams(weights: VGGWeights, style: jax.Array, spec: LossSpec) -> dict[str, jax.Array]:
+def style_grams(
+    weights: VGGWeights, style: jax.Array, spec: LossSpec, *, kernels: Kernels = XLA,
+) -> dict[str, jax.Array]:
     """``{layer: (C_l, C_l)}`` float32 Gram matrices of one ``(H, W, 3)`` style image."""
     norm = losses.get_convention(spec.convention).gram_norm
-    feats = features_for(weights, style, spec.style_layers, spec)
+    feats = features_for(weights, style, spec.style_layers, spec, kernels=kernels)
     return {k: losses.gram_matrix(v, normalization=norm) for k, v in feats.items()}
 
 
@@ -273,9 +279,13 @@ def _style_term(f: jax.Array, targets: Targets, layer: str, conv) -> jax.Array:
 
 
 def style_transfer_loss(
-    image: jax.Array, targets: Targets, weights: VGGWeights, spec: LossSpec
+    image: jax.Array, targets: Targets, weights: VGGWeights, spec: LossSpec, *,
+    kernels: Kernels = XLA,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Total loss of one ``(H, W, 3)`` image and its terms.
+
+    ``kernels`` (:func:`nst_jax.kernels.prepare`) picks the network's implementation: plain XLA
+    by default (both AD modes), or the CPU-tuned kernels prepared outside the step loop.
 
     Returns:
       ``(total, aux)``: float32 scalar and ``{"content": Σ, "style": Σ, "tv": γ TV,
@@ -286,7 +296,7 @@ def style_transfer_loss(
     conv = losses.get_convention(spec.convention)
     check_targets(targets, spec)
     image = imageops.checked_image(image)
-    feats = features_for(weights, image, spec.all_layers, spec)
+    feats = features_for(weights, image, spec.all_layers, spec, kernels=kernels)
     _check_sizes(image, feats, targets, spec)
     cw, lw = spec.content_layer_weights, spec.layer_weights
     content_terms = {

@@ -1,8 +1,8 @@
 """Forward-mode AD (``jax.jvp``, ``jax.jacfwd``) through the public losses and the plain network.
 
-Unprepared weights run plain XLA (``nst_jax.kernels``' ``"xla"`` choice), whose convolution and
-pooling JAX differentiates in both modes; the Gram matrix has a custom JVP. References: central
-central finite differences (float32, steps and tolerances sized for it) and reverse mode.
+The objective runs plain XLA by default (``nst_jax.kernels``' ``"xla"`` choice), whose
+convolution and pooling JAX differentiates in both modes; the Gram matrix has a custom JVP.
+References: central finite differences (float32, steps and tolerances sized for it) and reverse mode.
 """
 
 from __future__ import annotations
@@ -44,8 +44,7 @@ def problem():
 
 
 def test_jvp_of_style_transfer_loss_matches_finite_difference_and_gradient(problem):
-    weights, targets, image = problem
-    assert weights.prepared is None  # plain XLA
+    weights, targets, image = problem  # the loss runs plain XLA (kernels.XLA) by default
 
     def loss(x):
         return style_transfer_loss(x, targets, weights, SPEC)[0]

@@ -26,9 +26,11 @@ def test_lbfgs_rows_keep_the_line_search_conditionals(weights, rows):
                                        one["content"]),
                "style": one["style"]}
     kw = dict(spec=spec, optim=optim, shared=True, mesh=mesh)
+    kernels = programs.prepare(weights, spec=spec, mesh=mesh)
     state = programs.init.lower(jax.ShapeDtypeStruct((rows, 16, 16, 3), jnp.float32), per_row,
-                                weights, **kw).out_info
-    text = programs.chunk.lower(state, np.int32(1), per_row, weights, chunk=2, **kw).as_text()
+                                weights, kernels, **kw).out_info
+    text = programs.chunk.lower(state, np.int32(1), per_row, weights, kernels, chunk=2,
+                                **kw).as_text()
     assert "stablehlo.case" in text
 
 
@@ -41,12 +43,13 @@ def test_lbfgs_rows_one_after_another_equal_single_runs(weights):
     rng = np.random.default_rng(3)
     images = jnp.asarray(rng.random((2, 16, 16, 3), dtype=np.float32))
     style = compute_targets(weights, images[0], images[1], config.loss)["style"]
+    kernels = programs.prepare(weights, spec=config.loss, mesh=kw["mesh"])
 
     def run(rows):
         targets = {"content": programs.content_targets(rows, weights, spec=config.loss,
                                                        mesh=kw["mesh"]), "style": style}
-        state = programs.init(rows, targets, weights, **kw)
-        state, hist = programs.chunk(state, np.int32(2), targets, weights, chunk=2, **kw)
+        state = programs.init(rows, targets, weights, kernels, **kw)
+        state, hist = programs.chunk(state, np.int32(2), targets, weights, kernels, chunk=2, **kw)
         return np.asarray(state.image), np.asarray(hist["total"])
 
     both = run(images)

@@ -94,8 +94,8 @@ class Engine:
         self.optim: OptimSpec = self.config.optim
         self.local_weights = sharding.local_copy(self.weights)
         self.mesh_weights = sharding.replicate(self.weights, self.mesh)
-        # Kernels prepared once for every step program (plain weights for targets and results).
-        self.step_weights = programs.prepare(self.mesh_weights, spec=self.spec, mesh=self.mesh)
+        # Kernels prepared once for every step program (targets and results run plain XLA).
+        self.kernels = programs.prepare(self.mesh_weights, spec=self.spec, mesh=self.mesh)
         self.grams = GramCache(self.local_weights, self.spec, self.mesh)
         # Agreement with other processes only when the mesh spans them.
         self.collective = len({d.process_index for d in self.mesh.devices.flat}) > 1
@@ -118,7 +118,7 @@ class Engine:
                  for c, s in zip(contents, firsts)]
         images = sharding.put_rows(fill_rows(layout, inits, np.zeros((*hw, 3), np.float32)),
                                    layout, self.mesh)
-        return programs.init(images, targets, self.step_weights, **self._kw)
+        return programs.init(images, targets, self.mesh_weights, self.kernels, **self._kw)
 
     # ---------------------------------------------------------------------------------------
     # The loops
@@ -140,8 +140,9 @@ class Engine:
             if state is None:
                 state = self._start(layout, members, targets, contents, firsts, hw)
             else:
-                state = programs.next_scale(state, targets, self.step_weights, hw=tuple(hw),
-                                            carry=self.config.optimizer == "adam", **self._kw)
+                state = programs.next_scale(state, targets, self.mesh_weights, self.kernels,
+                                            hw=tuple(hw), carry=self.config.optimizer == "adam",
+                                            **self._kw)
             for r in rows:
                 r.scale_done = r.done
             steps = self.config.steps_at(scale)
@@ -180,8 +181,9 @@ class Engine:
                 queued = None
                 if dispatched < steps and not halt:
                     n = self._chunk_length(dispatched, steps, report["offset"])
-                    state, hist = programs.chunk(state, np.int32(n), targets, self.step_weights,
-                                                 chunk=self.config.chunk_size, **self._kw)
+                    state, hist = programs.chunk(state, np.int32(n), targets, self.mesh_weights,
+                                                 self.kernels, chunk=self.config.chunk_size,
+                                                 **self._kw)
                     snap = (programs.snapshot(state, optim=self.optim, mesh=self.mesh)
                             if wants_snapshot else None)
                     dispatched += n

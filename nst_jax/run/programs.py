@@ -5,8 +5,8 @@ Each program is a single-image function of :mod:`nst_jax.optimize` / :mod:`nst_j
 ``jax.vmap`` over the rows a device holds (L-BFGS steps: one row after another; a single row
 runs as itself, see :func:`_each_row`) and ``jax.shard_map`` over the ``"batch"`` axis of the
 group's mesh (:mod:`nst_jax.run.sharding`). Per-image arrays — states, content features, per-image
-style targets, histories — are split over the mesh; the weights and shared style targets are
-replicated (``in_axes`` ``None``). Nothing crosses devices: every image is independent, so a
+style targets, histories — are split over the mesh; the weights, their prepared kernels and
+shared style targets are replicated (``in_axes`` ``None``). Nothing crosses devices: every image is independent, so a
 device whose images have all diverged leaves its step loop early.
 
 ``stylize`` runs a group of one on a one-device mesh through exactly these programs, so a
@@ -16,6 +16,9 @@ Static arguments (hashable): the loss and optimiser specs, whether the style tar
 shared, the mesh and the chunk length. The step program therefore compiles once per group
 shape, not per image or per chunk (:func:`compile_count`). Programs compiled for a CPU mesh get
 :data:`CPU_COMPILER_OPTIONS`; other platforms get XLA's defaults.
+
+The step programs (``init``, ``next_scale``, ``chunk``) run the network with the kernels of
+:func:`prepare`, computed once per run and passed in; targets and results run plain XLA.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-from nst_jax import imageops
+from nst_jax import imageops, kernels as kernels_lib
 from nst_jax.run import sharding
 from nst_jax.objective import LossSpec, features_for, style_grams, style_transfer_loss
 from nst_jax.optimize import OptimSpec, init_state, result_image, run_chunk
@@ -106,20 +109,17 @@ def target_axes(targets: dict[str, Any], shared: bool) -> dict[str, Any]:
     return {k: None if shared and k == "style" else 0 for k in targets}
 
 
-def _loss(targets, weights, spec):
-    return lambda x: style_transfer_loss(x, targets, weights, spec)
-
-
-def _kernels(weights: VGGWeights, spec: LossSpec, mesh: Mesh) -> VGGWeights:
-    # Kernels cast and flipped (on CPU) once per program, outside its step loop: XLA does not
-    # hoist loop invariants out of a while_loop.
-    return weights.prepare(spec.jnp_dtype, platform=platform(mesh))
+def _loss(targets, weights, kernels, spec):
+    return lambda x: style_transfer_loss(x, targets, weights, spec, kernels=kernels)
 
 
 @_compiled(("spec",))
-def prepare(weights: VGGWeights, *, spec: LossSpec, mesh: Mesh) -> VGGWeights:
-    """The weights with the step's kernels prepared (see :meth:`VGGWeights.prepare`)."""
-    return _kernels(weights, spec, mesh)
+def prepare(weights: VGGWeights, *, spec: LossSpec, mesh: Mesh) -> kernels_lib.Kernels:
+    """The step programs' kernels for the mesh's platform (:func:`~nst_jax.kernels.kernels_for`)
+    in the spec's dtype: on CPU cast, flipped and Winograd-transformed here, once, since XLA
+    does not hoist loop invariants out of the step's ``while_loop``."""
+    kind = kernels_lib.kernels_for(platform(mesh))
+    return kernels_lib.prepare(weights.params, kind, spec.jnp_dtype)
 
 
 @_compiled(("spec",))
@@ -141,42 +141,42 @@ def content_targets(contents: jax.Array, weights: VGGWeights, *, spec: LossSpec,
 
 
 @_compiled(("spec", "optim", "shared"))
-def init(images, targets, weights, *, spec: LossSpec, optim: OptimSpec, shared: bool, mesh):
-    """Fresh optimiser states at ``images`` ``(B, H, W, 3)``."""
-    weights = _kernels(weights, spec, mesh)
-    one = lambda x, t, w: init_state(x, _loss(t, w, spec), optim)  # noqa: E731
-    return _on_rows(one, mesh, (0, target_axes(targets, shared), None))(images, targets, weights)
+def init(images, targets, weights, kernels, *, spec: LossSpec, optim: OptimSpec, shared: bool,
+         mesh):
+    """Fresh optimiser states at ``images`` ``(B, H, W, 3)``; ``kernels`` from :func:`prepare`."""
+    one = lambda x, t, w, k: init_state(x, _loss(t, w, k, spec), optim)  # noqa: E731
+    axes = (0, target_axes(targets, shared), None, None)
+    return _on_rows(one, mesh, axes)(images, targets, weights, kernels)
 
 
 @_compiled(("spec", "optim", "shared", "hw", "carry"))
-def next_scale(states, targets, weights, *, spec, optim, shared, mesh, hw, carry: bool):
+def next_scale(states, targets, weights, kernels, *, spec, optim, shared, mesh, hw, carry: bool):
     """States at size ``hw`` started from the previous scale's reported images; ``carry`` keeps
     Adam's moments (resized, see :func:`rescale_opt_state`)."""
-    weights = _kernels(weights, spec, mesh)
 
-    def one(s, t, w):
+    def one(s, t, w, k):
         old_hw = s.image.shape[:2]
-        new = init_state(imageops.resize(result_image(s, optim), hw), _loss(t, w, spec), optim)
+        new = init_state(imageops.resize(result_image(s, optim), hw), _loss(t, w, k, spec), optim)
         if carry:
             new = new._replace(opt_state=rescale_opt_state(s.opt_state, hw, old_hw))
         return new
 
-    return _on_rows(one, mesh, (0, target_axes(targets, shared), None))(states, targets, weights)
+    axes = (0, target_axes(targets, shared), None, None)
+    return _on_rows(one, mesh, axes)(states, targets, weights, kernels)
 
 
 @_compiled(("spec", "optim", "shared", "chunk"), donate=(0,))
-def chunk(states, n, targets, weights, *, spec, optim, shared, mesh, chunk: int):
+def chunk(states, n, targets, weights, kernels, *, spec, optim, shared, mesh, chunk: int):
     """``run_chunk`` on every image: ``min(n, chunk)`` steps each; histories ``(B, chunk)``
     and whether each image has diverged ``(B,)``."""
-    weights = _kernels(weights, spec, mesh)
 
-    def one(s, t, w, n):
-        s, hist = run_chunk(s, n, _loss(t, w, spec), optim, chunk)
+    def one(s, t, w, k, n):
+        s, hist = run_chunk(s, n, _loss(t, w, k, spec), optim, chunk)
         return s, {**hist, "diverged": s.diverged}
 
-    axes = (0, target_axes(targets, shared), None, None)
+    axes = (0, target_axes(targets, shared), None, None, None)
     sequential = optim.optimizer == "lbfgs"  # see _each_row
-    return _on_rows(one, mesh, axes, sequential)(states, targets, weights, n)
+    return _on_rows(one, mesh, axes, sequential)(states, targets, weights, kernels, n)
 
 
 @_compiled(("optim",))
