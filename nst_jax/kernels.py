@@ -71,6 +71,9 @@ def winograd_layer(cin: int, cout: int) -> bool:
     return cin + cout >= 384 and min(cin, cout) >= 128
 
 
+# One compiled program per dtype (and parameter shapes): called outside jit, op by op, the same
+# work dispatched and compiled ~100 small programs (seconds); inside jit it is inlined.
+@functools.partial(jax.jit, static_argnames="dtype")
 def prepare_kernels(params: Params, dtype: Any = jnp.float32) -> dict:
     """The ``"cpu"`` kernels' precomputed tree of every conv layer of ``params``.
 
@@ -82,13 +85,6 @@ def prepare_kernels(params: Params, dtype: Any = jnp.float32) -> dict:
     (:func:`winograd_conv` with ``transpose=True``), so the tree is about 1× the float32
     kernels plus 16/9× those of the Winograd layers (BENCHMARKS.md).
     """
-    return _prepare_cpu(params, jnp.dtype(dtype).name)
-
-
-# One compiled program per dtype (and parameter shapes): called outside jit, op by op, the same
-# work dispatched and compiled ~100 small programs (seconds); inside jit it is inlined.
-@functools.partial(jax.jit, static_argnames="dtype")
-def _prepare_cpu(params: Params, dtype: str) -> dict:
     dtype = jnp.dtype(dtype)
     out = {}
     for name, leaves in params.items():
