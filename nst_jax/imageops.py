@@ -13,10 +13,17 @@ from nst_jax.image_io import resize_image
 
 
 def fit_longest(shape_hw: tuple[int, int], size: int) -> tuple[int, int]:
-    """``(h, w)`` scaled so that ``max(h, w) == size``, aspect ratio kept, each side >= 1."""
-    h, w = shape_hw
-    s = size / max(h, w)
-    return max(1, round(h * s)), max(1, round(w * s))
+    """``(h, w)`` scaled so that ``max(h, w) == size``, aspect ratio kept, each side >= 1.
+
+    Works both ways (enlarges small images too). The shorter side is ``side * size / longest``
+    rounded half up, in integers: exact for any size, and a half pixel always rounds the same
+    way (Python's ``round`` rounds halves to even, so 0.5 and 1.5 went opposite ways).
+    """
+    h, w = int(shape_hw[0]), int(shape_hw[1])
+    if h < 1 or w < 1 or size < 1:
+        raise ValueError(f"sizes must be positive, got {shape_hw} and {size}")
+    longest = max(h, w)
+    return tuple(max(1, (2 * v * size + longest) // (2 * longest)) for v in (h, w))
 
 
 def resize(image, shape_hw: tuple[int, int]) -> jax.Array:
@@ -42,8 +49,8 @@ def resize_host(image, shape_hw: tuple[int, int]) -> np.ndarray:
 
 
 def resize_longest(image, size: int | None) -> np.ndarray:
-    """Resize on the host (:func:`resize_host`) so the longest side is ``size`` (``None``
-    leaves the image as it is)."""
+    """Resize on the host (:func:`resize_host`) so the longest side is ``size`` (:func:`fit_longest`;
+    ``None`` leaves the image as it is)."""
     image = np.asarray(image, np.float32)
     if size is None:
         return image
