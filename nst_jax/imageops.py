@@ -160,9 +160,11 @@ def match_luminance(style_y, content_y) -> jax.Array:
 def recombine_chroma(stylized, content) -> jax.Array:
     """RGB image with the luminance of ``stylized`` and the chroma (I, Q) of ``content``.
 
-    Both are ``(H, W, 3)`` RGB of the same size; the result is clipped to ``[0, 1]`` (pixels that
-    are not clipped keep exactly the content's chroma).
+    Both are ``(H, W, 3)`` RGB; a content of another size is resized to ``stylized``'s on the
+    host (:func:`resize_host`). The result is clipped to ``[0, 1]`` (pixels that are not
+    clipped keep exactly the content's chroma).
     """
+    content = resize_host(content, np.shape(stylized)[:2])
     y = rgb_to_yiq(stylized)[..., :1]
     iq = rgb_to_yiq(content)[..., 1:]
     return jnp.clip(yiq_to_rgb(jnp.concatenate([y, iq], -1)), 0.0, 1.0)

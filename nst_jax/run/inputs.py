@@ -119,8 +119,7 @@ def restore_colors(image: np.ndarray, item: Item, config: StyleConfig) -> np.nda
     """For ``preserve_colors="luminance"``: the content's chroma on the result's luminance."""
     if config.preserve_colors != "luminance":
         return image
-    chroma = imageops.resize_host(item.content0, image.shape[:2])
-    return np.asarray(imageops.recombine_chroma(image, chroma), np.float32)
+    return np.asarray(imageops.recombine_chroma(image, item.content0), np.float32)
 
 
 def check_big_enough(content_hw, style_hws, spec: LossSpec) -> None:

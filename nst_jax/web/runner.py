@@ -51,8 +51,7 @@ class Progress:
         image = report.image()
         if self.chroma is not None:
             # The run optimises the luminance; show it with the content's colours, as the result.
-            chroma = imageops.resize_host(self.chroma, image.shape[:2])
-            image = np.asarray(imageops.recombine_chroma(image, chroma))
+            image = np.asarray(imageops.recombine_chroma(image, self.chroma))
         return {"type": "progress", "job": self.job.id, "step": int(report.step),
                 "total": int(report.total_steps), "scale": int(report.scale),
                 "n_scales": int(report.n_scales), "losses": _finite_or_none(report.losses["total"]),
