@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 import numpy as np
@@ -38,9 +37,11 @@ def setup_runtime(args: argparse.Namespace):
 
 def style_side(config: StyleConfig, index: int, n_styles: int) -> int | None:
     """Longest side style image ``index`` is used at (the size it may be decoded down to)."""
+    from nst_jax.run import inputs
+
     if config.size is None:
         return None
-    return max(8, math.ceil(config.size * config.style_scale_for(index, n_styles)))
+    return inputs.style_side(config.size, config.style_scale_for(index, n_styles))
 
 
 def check_blend(args: argparse.Namespace, n_styles: int):

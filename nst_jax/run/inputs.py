@@ -90,9 +90,15 @@ def resized_content(item: Item, side: int) -> np.ndarray:
     return imageops.resize_longest(item.content, side)
 
 
+def style_side(side: int, scale: float) -> int:
+    """Longest side of a style image used at ``scale`` with a content of longest side ``side``:
+    ``scale * side``, rounded, at least 8 px."""
+    return max(8, round(side * scale))
+
+
 def resized_style(style: np.ndarray, scale: float, side: int) -> np.ndarray:
-    """The style image at ``scale`` times the content's longest side ``side`` (at least 8 px)."""
-    return imageops.resize_longest(style, max(8, round(side * scale)))
+    """The style image with longest side :func:`style_side`."""
+    return imageops.resize_longest(style, style_side(side, scale))
 
 
 def initial_image(content: jax.Array, style: jax.Array, config: StyleConfig, init_image=None):

@@ -48,7 +48,7 @@ from nst_jax.run import memory, programs, sharding
 from nst_jax.config import StyleConfig, apply_env_caps, check_init_path
 from nst_jax.run.engine import Engine
 from nst_jax.errors import NstError
-from nst_jax.run.inputs import Item, make_item, pair_indices
+from nst_jax.run.inputs import Item, make_item, pair_indices, style_side
 from nst_jax.cli.interrupt import deferred_interrupt
 from nst_jax.run.results import Callback, ChunkHook, StylizeResult
 from nst_jax.vgg import canonical_layer
@@ -88,7 +88,7 @@ def _check_memory(items: list[Item], config: StyleConfig, weights: VGGWeights, d
         return
     big = max(items, key=lambda it: it.shapes[-1][0] * it.shapes[-1][1])
     hw = big.shapes[-1]
-    styles = [imageops.fit_longest(s.shape[:2], max(8, round(max(hw) * f)))
+    styles = [imageops.fit_longest(s.shape[:2], style_side(max(hw), f))
               for s, f in zip(big.styles, big.style_scales)]
     n = sum(it.key == big.key for it in items)
     memory.check_fits(hw, styles, config, batch=-(-n // devices), batch_flag=batch_flag,
