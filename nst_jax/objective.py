@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nst_jax import imageops, losses
 from nst_jax.checks import check_choice, check_int, check_nonnegative, plain_fields
@@ -128,17 +129,47 @@ def style_grams(
     return {k: losses.gram_matrix(v, normalization=norm) for k, v in feats.items()}
 
 
+def check_blend(
+    blend: Sequence[float] | None, n_styles: int, what: str = "style blend"
+) -> tuple[float, ...] | None:
+    """``blend`` as floats, one weight per style image, each >= 0 and finite, not all zero;
+    ``None`` (equal weights) stays ``None``. ``what`` names it in the one-sentence error."""
+    if blend is None:
+        return None
+    blend = tuple(float(b) for b in blend)
+    if len(blend) != n_styles:
+        raise NstError(f"{what} has {len(blend)} weights but {n_styles} style image(s) were given")
+    if any(not (0 <= b < float("inf")) for b in blend) or not 0 < sum(blend) < float("inf"):
+        raise NstError(f"{what} weights must be >= 0, finite and not all zero, got {list(blend)}")
+    return blend
+
+
+def check_masks(masks, content_hw: tuple[int, int], n_styles: int) -> np.ndarray | None:
+    """``masks`` as ``(R, H, W)`` float32 (one ``(H, W)`` mask is ``R = 1``), checked: one per
+    style image, the content's size, values in ``[0, 1]``. ``None`` stays ``None``."""
+    if masks is None:
+        return None
+    m = np.asarray(masks, np.float32)
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3:
+        raise NstError(f"masks must be (R, H, W) arrays, got shape {m.shape}")
+    if m.shape[0] != n_styles:
+        raise NstError(f"{m.shape[0]} masks given for {n_styles} style images (one per style)")
+    if tuple(m.shape[1:]) != tuple(content_hw):
+        raise NstError(f"mask size {m.shape[2]}x{m.shape[1]} does not match the content image "
+                       f"size {content_hw[1]}x{content_hw[0]}")
+    if not np.all((m >= 0) & (m <= 1)):
+        raise NstError("mask values must lie in [0, 1]")
+    return m
+
+
 def blend_grams(
     grams: Sequence[Mapping[str, jax.Array]], blend: Sequence[float]
 ) -> dict[str, jax.Array]:
     """Weighted target ``A_l = Σ_s b_s A_l^s / Σ_s b_s`` of several styles' Grams."""
-    total = float(sum(blend))
-    if len(grams) != len(blend):
-        raise NstError(f"{len(blend)} blend weights given for {len(grams)} style images")
-    if any(not (0 <= b < float("inf")) for b in blend) or not 0 < total < float("inf"):
-        raise NstError(
-            f"style blend weights must be >= 0, finite and not all zero, got {list(blend)}"
-        )
+    blend = check_blend(blend, len(grams))
+    total = sum(blend)
     return {k: sum((b / total) * g[k] for b, g in zip(blend, grams)) for k in grams[0]}
 
 
@@ -169,9 +200,8 @@ def compute_targets(
         styles = [styles]
     content = imageops.checked_image(content, "content image")
     styles = [imageops.checked_image(s, f"style image {i + 1}") for i, s in enumerate(styles)]
-    if masks is not None:
-        masks = jnp.asarray(masks, jnp.float32)
-    blend = None if style_blend is None else tuple(float(b) for b in style_blend)
+    masks = check_masks(masks, content.shape[:2], len(styles))
+    blend = check_blend(style_blend, len(styles))
     return _compute_targets(weights, content, styles, masks, spec=spec, blend=blend)
 
 
@@ -218,16 +248,10 @@ def style_targets(
         return {"style": blend_grams(grams, style_blend or [1.0] * len(grams))}
     if style_blend is not None:
         raise NstError("style blend weights and region masks cannot be combined")
-    if masks.ndim != 3 or masks.shape[0] != len(grams) or masks.shape[0] != spec.regions:
-        raise NstError(
-            f"{masks.shape[0] if masks.ndim == 3 else 'malformed'} masks given for "
-            f"{len(grams)} style images (one mask per style is needed)"
-        )
-    if tuple(masks.shape[1:]) != tuple(hw):
-        raise NstError(
-            f"mask size {masks.shape[2]}x{masks.shape[1]} does not match the content image "
-            f"size {hw[1]}x{hw[0]}"
-        )
+    if masks.shape != (spec.regions, *hw) or len(grams) != spec.regions:
+        raise NstError(f"the loss expects {spec.regions} region masks of {hw[1]}x{hw[0]} for as "
+                       f"many style images, got masks {masks.shape} for {len(grams)} style images "
+                       "(check them with check_masks)")
     # Only the shapes of the style layers are needed, to resize the masks: no computation.
     probe = jax.ShapeDtypeStruct((*hw, 3), jnp.float32)
     shapes = jax.eval_shape(lambda x: features_for(weights, x, spec.style_layers, spec), probe)

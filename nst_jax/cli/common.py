@@ -8,7 +8,6 @@ import sys
 import numpy as np
 
 from nst_jax.config import StyleConfig
-from nst_jax.errors import NstError
 
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
@@ -45,16 +44,13 @@ def style_side(config: StyleConfig, index: int, n_styles: int) -> int | None:
 
 
 def check_blend(args: argparse.Namespace, n_styles: int):
+    from nst_jax import objective
+
     blend = getattr(args, "style_blend", None)
     if blend is None:
         return None
     blend = [w for group in blend for w in group]  # "0.7 0.3" or "0.7,0.3"
-    if len(blend) != n_styles:
-        raise NstError(f"--style-blend has {len(blend)} weights but {n_styles} style image(s) "
-                       "were given")
-    if any(not (0 <= b < float("inf")) for b in blend) or sum(blend) <= 0:
-        raise NstError(f"--style-blend weights must be >= 0, finite and not all zero, got {blend}")
-    return tuple(blend)
+    return objective.check_blend(blend, n_styles, "--style-blend")
 
 
 RANDOM_NOTICE = """\

@@ -18,7 +18,7 @@ import numpy as np
 from nst_jax import imageops
 from nst_jax.config import StyleConfig
 from nst_jax.errors import NstError
-from nst_jax.objective import LossSpec
+from nst_jax.objective import LossSpec, check_blend, check_masks
 from nst_jax.vgg import min_side
 
 
@@ -81,8 +81,7 @@ def make_item(
     shapes = tuple(imageops.fit_longest(hw, size) for size in config.scale_sizes(hw))
     scales = [config.style_scale_for(s, n_styles) for s, _ in styles]
     return Item(index, work, content, prepared, keys, scales, shapes,
-                blend=None if blend is None else tuple(float(b) for b in blend),
-                masks=check_masks(masks, hw, len(styles)))
+                blend=check_blend(blend, len(styles)), masks=check_masks(masks, hw, len(styles)))
 
 
 def resized_content(item: Item, side: int) -> np.ndarray:
@@ -139,25 +138,6 @@ def check_big_enough(content_hw, style_hws, spec: LossSpec) -> None:
                 f"the {what} is {w}x{h} px at this scale, too small for the layers "
                 f"{', '.join(spec.all_layers)}: their deepest needs at least {need} px on the "
                 "short side (raise --size, --min-size or --style-scale, or use shallower layers)")
-
-
-def check_masks(masks, content_hw, n_styles: int) -> np.ndarray | None:
-    """``masks`` as ``(R, H, W)`` float32, checked against the content size and style count."""
-    if masks is None:
-        return None
-    m = np.asarray(masks, np.float32)
-    if m.ndim == 2:
-        m = m[None]
-    if m.ndim != 3:
-        raise NstError(f"masks must be (R, H, W) arrays, got shape {m.shape}")
-    if m.shape[0] != n_styles:
-        raise NstError(f"{m.shape[0]} masks given for {n_styles} style images (one per style)")
-    if tuple(m.shape[1:]) != tuple(content_hw):
-        raise NstError(f"mask size {m.shape[2]}x{m.shape[1]} does not match the content image "
-                       f"size {content_hw[1]}x{content_hw[0]}")
-    if not np.all((m >= 0) & (m <= 1)):
-        raise NstError("mask values must lie in [0, 1]")
-    return m
 
 
 PAIRINGS = ("broadcast", "zip", "product")
