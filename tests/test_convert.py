@@ -411,6 +411,7 @@ def test_sparse_pth_tensor_is_refused_in_one_sentence(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["vgg19.pth"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_zero_stride_pth_tensor_is_refused_by_its_shape_before_conversion(tmp_path):
     torch = pytest.importorskip("torch")

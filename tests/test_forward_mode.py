@@ -16,6 +16,8 @@ from nst_jax import losses
 from nst_jax.objective import LossSpec, compute_targets, style_transfer_loss
 from nst_jax.weights.container import random_weights
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 H, W = 10, 12
 SPEC = LossSpec(
     content_layers=("relu2_1",),

@@ -28,6 +28,8 @@ from nst_jax.weights import container as weights_lib
 from nst_jax.cli import main, safety
 from nst_jax.errors import NstError
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 TINY = ["--preset", "tiny", "--weights", "random", "--size", "40", "--quiet"]
 
 

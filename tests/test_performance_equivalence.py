@@ -24,6 +24,8 @@ from nst_jax.optimize import OptimSpec
 from nst_jax.preprocessing import preprocess
 from nst_jax.weights.container import random_weights
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 H, W = 34, 38  # odd halves on the way down exercise floor-mode pooling
 
 

@@ -11,6 +11,8 @@ from nst_jax.run import programs, sharding
 from nst_jax.config import get_preset
 from nst_jax.objective import compute_targets
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 
 @pytest.mark.parametrize("rows", [1, 2])
 def test_lbfgs_rows_keep_the_line_search_conditionals(weights, rows):

