@@ -52,8 +52,9 @@ def extract_features(
 
     Raises:
       NstError: ``weights`` are not :class:`VGGWeights`, ``layers`` is not a sequence of names,
-        or ``image`` breaks the image rule (:func:`nst_jax.imageops.checked_image`: uint8 is
-        scaled, NaN and 0..255 floats are refused).
+        ``kernels`` is not :class:`~nst_jax.kernels.Kernels`, or ``image`` breaks the image
+        rule (:func:`nst_jax.imageops.checked_image`: uint8 is scaled, NaN and 0..255 floats are
+        refused).
     """
     from nst_jax.imageops import checked_image
 
@@ -62,6 +63,8 @@ def extract_features(
     if not isinstance(layers, tuple) or not all(isinstance(n, str) for n in layers):
         raise NstError(f"layers must be a list of layer names such as ['relu1_1'], got "
                        f"{layers!r:.60}")
+    if not isinstance(kernels, Kernels):
+        raise NstError(f"kernels must be nst_jax.kernels.prepare(...), got {kernels!r:.40}")
     image = checked_image(image)
     dtype = jnp.dtype(dtype or image.dtype)
     if not jnp.issubdtype(dtype, jnp.floating):

@@ -19,6 +19,8 @@ import pytest
 
 from nst_jax import kernels, losses, vgg
 from nst_jax.config import get_preset
+from nst_jax.errors import NstError
+from nst_jax.features import extract_features
 from nst_jax.objective import LossSpec, compute_targets, style_transfer_loss
 from nst_jax.optimize import OptimSpec
 from nst_jax.preprocessing import preprocess
@@ -128,6 +130,8 @@ def test_kernel_choice_is_static_and_follows_the_platform(weights):
     assert jax.tree.leaves(kernels.XLA) == []
     with pytest.raises(ValueError, match="kernels must be one of"):
         kernels.prepare(weights.params, "fast")
+    with pytest.raises(NstError, match="kernels must be nst_jax.kernels.prepare"):
+        extract_features(weights, jnp.zeros((8, 8, 3)), ["relu1_1"], kernels="cpu")
     # The kind is static: it survives jit as aux data, while the tree is traced like the weights.
     inside = jax.jit(lambda p: kernels.prepare(p, "cpu", "bfloat16"))(weights.params)
     assert inside.kind == "cpu" and inside.tree["conv5_1"]["winograd"].dtype == jnp.bfloat16
@@ -194,7 +198,8 @@ def test_forward_with_prepared_kernels_and_remat_matches_plain(weights, images, 
     x = preprocess(images[0], weights.preprocessing)
     want = plain_vgg(weights.params, x, vgg.LAYERS, pooling)
     prepared = kernels.prepare_kernels(weights.params)
-    for remat, kind, q in ((False, "cpu", prepared), (True, "cpu", prepared), (False, "xla", None)):
+    for remat, kind, q in ((False, "cpu", prepared), (True, "cpu", prepared), (False, "cpu", None),
+                           (False, "xla", None)):  # None: prepared inside the forward pass
         got = jax.jit(lambda p, q, x: vgg.forward(p, x, vgg.LAYERS, kernels=kind, prepared=q,
                                                   pooling=pooling, remat=remat))(weights.params, q, x)
         for name in vgg.LAYERS:
