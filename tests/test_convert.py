@@ -246,6 +246,7 @@ def test_all_problems_named_in_one_message(tmp_path, keras_h5_writer, zero_param
         assert phrase in msg
 
 
+@pytest.mark.slow
 def test_convert_refuses_directory_output_and_missing_input(
     tmp_path, capsys, keras_h5_writer, zero_params
 ):

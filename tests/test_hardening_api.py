@@ -112,6 +112,7 @@ def test_infinite_blend_is_refused_through_the_api(weights):
 SPEC = LossSpec(("relu2_1",), ("relu1_1",), 1.0, 1.0, 0.0)
 
 
+@pytest.mark.slow
 def test_uint8_images_get_the_rule_at_targets_features_and_loss(weights):
     u8 = (IMG * 255).round().astype(np.uint8)
     as_float = u8 / np.float32(255)

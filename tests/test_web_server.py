@@ -458,6 +458,7 @@ def test_other_sites_are_refused(weights, tmp_path):
 # The server: jobs
 
 
+@pytest.mark.slow
 def test_two_jobs_queue_and_reuse_the_compiled_programs(weights, tmp_path):
     async def body():
         async with studio_client(weights, tmp_path) as (client, studio):
@@ -492,6 +493,7 @@ def test_two_jobs_queue_and_reuse_the_compiled_programs(weights, tmp_path):
     asyncio.run(body())
 
 
+@pytest.mark.slow
 def test_stop_keeps_the_best_image(weights, tmp_path):
     async def body():
         async with studio_client(weights, tmp_path) as (client, _):
@@ -512,6 +514,7 @@ def test_stop_keeps_the_best_image(weights, tmp_path):
     asyncio.run(body())
 
 
+@pytest.mark.slow
 def test_a_page_that_goes_away_cancels_its_job(weights, tmp_path):
     async def body():
         async with studio_client(weights, tmp_path) as (client, studio):
@@ -647,6 +650,7 @@ def test_chunked_requests_are_bounded_in_fields_and_bytes(weights, tmp_path):
         form.count(1)
 
 
+@pytest.mark.slow
 def test_big_uploads_are_decoded_at_reduced_size(tmp_path):
     import tracemalloc
 

