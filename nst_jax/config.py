@@ -95,8 +95,8 @@ class RunSpec:
         for v in scales:
             check_positive(v, "style scale")
         if not isinstance(self.init, str) or not self.init:
-            raise NstError(f"init must be 'content', 'noise', 'style' or an image path, got "
-                           f"{self.init!r}")
+            raise NstError(f"init must be {', '.join(map(repr, INIT_KINDS))} or an image path, "
+                           f"got {self.init!r}")
 
     @property
     def init_is_path(self) -> bool:

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from nst_jax.errors import NstError
+from nst_jax.kernels import XLA, Kernels
 from nst_jax.preprocessing import preprocess
 from nst_jax.vgg import VGG
 from nst_jax.weights.container import VGGWeights
@@ -28,6 +29,7 @@ def extract_features(
     pooling: str = "max",
     dtype: jnp.dtype | None = None,
     remat: bool = False,
+    kernels: Kernels = XLA,
 ) -> dict[str, jax.Array]:
     """Activations of the weights' VGG (``weights.network``) at ``layers`` for one image.
 
@@ -42,14 +44,17 @@ def extract_features(
       dtype: activation dtype; defaults to ``image.dtype`` (``bfloat16`` gives mixed precision).
       remat: recompute each block's activations in the backward pass (``jax.checkpoint``) instead
         of storing them, trading compute for memory on large images.
+      kernels: the implementation and its precomputed kernels (:func:`nst_jax.kernels.prepare`
+        of these weights' parameters); plain XLA by default.
 
     Returns:
       ``{layer: (H_l, W_l, C_l)}`` in ``dtype``; ``H_l = H // 2**k`` after ``k`` poolings.
 
     Raises:
       NstError: ``weights`` are not :class:`VGGWeights`, ``layers`` is not a sequence of names,
-        or ``image`` breaks the image rule (:func:`nst_jax.imageops.checked_image`: uint8 is
-        scaled, NaN and 0..255 floats are refused).
+        ``kernels`` is not :class:`~nst_jax.kernels.Kernels`, or ``image`` breaks the image
+        rule (:func:`nst_jax.imageops.checked_image`: uint8 is scaled, NaN and 0..255 floats are
+        refused).
     """
     from nst_jax.imageops import checked_image
 
@@ -58,12 +63,13 @@ def extract_features(
     if not isinstance(layers, tuple) or not all(isinstance(n, str) for n in layers):
         raise NstError(f"layers must be a list of layer names such as ['relu1_1'], got "
                        f"{layers!r:.60}")
+    if not isinstance(kernels, Kernels):
+        raise NstError(f"kernels must be nst_jax.kernels.prepare(...), got {kernels!r:.40}")
     image = checked_image(image)
     dtype = jnp.dtype(dtype or image.dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.dtype(jnp.float32)
     x = preprocess(image.astype(dtype), weights.preprocessing)
-    module = VGG(network=weights.network, pooling=pooling, dtype=dtype, remat=remat)
-    return module.apply(
-        {"params": weights.params}, x, layers=tuple(layers), prepared=weights.prepared
-    )
+    module = VGG(network=weights.network, pooling=pooling, dtype=dtype, remat=remat,
+                 kernels=kernels.kind)
+    return module.apply({"params": weights.params}, x, layers=layers, prepared=kernels.tree)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import warnings
 from pathlib import Path
@@ -74,7 +73,9 @@ def load_image(
     with _reading(p) as fail:
         rgb = _decode(p, reduce_to, fail)
     if max_size is not None:
-        rgb = np.clip(resize_image(rgb, fit_longest_side(rgb.shape[:2], max_size)), 0.0, 1.0)
+        from nst_jax.imageops import resize_longest  # imageops resizes through this module
+
+        rgb = resize_longest(rgb, max_size)
     return rgb
 
 
@@ -219,22 +220,6 @@ def load_mask(path: PathLike, shape_hw: tuple[int, int] | None = None) -> np.nda
 
 # --------------------------------------------------------------------------------------------
 # Resizing
-
-
-def fit_longest_side(shape_hw: tuple[int, int], max_size: int) -> tuple[int, int]:
-    """Returns ``(h, w)`` with the longest side equal to ``max_size`` and the aspect ratio kept.
-
-    Works both ways (enlarges small images too); the shorter side is rounded to the nearest
-    pixel and is at least 1.
-    """
-    h, w = int(shape_hw[0]), int(shape_hw[1])
-    if h < 1 or w < 1:
-        raise ValueError(f"shape must be positive, got {shape_hw}")
-    if max_size < 1:
-        raise ValueError(f"max_size must be positive, got {max_size}")
-    if h >= w:
-        return max_size, max(1, math.floor(w * max_size / h + 0.5))
-    return max(1, math.floor(h * max_size / w + 0.5)), max_size
 
 
 def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

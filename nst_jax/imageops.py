@@ -13,10 +13,17 @@ from nst_jax.image_io import resize_image
 
 
 def fit_longest(shape_hw: tuple[int, int], size: int) -> tuple[int, int]:
-    """``(h, w)`` scaled so that ``max(h, w) == size``, aspect ratio kept, each side >= 1."""
-    h, w = shape_hw
-    s = size / max(h, w)
-    return max(1, round(h * s)), max(1, round(w * s))
+    """``(h, w)`` scaled so that ``max(h, w) == size``, aspect ratio kept, each side >= 1.
+
+    Works both ways (enlarges small images too). The shorter side is ``side * size / longest``
+    rounded half up, in integers: exact for any size, and a half pixel always rounds the same
+    way (Python's ``round`` rounds halves to even, so 0.5 and 1.5 went opposite ways).
+    """
+    h, w = int(shape_hw[0]), int(shape_hw[1])
+    if h < 1 or w < 1 or size < 1:
+        raise ValueError(f"sizes must be positive, got {shape_hw} and {size}")
+    longest = max(h, w)
+    return tuple(max(1, (2 * v * size + longest) // (2 * longest)) for v in (h, w))
 
 
 def resize(image, shape_hw: tuple[int, int]) -> jax.Array:
@@ -42,8 +49,8 @@ def resize_host(image, shape_hw: tuple[int, int]) -> np.ndarray:
 
 
 def resize_longest(image, size: int | None) -> np.ndarray:
-    """Resize on the host (:func:`resize_host`) so the longest side is ``size`` (``None``
-    leaves the image as it is)."""
+    """Resize on the host (:func:`resize_host`) so the longest side is ``size`` (:func:`fit_longest`;
+    ``None`` leaves the image as it is)."""
     image = np.asarray(image, np.float32)
     if size is None:
         return image
@@ -153,9 +160,11 @@ def match_luminance(style_y, content_y) -> jax.Array:
 def recombine_chroma(stylized, content) -> jax.Array:
     """RGB image with the luminance of ``stylized`` and the chroma (I, Q) of ``content``.
 
-    Both are ``(H, W, 3)`` RGB of the same size; the result is clipped to ``[0, 1]`` (pixels that
-    are not clipped keep exactly the content's chroma).
+    Both are ``(H, W, 3)`` RGB; a content of another size is resized to ``stylized``'s on the
+    host (:func:`resize_host`). The result is clipped to ``[0, 1]`` (pixels that are not
+    clipped keep exactly the content's chroma).
     """
+    content = resize_host(content, np.shape(stylized)[:2])
     y = rgb_to_yiq(stylized)[..., :1]
     iq = rgb_to_yiq(content)[..., 1:]
     return jnp.clip(yiq_to_rgb(jnp.concatenate([y, iq], -1)), 0.0, 1.0)

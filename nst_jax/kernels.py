@@ -1,8 +1,9 @@
 """CPU-tuned kernels for the VGG trunk: the convolution and max-pooling that the optimisation loop
 runs on CPU, with kernels prepared once outside the loop.
 
-Which implementation runs is a static choice, :data:`KERNELS`, made from the platform the arrays
-live on (:func:`kernels_for`), never from ``jax.default_backend()``:
+Which implementation runs is a static argument of the forward pass, one of :data:`KERNELS`
+(``vgg.forward(..., kernels=...)``), picked from the platform of the run's devices
+(:func:`kernels_for`), never from ``jax.default_backend()``:
 
 * ``"xla"``: plain ``lax.conv_general_dilated`` and a plain max reduction, differentiated by JAX
   (both modes, so ``jax.jvp`` works). Used off CPU: GPU/TPU convolution libraries pick their own
@@ -13,8 +14,8 @@ live on (:func:`kernels_for`), never from ``jax.default_backend()``:
   VJPs (reverse mode only). XLA does not hoist loop-invariant work out of a ``while_loop`` on
   CPU, so preparing outside the loop is what makes the step fast (BENCHMARKS.md, issue 5).
 
-A prepared tree is ``{}`` for ``"xla"`` (nothing to precompute) and
-``{"conv1_1": {"backward": ...}, ...}`` for ``"cpu"``; ``None`` means "not prepared".
+:class:`Kernels` carries the choice (static) and what it precomputed (data) through the
+features and the objective as one argument; :func:`prepare` makes it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Mapping
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,24 +40,29 @@ def kernels_for(platform: str) -> str:
     return "cpu" if platform == "cpu" else "xla"
 
 
-def array_platform(tree: Any) -> str | None:
-    """Platform of the first array of ``tree`` (``"cpu"``, ``"gpu"``, ...), or None under a trace
-    (a traced array has no device) or when ``tree`` holds no JAX array."""
-    for leaf in jax.tree_util.tree_leaves(tree):
-        if not isinstance(leaf, jax.Array):
-            return None
-        try:
-            return next(iter(leaf.devices())).platform
-        except jax.errors.ConcretizationTypeError:
-            return None
-    return None
+@flax.struct.dataclass
+class Kernels:
+    """The forward pass's implementation and its precomputed data, a pytree.
+
+    ``kind`` (one of :data:`KERNELS`) is static aux data, so a program traced with one kind is
+    recompiled for the other; ``tree`` is the :func:`prepare_kernels` tree for ``"cpu"`` (arrays,
+    traced like the weights) and ``None`` for ``"xla"``.
+    """
+
+    kind: str = flax.struct.field(pytree_node=False, default="xla")
+    tree: dict | None = None
 
 
-def prepared_kind(prepared: Params | None) -> str | None:
-    """The implementation a prepared tree was made for, or None for unprepared weights."""
-    if prepared is None:
-        return None
-    return "cpu" if prepared else "xla"
+#: Plain XLA, nothing precomputed: the default of the features and the objective.
+XLA = Kernels()
+
+
+def prepare(params: Params, kind: str, dtype: Any = jnp.float32) -> Kernels:
+    """:class:`Kernels` of ``kind`` for ``params`` and activations in ``dtype``; call it outside the
+    step loop (inside ``jit`` it is inlined, and XLA does not hoist it out of a ``while_loop``)."""
+    if kind not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kind!r}")
+    return Kernels(kind, prepare_kernels(params, dtype) if kind == "cpu" else None)
 
 
 def winograd_layer(cin: int, cout: int) -> bool:
@@ -64,26 +71,20 @@ def winograd_layer(cin: int, cout: int) -> bool:
     return cin + cout >= 384 and min(cin, cout) >= 128
 
 
-def prepare_kernels(params: Params, dtype: Any = jnp.float32, *, platform: str) -> dict:
-    """The kernels of every conv layer of ``params`` prepared for arrays on ``platform``.
+# One compiled program per dtype (and parameter shapes): called outside jit, op by op, the same
+# work dispatched and compiled ~100 small programs (seconds); inside jit it is inlined.
+@functools.partial(jax.jit, static_argnames="dtype")
+def prepare_kernels(params: Params, dtype: Any = jnp.float32) -> dict:
+    """The ``"cpu"`` kernels' precomputed tree of every conv layer of ``params``.
 
-    ``"xla"`` platforms get ``{}``. On CPU each layer gets ``"backward"`` ``(3, 3, Cout, Cin)``
-    with ``backward[i, j, o, c] = kernel[2 - i, 2 - j, c, o]`` (the input gradient's kernel),
+    Each layer gets ``"backward"`` ``(3, 3, Cout, Cin)`` with
+    ``backward[i, j, o, c] = kernel[2 - i, 2 - j, c, o]`` (the input gradient's kernel),
     ``"forward"`` (the kernel cast to ``dtype``) only when ``dtype`` is not float32, and
     ``"winograd"`` ``(16, Cin, Cout)`` (:func:`winograd_kernel`) for layers with at least 128
     input and output channels and 384 together. The backward pass reuses ``"winograd"``
     (:func:`winograd_conv` with ``transpose=True``), so the tree is about 1× the float32
     kernels plus 16/9× those of the Winograd layers (BENCHMARKS.md).
     """
-    if kernels_for(platform) == "xla":
-        return {}
-    return _prepare_cpu(params, jnp.dtype(dtype).name)
-
-
-# One compiled program per dtype (and parameter shapes): called outside jit, op by op, the same
-# work dispatched and compiled ~100 small programs (seconds); inside jit it is inlined.
-@functools.partial(jax.jit, static_argnames="dtype")
-def _prepare_cpu(params: Params, dtype: str) -> dict:
     dtype = jnp.dtype(dtype)
     out = {}
     for name, leaves in params.items():
@@ -95,32 +96,6 @@ def _prepare_cpu(params: Params, dtype: str) -> dict:
             entry["winograd"] = winograd_kernel(k).astype(dtype)
         out[name] = entry
     return out
-
-
-def reprepare(
-    params: Params, prepared: Params | None, dtype: Any, *, platform: str | None
-) -> Params | None:
-    """``prepared`` if it already suits ``dtype`` and ``platform``, else a fresh preparation.
-
-    ``platform=None`` keeps the choice of an existing preparation, else takes the platform of
-    ``params``' arrays; under a trace with neither, the weights stay unprepared (``None``: plain
-    XLA, correct but without the CPU kernels), since a traced array has no device: pass
-    ``platform`` (e.g. ``mesh.devices.flat[0].platform``) when preparing inside ``jit``.
-    """
-    have = prepared_kind(prepared)
-    if platform is not None:
-        want = kernels_for(platform)
-    elif have is not None:
-        want = have
-    elif (found := array_platform(params)) is not None:
-        want = kernels_for(found)
-    else:
-        return prepared
-    if want == "xla":
-        return prepared if have == "xla" else {}
-    if have == "cpu" and next(iter(prepared.values()))["backward"].dtype == jnp.dtype(dtype):
-        return prepared
-    return _prepare_cpu(params, jnp.dtype(dtype).name)
 
 
 def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:

@@ -17,11 +17,13 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nst_jax import imageops, losses
 from nst_jax.checks import check_choice, check_int, check_nonnegative, plain_fields
 from nst_jax.errors import NstError
 from nst_jax.features import check_weights, extract_features
+from nst_jax.kernels import XLA, Kernels
 from nst_jax.vgg import POOLINGS, canonical_layer
 from nst_jax.weights.container import VGGWeights
 
@@ -133,30 +135,65 @@ class LossValues(NamedTuple):
     style_layer_weights: jax.Array
 
 
-def features_for(weights: VGGWeights, image: jax.Array, layers: Sequence[str], spec: LossSpec):
+def features_for(
+    weights: VGGWeights, image: jax.Array, layers: Sequence[str], spec: LossSpec, *,
+    kernels: Kernels = XLA,
+):
     """:func:`extract_features` with the spec's pooling, dtype and remat."""
     return extract_features(weights, image.astype(spec.jnp_dtype), layers, pooling=spec.pooling,
-                            remat=spec.remat)
+                            remat=spec.remat, kernels=kernels)
 
 
-def style_grams(weights: VGGWeights, style: jax.Array, spec: LossSpec) -> dict[str, jax.Array]:
+def style_grams(
+    weights: VGGWeights, style: jax.Array, spec: LossSpec, *, kernels: Kernels = XLA,
+) -> dict[str, jax.Array]:
     """``{layer: (C_l, C_l)}`` float32 Gram matrices of one ``(H, W, 3)`` style image."""
     norm = losses.get_convention(spec.convention).gram_norm
-    feats = features_for(weights, style, spec.style_layers, spec)
+    feats = features_for(weights, style, spec.style_layers, spec, kernels=kernels)
     return {k: losses.gram_matrix(v, normalization=norm) for k, v in feats.items()}
+
+
+def check_blend(
+    blend: Sequence[float] | None, n_styles: int, what: str = "style blend"
+) -> tuple[float, ...] | None:
+    """``blend`` as floats, one weight per style image, each >= 0 and finite, not all zero;
+    ``None`` (equal weights) stays ``None``. ``what`` names it in the one-sentence error."""
+    if blend is None:
+        return None
+    blend = tuple(float(b) for b in blend)
+    if len(blend) != n_styles:
+        raise NstError(f"{what} has {len(blend)} weights but {n_styles} style image(s) were given")
+    if any(not (0 <= b < float("inf")) for b in blend) or not 0 < sum(blend) < float("inf"):
+        raise NstError(f"{what} weights must be >= 0, finite and not all zero, got {list(blend)}")
+    return blend
+
+
+def check_masks(masks, content_hw: tuple[int, int], n_styles: int) -> np.ndarray | None:
+    """``masks`` as ``(R, H, W)`` float32 (one ``(H, W)`` mask is ``R = 1``), checked: one per
+    style image, the content's size, values in ``[0, 1]``. ``None`` stays ``None``."""
+    if masks is None:
+        return None
+    m = np.asarray(masks, np.float32)
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3:
+        raise NstError(f"masks must be (R, H, W) arrays, got shape {m.shape}")
+    if m.shape[0] != n_styles:
+        raise NstError(f"{m.shape[0]} masks given for {n_styles} style images (one per style)")
+    if tuple(m.shape[1:]) != tuple(content_hw):
+        raise NstError(f"mask size {m.shape[2]}x{m.shape[1]} does not match the content image "
+                       f"size {content_hw[1]}x{content_hw[0]}")
+    if not np.all((m >= 0) & (m <= 1)):
+        raise NstError("mask values must lie in [0, 1]")
+    return m
 
 
 def blend_grams(
     grams: Sequence[Mapping[str, jax.Array]], blend: Sequence[float]
 ) -> dict[str, jax.Array]:
     """Weighted target ``A_l = Σ_s b_s A_l^s / Σ_s b_s`` of several styles' Grams."""
-    total = float(sum(blend))
-    if len(grams) != len(blend):
-        raise NstError(f"{len(blend)} blend weights given for {len(grams)} style images")
-    if any(not (0 <= b < float("inf")) for b in blend) or not 0 < total < float("inf"):
-        raise NstError(
-            f"style blend weights must be >= 0, finite and not all zero, got {list(blend)}"
-        )
+    blend = check_blend(blend, len(grams))
+    total = sum(blend)
     return {k: sum((b / total) * g[k] for b, g in zip(blend, grams)) for k in grams[0]}
 
 
@@ -187,9 +224,8 @@ def compute_targets(
         styles = [styles]
     content = imageops.checked_image(content, "content image")
     styles = [imageops.checked_image(s, f"style image {i + 1}") for i, s in enumerate(styles)]
-    if masks is not None:
-        masks = jnp.asarray(masks, jnp.float32)
-    blend = None if style_blend is None else tuple(float(b) for b in style_blend)
+    masks = check_masks(masks, content.shape[:2], len(styles))
+    blend = check_blend(style_blend, len(styles))
     return _compute_targets(weights, content, styles, masks, spec=spec, blend=blend)
 
 
@@ -236,16 +272,10 @@ def style_targets(
         return {"style": blend_grams(grams, style_blend or [1.0] * len(grams))}
     if style_blend is not None:
         raise NstError("style blend weights and region masks cannot be combined")
-    if masks.ndim != 3 or masks.shape[0] != len(grams) or masks.shape[0] != spec.regions:
-        raise NstError(
-            f"{masks.shape[0] if masks.ndim == 3 else 'malformed'} masks given for "
-            f"{len(grams)} style images (one mask per style is needed)"
-        )
-    if tuple(masks.shape[1:]) != tuple(hw):
-        raise NstError(
-            f"mask size {masks.shape[2]}x{masks.shape[1]} does not match the content image "
-            f"size {hw[1]}x{hw[0]}"
-        )
+    if masks.shape != (spec.regions, *hw) or len(grams) != spec.regions:
+        raise NstError(f"the loss expects {spec.regions} region masks of {hw[1]}x{hw[0]} for as "
+                       f"many style images, got masks {masks.shape} for {len(grams)} style images "
+                       "(check them with check_masks)")
     # Only the shapes of the style layers are needed, to resize the masks: no computation.
     probe = jax.ShapeDtypeStruct((*hw, 3), jnp.float32)
     shapes = jax.eval_shape(lambda x: features_for(weights, x, spec.style_layers, spec), probe)
@@ -298,13 +328,15 @@ def _style_term(f: jax.Array, targets: Targets, layer: str, conv) -> jax.Array:
 
 def style_transfer_loss(
     image: jax.Array, targets: Targets, weights: VGGWeights, spec: LossSpec,
-    values: LossValues | None = None,
+    values: LossValues | None = None, *, kernels: Kernels = XLA,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Total loss of one ``(H, W, 3)`` image and its terms.
 
     ``values`` are the weights ``α, β, γ, w_l`` as arrays (default: ``spec.values()``), so that
     the compiled programs take them as inputs (:meth:`LossSpec.structure` is then enough as
-    the static spec).
+    the static spec). ``kernels`` (:func:`nst_jax.kernels.prepare`) picks the network's
+    implementation: plain XLA by default (both AD modes), or the CPU-tuned kernels prepared
+    outside the step loop.
 
     Returns:
       ``(total, aux)``: float32 scalar and ``{"content": Σ, "style": Σ, "tv": γ TV,
@@ -315,7 +347,7 @@ def style_transfer_loss(
     conv = losses.get_convention(spec.convention)
     check_targets(targets, spec)
     image = imageops.checked_image(image)
-    feats = features_for(weights, image, spec.all_layers, spec)
+    feats = features_for(weights, image, spec.all_layers, spec, kernels=kernels)
     _check_sizes(image, feats, targets, spec)
     v = spec.values() if values is None else values
     cw = spec.content_layer_weights

@@ -31,8 +31,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nst_jax import kernels
 from nst_jax.errors import NstError
+from nst_jax.kernels import KERNELS, conv, max_pool, prepare_kernels, prepared_conv
 
 #: Output channels of each convolution, per block, for each network.
 NETWORKS: dict[str, tuple[tuple[int, ...], ...]] = {
@@ -142,19 +142,19 @@ def conv_kernel_shape(name: str, network: str = "vgg19") -> tuple[int, int, int,
     return (3, 3, cin, flat[idx])
 
 
-def pool2x2(x: jax.Array, kind: str, *, fast: bool = False) -> jax.Array:
+def pool2x2(x: jax.Array, kind: str, *, kernels: str = "xla") -> jax.Array:
     """2×2, stride-2 pooling of an ``(H, W, C)`` map to ``(H // 2, W // 2, C)``.
 
     Matches ``torch.nn.MaxPool2d(2, 2)`` / ``AvgPool2d(2, 2)`` (floor mode: an odd last row or
     column is dropped). Written as a reshape and a reduction rather than ``reduce_window``: XLA
-    lowers it to a cheap elementwise max, measurably faster on CPU. ``fast`` uses
+    lowers it to a cheap elementwise max, measurably faster on CPU. ``kernels="cpu"`` uses
     :func:`nst_jax.kernels.max_pool`, the same values with a smaller backward pass (reverse
     mode only).
     """
     h, w, c = x.shape
     x = x[: h - h % 2, : w - w % 2].reshape(h // 2, 2, w // 2, 2, c)
     if kind == "max":
-        return kernels.max_pool(x) if fast else x.max(axis=(1, 3))
+        return max_pool(x) if kernels == "cpu" else x.max(axis=(1, 3))
     return x.mean(axis=(1, 3), dtype=jnp.float32).astype(x.dtype)
 
 
@@ -176,27 +176,26 @@ def conv3x3(
     choice): the same values through :func:`nst_jax.kernels.prepared_conv`. Without it, plain
     ``lax.conv_general_dilated`` (differentiable in both modes).
     """
-    if prepared:
-        y = kernels.prepared_conv(x, kernel, prepared)
+    if prepared is not None:
+        y = prepared_conv(x, kernel, prepared)
     else:
-        y = kernels.conv(x, kernel.astype(x.dtype))
+        y = conv(x, kernel.astype(x.dtype))
     return y + bias.astype(x.dtype)
 
 
 def _run_block(
-    params: dict[str, dict[str, jax.Array]], x: jax.Array, *,
-    names: tuple[str, ...], wanted: tuple[str, ...], pooling: str, fast: bool,
+    params: dict[str, dict[str, jax.Array]], prepared: dict | None, x: jax.Array, *,
+    names: tuple[str, ...], wanted: tuple[str, ...], pooling: str, kernels: str,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     out = {}
     for name in names:
         if name.startswith("conv"):
-            p = params[name]
-            prepared = {k: v for k, v in p.items() if k not in ("kernel", "bias")} or None
-            x = conv3x3(x, p["kernel"], p["bias"], prepared=prepared)
+            entry = None if prepared is None else prepared[name]
+            x = conv3x3(x, params[name]["kernel"], params[name]["bias"], prepared=entry)
         elif name.startswith("relu"):
             x = jax.nn.relu(x)
         else:
-            x = pool2x2(x, pooling, fast=fast)
+            x = pool2x2(x, pooling, kernels=kernels)
         if name in wanted:
             out[name] = x
     return x, out
@@ -204,24 +203,30 @@ def _run_block(
 
 def forward(
     params: dict[str, dict[str, jax.Array]], x: jax.Array, layers: Sequence[str], *,
+    kernels: str = "xla", prepared: dict[str, dict[str, jax.Array]] | None = None,
     pooling: str = "max", dtype: jnp.dtype = jnp.float32, remat: bool = False,
-    prepared: dict[str, dict[str, jax.Array]] | None = None, network: str = "vgg19",
+    network: str = "vgg19",
 ) -> dict[str, jax.Array]:
     """Pure VGG forward pass of one preprocessed ``(H, W, 3)`` image; see :class:`VGG`.
 
     With ``remat``, each block is wrapped in ``jax.checkpoint``: only block inputs and requested
     activations are kept for the backward pass, the rest is recomputed.
 
-    ``prepared`` picks the implementation, a static choice (:data:`nst_jax.kernels.KERNELS`):
-    ``None`` or ``{}`` runs plain XLA (``lax.conv_general_dilated``, a max reduction; both AD
-    modes); a :func:`nst_jax.kernels.prepare_kernels` tree of the same ``params`` made for CPU
-    runs the CPU-tuned kernels with what it precomputed (reverse mode only). The values are
-    the same to float rounding.
+    ``kernels`` picks the implementation, a static choice (:data:`nst_jax.kernels.KERNELS`):
+    ``"xla"`` runs ``lax.conv_general_dilated`` and a max reduction (both AD modes); ``"cpu"``
+    runs the CPU-tuned kernels (reverse mode only) with ``prepared``, the
+    :func:`nst_jax.kernels.prepare_kernels` tree of these ``params``, computed here when
+    ``None`` (in a loop, prepare it outside: XLA does not hoist it). The values are the same to
+    float rounding.
     """
     if x.ndim != 3 or x.shape[-1] != 3:
         raise ValueError(f"VGG takes one (H, W, 3) image, got shape {x.shape}")
     if pooling not in POOLINGS:
         raise NstError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+    if kernels not in KERNELS:
+        raise NstError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
+    if kernels == "cpu" and prepared is None:
+        prepared = prepare_kernels(params, dtype)
     wanted = {canonical_layer(n, network): n for n in layers}
     if not wanted:
         return {}
@@ -233,16 +238,13 @@ def forward(
         names = tuple(n for n in index if _block_of(n) == b + 1 and index[n] <= last)
         if not names:
             break
-        run = functools.partial(_run_block, names=names, pooling=pooling, fast=bool(prepared),
+        run = functools.partial(_run_block, names=names, pooling=pooling, kernels=kernels,
                                 wanted=tuple(n for n in names if n in wanted))
         if remat:
             run = jax.checkpoint(run)
-        block_params = {
-            n: {**params[n], **prepared[n]} if prepared and n in prepared else params[n]
-            for n in names
-            if n.startswith("conv")
-        }
-        x, acts = run(block_params, x)
+        convs = [n for n in names if n.startswith("conv")]
+        x, acts = run({n: params[n] for n in convs},
+                      {n: prepared[n] for n in convs} if kernels == "cpu" else None, x)
         out.update({wanted[n]: v for n, v in acts.items()})
     return out
 
@@ -260,6 +262,7 @@ class VGG(nn.Module):
       dtype: computation dtype of activations (``jnp.bfloat16`` for mixed precision); the
         parameters stay float32 and are cast at use.
       remat: ``jax.checkpoint`` each block (less memory, about a third more compute).
+      kernels: the implementation, ``"xla"`` or ``"cpu"`` (see :func:`forward`).
 
     Parameters: ``{"conv1_1": {"kernel": (3, 3, 3, 64), "bias": (64,)}, ...}``, HWIO, float32.
 
@@ -271,21 +274,23 @@ class VGG(nn.Module):
     pooling: str = "max"
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(
         self, x: jax.Array, layers: Sequence[str] = ("pool5",),
         prepared: dict[str, dict[str, jax.Array]] | None = None,
     ) -> dict[str, jax.Array]:
-        """Activations at ``layers``; ``prepared`` as in :func:`forward`."""
+        """Activations at ``layers``; ``kernels`` and ``prepared`` as in :func:`forward`."""
         last = max((layer_depth(n, self.network) for n in layers), default=-1)
         params = {
             name: self.param(name, _conv_init(conv_kernel_shape(name, self.network)))
             for name in conv_layers(self.network)
             if _INDEX[self.network][name] <= last
         }
-        return forward(params, x, layers, pooling=self.pooling, dtype=self.dtype,
-                       remat=self.remat, prepared=prepared, network=self.network)
+        return forward(params, x, layers, kernels=self.kernels, prepared=prepared,
+                       pooling=self.pooling, dtype=self.dtype, remat=self.remat,
+                       network=self.network)
 
 
 class VGG19(VGG):

@@ -150,7 +150,8 @@ ADAM = {"lr": 0.02, "b1": 0.99, "b2": 0.999, "eps": 0.1}  # nst-jax's OptimSpec 
 def _single_image_programs():
     """nst-jax's step for one image: the engine's chunk (``nst_jax.run.programs.chunk``) without the
     batch axis — the same ``init_state``/``run_chunk``/loss, prepared kernels and CPU compiler
-    options — as a namespace ``init``, ``chunk`` (with ``.lower``), ``loss``."""
+    options — as a namespace ``init``, ``chunk`` (with ``.lower``), ``loss``. Their ``net`` is
+    ``(weights, kernels)`` of :func:`_jax_setup`."""
     import functools
     import types
 
@@ -162,32 +163,33 @@ def _single_image_programs():
 
     opts = CPU_COMPILER_OPTIONS if jax.devices()[0].platform == "cpu" else None
 
-    def loss_fn(targets, weights, spec):
-        return lambda x: style_transfer_loss(x, targets, weights, spec)
+    def loss_fn(targets, net, spec):
+        return lambda x: style_transfer_loss(x, targets, net[0], spec, kernels=net[1])
 
     @functools.partial(jax.jit, static_argnames=("spec", "optim"), compiler_options=opts)
-    def init(x, targets, weights, *, spec, optim):
-        return init_state(x, loss_fn(targets, weights, spec), optim)
+    def init(x, targets, net, *, spec, optim):
+        return init_state(x, loss_fn(targets, net, spec), optim)
 
     @functools.partial(jax.jit, static_argnames=("spec", "optim", "chunk"), donate_argnums=(0,),
                        compiler_options=opts)
-    def chunk(state, n, targets, weights, *, spec, optim, chunk):
-        return run_chunk(state, n, loss_fn(targets, weights, spec), optim, chunk)
+    def chunk(state, n, targets, net, *, spec, optim, chunk):
+        return run_chunk(state, n, loss_fn(targets, net, spec), optim, chunk)
 
     @functools.partial(jax.jit, static_argnames=("spec",))
-    def loss(image, targets, weights, *, spec):
-        return style_transfer_loss(image, targets, weights, spec)
+    def loss(image, targets, net, *, spec):
+        return style_transfer_loss(image, targets, net[0], spec, kernels=net[1])
 
     return types.SimpleNamespace(init=init, chunk=chunk, loss=loss, COMPILER_OPTIONS=opts)
 
 
 def _jax_setup(task):
-    """Weights (from the shared .npz), LossSpec, images and jitted helpers for one size."""
+    """``(weights, kernels)`` (weights from the shared .npz), LossSpec and jitted helpers."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     S = _single_image_programs()
+    from nst_jax import kernels
     from nst_jax.objective import LossSpec, compute_targets
     from nst_jax.preprocessing import CAFFE
     from nst_jax.weights.container import VGGWeights
@@ -200,11 +202,12 @@ def _jax_setup(task):
     weights = VGGWeights(params=params, preprocessing=CAFFE, label="random", pretrained=False)
     spec = LossSpec(**task["spec"], dtype=task.get("dtype", "float32"), remat=task.get("remat", False))
     # As the engine does: kernels cast and flipped once per run, outside the loop.
-    weights = weights.prepare(spec.jnp_dtype)
-    return jax, jnp, np, S, spec, weights, compute_targets
+    kind = kernels.kernels_for(jax.devices()[0].platform)
+    net = (weights, kernels.prepare(weights.params, kind, spec.jnp_dtype))
+    return jax, jnp, np, S, spec, net, compute_targets
 
 
-def _targets(compute_targets, weights, size, spec):
+def _targets(compute_targets, net, size, spec):
     """``compute_targets``' result for the sample images at ``size``² (no masks, one style).
 
     Computed as two compiled calls, style Gram matrices first, then the content features of
@@ -217,11 +220,13 @@ def _targets(compute_targets, weights, size, spec):
 
     opts = _single_image_programs().COMPILER_OPTIONS
     content, style = load_square(CONTENT, size), load_square(STYLE, size)
-    grams = jax.jit(lambda w, s: style_grams(w, s, spec), compiler_options=opts)(weights, style)
+    grams = jax.jit(lambda n, s: style_grams(n[0], s, spec, kernels=n[1]),
+                    compiler_options=opts)(net, style)
     jax.block_until_ready(grams)
     feats = jax.jit(
-        lambda w, c: features_for(w, c, spec.content_layers, spec), compiler_options=opts
-    )(weights, content)
+        lambda n, c: features_for(n[0], c, spec.content_layers, spec, kernels=n[1]),
+        compiler_options=opts,
+    )(net, content)
     jax.block_until_ready(feats)
     return {"content": dict(feats), "style": dict(grams)}
 
@@ -238,25 +243,25 @@ def _optim(task):
 
 def worker_jax_steps(task) -> dict:
     """Compile time, per-step wall times and peak RSS of nst-jax's compiled chunk."""
-    jax, jnp, np, S, spec, weights, compute_targets = _jax_setup(task)
+    jax, jnp, np, S, spec, net, compute_targets = _jax_setup(task)
     import optax.tree_utils as otu
 
     base = maxrss_mib()
     size = task["size"]
-    targets = _targets(compute_targets, weights, size, spec)
+    targets = _targets(compute_targets, net, size, spec)
     optim = _optim(task)
-    state = S.init(jnp.asarray(noise_init(size)), targets, weights, spec=spec, optim=optim)
+    state = S.init(jnp.asarray(noise_init(size)), targets, net, spec=spec, optim=optim)
     jax.block_until_ready(state)
     one = jnp.int32(1)
     t = time.perf_counter()
     compiled = S.chunk.lower(
-        state, one, targets, weights, spec=spec, optim=optim, chunk=1
+        state, one, targets, net, spec=spec, optim=optim, chunk=1
     ).compile()
     compile_s = time.perf_counter() - t
     times, evals, losses = [], [], []
     for i in range(task["warmup"] + task["steps"]):
         t = time.perf_counter()
-        state, hist = compiled(state, one, targets, weights)
+        state, hist = compiled(state, one, targets, net)
         loss = float(hist["total"][0])
         dt = time.perf_counter() - t
         if not np.isfinite(loss):
@@ -278,20 +283,20 @@ def worker_jax_steps(task) -> dict:
 
 def worker_jax_memory(task) -> dict:
     """Peak RSS of targets + one Adam step (chunk of 1) at ``size``²."""
-    jax, jnp, np, S, spec, weights, compute_targets = _jax_setup(task)
+    jax, jnp, np, S, spec, net, compute_targets = _jax_setup(task)
     base = maxrss_mib()
     size = task["size"]
-    targets = _targets(compute_targets, weights, size, spec)
+    targets = _targets(compute_targets, net, size, spec)
     after_targets = maxrss_mib()
     optim = _optim({"optimizer": "adam"})
-    state = S.init(jnp.asarray(noise_init(size)), targets, weights, spec=spec, optim=optim)
+    state = S.init(jnp.asarray(noise_init(size)), targets, net, spec=spec, optim=optim)
     jax.block_until_ready(state)
     t = time.perf_counter()
-    compiled = S.chunk.lower(state, jnp.int32(1), targets, weights, spec=spec, optim=optim, chunk=1).compile()
+    compiled = S.chunk.lower(state, jnp.int32(1), targets, net, spec=spec, optim=optim, chunk=1).compile()
     compile_s = time.perf_counter() - t
     temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
     t = time.perf_counter()
-    state, hist = compiled(state, jnp.int32(1), targets, weights)
+    state, hist = compiled(state, jnp.int32(1), targets, net)
     loss = float(hist["total"][0])
     return {
         "seconds": time.perf_counter() - t,
@@ -306,25 +311,25 @@ def worker_jax_memory(task) -> dict:
 
 def worker_jax_quality(task) -> dict:
     """Adam for ``steps`` steps in ``dtype``; the result's loss under the float32 objective."""
-    jax, jnp, np, S, spec, weights, compute_targets = _jax_setup(task)
+    jax, jnp, np, S, spec, net, compute_targets = _jax_setup(task)
     from nst_jax.objective import LossSpec
     from nst_jax.optimize import result_image
 
     size = task["size"]
-    targets = _targets(compute_targets, weights, size, spec)
+    targets = _targets(compute_targets, net, size, spec)
     optim = _optim({"optimizer": "adam"})
-    state = S.init(jnp.asarray(noise_init(size)), targets, weights, spec=spec, optim=optim)
+    state = S.init(jnp.asarray(noise_init(size)), targets, net, spec=spec, optim=optim)
     chunk = 20
     done = 0
     while done < task["steps"]:
         n = min(chunk, task["steps"] - done)
-        state, hist = S.chunk(state, jnp.int32(n), targets, weights, spec=spec, optim=optim, chunk=chunk)
+        state, hist = S.chunk(state, jnp.int32(n), targets, net, spec=spec, optim=optim, chunk=chunk)
         done += n
     spec32 = LossSpec(**task["spec"])
-    targets32 = _targets(compute_targets, weights, size, spec32)
+    targets32 = _targets(compute_targets, net, size, spec32)
     image = result_image(state, optim)
-    loss32, _ = S.loss(image, targets32, weights, spec=spec32)
-    own, _ = S.loss(image, targets, weights, spec=spec)
+    loss32, _ = S.loss(image, targets32, net, spec=spec32)
+    own, _ = S.loss(image, targets, net, spec=spec)
     return {"loss_f32": float(loss32), "loss_own": float(own), "steps": int(state.step)}
 
 
@@ -337,15 +342,15 @@ def worker_jax_time_to_loss(task) -> dict:
     and the resizes, and stops while the float32 loss of the current result is evaluated
     (a measurement, not part of the method).
     """
-    jax, jnp, np, S, spec, weights, compute_targets = _jax_setup(task)
+    jax, jnp, np, S, spec, net, compute_targets = _jax_setup(task)
     from nst_jax import imageops
     from nst_jax.objective import LossSpec
     from nst_jax.optimize import result_image
 
     spec32 = LossSpec(**task["spec"])
     final = task["scales"][-1][0]
-    targets32 = _targets(compute_targets, weights, final, spec32)
-    S.loss(jnp.asarray(noise_init(final)), targets32, weights, spec=spec32)[0].block_until_ready()
+    targets32 = _targets(compute_targets, net, final, spec32)
+    S.loss(jnp.asarray(noise_init(final)), targets32, net, spec=spec32)[0].block_until_ready()
     optim = _optim(task)
     chunk = task.get("chunk", 5)
     clock = 0.0
@@ -354,10 +359,10 @@ def worker_jax_time_to_loss(task) -> dict:
     reached = None
     for k, (size, iters) in enumerate(task["scales"]):
         t = time.perf_counter()
-        targets = _targets(compute_targets, weights, size, spec)
+        targets = _targets(compute_targets, net, size, spec)
         if image.shape[0] != size:
             image = imageops.resize(image, (size, size))
-        state = S.init(image, targets, weights, spec=spec, optim=optim)
+        state = S.init(image, targets, net, spec=spec, optim=optim)
         jax.block_until_ready(state)
         clock += time.perf_counter() - t
         last = k == len(task["scales"]) - 1
@@ -365,7 +370,7 @@ def worker_jax_time_to_loss(task) -> dict:
         while (done < iters) if not last else (clock < task["budget_s"] or not trace):
             n = chunk if last else min(chunk, iters - done)
             t = time.perf_counter()
-            state, hist = S.chunk(state, jnp.int32(n), targets, weights, spec=spec, optim=optim, chunk=chunk)
+            state, hist = S.chunk(state, jnp.int32(n), targets, net, spec=spec, optim=optim, chunk=chunk)
             image = result_image(state, optim)
             image.block_until_ready()
             clock += time.perf_counter() - t
@@ -373,7 +378,7 @@ def worker_jax_time_to_loss(task) -> dict:
             if bool(state.diverged):
                 break
             if last:
-                loss = float(S.loss(image, targets32, weights, spec=spec32)[0])
+                loss = float(S.loss(image, targets32, net, spec=spec32)[0])
                 trace.append((clock, int(state.step), loss))
                 if loss <= task["target"]:
                     reached = clock

@@ -7,7 +7,7 @@ not depend on the weights' values) and the bundled sample photos, square-cropped
 * ``kernels``: the two implementations of :mod:`nst_jax.kernels` on the same arrays: plain XLA
   (the engine's choice off CPU) and the CPU-tuned one (pre-flipped backward kernels through a
   custom VJP, Winograd, the byte-mask max-pool; the engine's choice on CPU), forced onto this
-  device with ``VGGWeights.prepare(dtype, platform=...)``. Per size and dtype: compile seconds,
+  device with ``kernels.prepare(params, kind, dtype)``. Per size and dtype: compile seconds,
   milliseconds per Adam step (median of ``--repeats`` timed chunks of ``--steps`` steps, the two
   implementations alternated), the compiled chunk's temporaries, the prepared tree's bytes, and
   the relative difference of their losses at the start image.
@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nst_jax import kernels as kernels_lib
 from nst_jax.run import engine as engine_lib
 from nst_jax.run import transfer
 from nst_jax.config import get_preset
@@ -60,20 +61,24 @@ def square(name: str, size: int) -> np.ndarray:
 
 
 def _chunk_program(spec, optim, steps, rows=False):
-    def loss_fn(targets, weights):
-        return lambda x: style_transfer_loss(x, targets, weights, spec)
+    """Jitted ``chunk(state, n, targets, weights, kernels)``, ``init(x, targets, weights,
+    kernels)`` and ``loss(x, targets, weights, kernels)``."""
 
-    def chunk(state, n, targets, weights):
-        return run_chunk(state, n, loss_fn(targets, weights), optim, steps)
+    def loss_fn(targets, weights, kernels):
+        return lambda x: style_transfer_loss(x, targets, weights, spec, kernels=kernels)
 
-    def init(x, targets, weights):
-        return init_state(x, loss_fn(targets, weights), optim)
+    def chunk(state, n, targets, weights, kernels):
+        return run_chunk(state, n, loss_fn(targets, weights, kernels), optim, steps)
 
-    def loss(x, targets, weights):
-        return style_transfer_loss(x, targets, weights, spec)[0]
+    def init(x, targets, weights, kernels):
+        return init_state(x, loss_fn(targets, weights, kernels), optim)
+
+    def loss(x, targets, weights, kernels):
+        return style_transfer_loss(x, targets, weights, spec, kernels=kernels)[0]
 
     if rows:  # one row through jax.vmap, as the engine ran every group before issue 10's fix
-        chunk, init = jax.vmap(chunk, in_axes=(0, None, 0, None)), jax.vmap(init, (0, 0, None))
+        chunk = jax.vmap(chunk, in_axes=(0, None, 0, None, None))
+        init = jax.vmap(init, (0, 0, None, None))
     return jax.jit(chunk, donate_argnums=(0,)), jax.jit(init), jax.jit(loss)
 
 
@@ -98,26 +103,26 @@ def bench_kernels(args) -> None:
             x0 = jnp.asarray(content)
             runs, base_loss = {}, None
             for impl in IMPLS:
-                w = weights.prepare(spec.jnp_dtype, platform="cpu" if impl == "cpu" else "gpu")
-                state = init(x0, targets, w)
+                w = (weights, kernels_lib.prepare(weights.params, impl, spec.jnp_dtype))
+                state = init(x0, targets, *w)
                 n = jnp.int32(args.steps)
                 t = time.perf_counter()
-                compiled = chunk.lower(state, n, targets, w).compile()
+                compiled = chunk.lower(state, n, targets, *w).compile()
                 compile_s = time.perf_counter() - t
                 temp = compiled.memory_analysis()
                 temp_mib = None if temp is None else temp.temp_size_in_bytes / 2**20
-                value = float(loss(x0, targets, w))
+                value = float(loss(x0, targets, *w))
                 base_loss = value if impl == "xla" else base_loss
-                state, hist = compiled(state, n, targets, w)  # warm-up chunk
+                state, hist = compiled(state, n, targets, *w)  # warm-up chunk
                 jax.block_until_ready(hist)
                 runs[impl] = dict(compiled=compiled, state=state, w=w, times=[],
                                   compile_s=compile_s, temp=temp_mib, loss=value,
-                                  prepared=_tree_bytes(w.prepared) / 2**20)
+                                  prepared=_tree_bytes(w[1].tree) / 2**20)
             for _ in range(args.repeats):
                 for impl, r in runs.items():
                     t = time.perf_counter()
                     r["state"], hist = r["compiled"](r["state"], jnp.int32(args.steps), targets,
-                                                     r["w"])
+                                                     *r["w"])
                     jax.block_until_ready((r["state"], hist))
                     r["times"].append((time.perf_counter() - t) / args.steps)
             for impl, r in runs.items():
@@ -137,21 +142,22 @@ def bench_rows(args) -> None:
     spec = get_preset("gatys").loss
     content, style = jnp.asarray(square("chelsea", size)), jnp.asarray(square("hubble", size))
     targets = compute_targets(weights, content, style, spec)
-    w = weights.prepare(spec.jnp_dtype, platform=jax.devices()[0].platform)
+    kind = kernels_lib.kernels_for(jax.devices()[0].platform)
+    w = (weights, kernels_lib.prepare(weights.params, kind, spec.jnp_dtype))
     batched = jax.tree.map(lambda a: a[None], targets)
     for optim in (OptimSpec(), OptimSpec(optimizer="lbfgs", learning_rate=1.0)):
         runs = {}
         for rows in (False, True):
             chunk, init, _ = _chunk_program(spec, optim, args.steps, rows=rows)
             t, x = (batched, content[None]) if rows else (targets, content)
-            state = jax.tree.map(jnp.copy, init(x, t, w))
-            state, hist = chunk(state, jnp.int32(args.steps), t, w)
+            state = jax.tree.map(jnp.copy, init(x, t, *w))
+            state, hist = chunk(state, jnp.int32(args.steps), t, *w)
             jax.block_until_ready(hist)
             runs[rows] = [state, t, [], chunk]
         for _ in range(args.repeats):
             for rows, r in runs.items():
                 start = time.perf_counter()
-                r[0], hist = r[3](r[0], jnp.int32(args.steps), r[1], w)
+                r[0], hist = r[3](r[0], jnp.int32(args.steps), r[1], *w)
                 jax.block_until_ready(hist)
                 r[2].append((time.perf_counter() - start) / args.steps)
         a, b = (1e3 * statistics.median(runs[k][2]) for k in (False, True))

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from nst_jax.image_io import fit_longest_side, load_image, resize_image, save_image
+from nst_jax.image_io import load_image, save_image
+from nst_jax.imageops import resize_longest
 
 HERE = Path(__file__).resolve().parent.parent / "nst_jax" / "samples"
 LONGEST_SIDE = 256
@@ -27,7 +28,7 @@ def _from_skimage(filename: str, out_name: str) -> None:
 
     src = Path(skimage.data.__file__).parent / filename
     img = load_image(src)
-    img = np.clip(resize_image(img, fit_longest_side(img.shape[:2], LONGEST_SIDE)), 0.0, 1.0)
+    img = resize_longest(img, LONGEST_SIDE)
     save_image(HERE / out_name, img)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nst_jax import image_io
+from nst_jax import image_io, imageops
 from nst_jax.run.transfer import stylize_batch
 from nst_jax.config import PRESETS, get_preset
 from nst_jax.weights.store import resolve_weights
@@ -31,8 +31,8 @@ def _load(name: str) -> np.ndarray:
 
 def _cell(img: np.ndarray, side: int) -> np.ndarray:
     """``img`` scaled to fit a ``side × side`` white square (aspect ratio kept, centred)."""
-    h, w = image_io.fit_longest_side(img.shape[:2], side)
-    small = np.clip(image_io.resize_image(img, (h, w)), 0.0, 1.0)
+    small = imageops.resize_longest(img, side)
+    h, w = small.shape[:2]
     out = np.ones((side, side, 3), np.float32)
     y, x = (side - h) // 2, (side - w) // 2
     out[y:y + h, x:x + w] = small

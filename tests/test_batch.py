@@ -24,6 +24,8 @@ from nst_jax.errors import NstError
 from nst_jax.run.inputs import pair_indices
 from nst_jax.run.transfer import compile_count, stylize_batch
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 # --------------------------------------------------------------------------------------------
 # Pure host-side logic (in-process, one device)
 

@@ -17,6 +17,8 @@ from PIL import Image
 from nst_jax.cli import main, safety
 from nst_jax.cli.batch import output_names
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 TINY = ["--preset", "tiny", "--weights", "random", "--size", "32", "--steps", "4",
         "--chunk-size", "2", "--lr", "0.01"]
 

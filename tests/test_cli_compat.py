@@ -17,6 +17,8 @@ TINY = ["--preset", "tiny", "--weights", "random"]
 # The same small content/style pair as the stylize CLI tests (pytest puts tests/ on sys.path).
 from test_cli_stylize import pair, write_image  # noqa: E402,F401
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 
 def _stylize_parser():
     return build_parser()._subparsers._group_actions[0].choices["stylize"]

@@ -14,6 +14,8 @@ from PIL import Image
 
 from nst_jax.cli import main
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 
 def write_image(path, h, w, seed=0):
     rng = np.random.default_rng(seed)

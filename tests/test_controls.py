@@ -14,6 +14,8 @@ from nst_jax.objective import LossSpec, compute_targets, style_transfer_loss
 from nst_jax.run.programs import rescale_opt_state
 from nst_jax.run.transfer import stylize
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 
 @pytest.fixture(scope="module")
 def images():

@@ -246,6 +246,7 @@ def test_all_problems_named_in_one_message(tmp_path, keras_h5_writer, zero_param
         assert phrase in msg
 
 
+@pytest.mark.slow
 def test_convert_refuses_directory_output_and_missing_input(
     tmp_path, capsys, keras_h5_writer, zero_params
 ):
@@ -411,6 +412,7 @@ def test_sparse_pth_tensor_is_refused_in_one_sentence(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["vgg19.pth"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_zero_stride_pth_tensor_is_refused_by_its_shape_before_conversion(tmp_path):
     torch = pytest.importorskip("torch")

@@ -17,6 +17,8 @@ from nst_jax.cli import safety
 from nst_jax.errors import NstError
 from nst_jax.run.sharding import initialize
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 ARGS = ["--preset", "tiny", "--weights", "random", "--size", "32", "--steps", "4",
         "--chunk-size", "2", "--lr", "0.01"]
 

@@ -1,8 +1,8 @@
 """Forward-mode AD (``jax.jvp``, ``jax.jacfwd``) through the public losses and the plain network.
 
-Unprepared weights run plain XLA (``nst_jax.kernels``' ``"xla"`` choice), whose convolution and
-pooling JAX differentiates in both modes; the Gram matrix has a custom JVP. References: central
-central finite differences (float32, steps and tolerances sized for it) and reverse mode.
+The objective runs plain XLA by default (``nst_jax.kernels``' ``"xla"`` choice), whose
+convolution and pooling JAX differentiates in both modes; the Gram matrix has a custom JVP.
+References: central finite differences (float32, steps and tolerances sized for it) and reverse mode.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import pytest
 from nst_jax import losses
 from nst_jax.objective import LossSpec, compute_targets, style_transfer_loss
 from nst_jax.weights.container import random_weights
+
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
 
 H, W = 10, 12
 SPEC = LossSpec(
@@ -44,8 +46,7 @@ def problem():
 
 
 def test_jvp_of_style_transfer_loss_matches_finite_difference_and_gradient(problem):
-    weights, targets, image = problem
-    assert weights.prepared is None  # plain XLA
+    weights, targets, image = problem  # the loss runs plain XLA (kernels.XLA) by default
 
     def loss(x):
         return style_transfer_loss(x, targets, weights, SPEC)[0]

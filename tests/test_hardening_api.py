@@ -1,4 +1,4 @@
-"""Issue 11, cases 14 and 15: the Python API's input rules (documented in README "Errors and
+"""Issue 11: the Python API's input rules (documented in README "Errors and
 exit statuses") and clear errors for NumPy scalars, 2-D Gram input and incomplete targets."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ RNG = np.random.default_rng(0)
 IMG = RNG.random((20, 24, 3), dtype=np.float32)
 
 
-# 14. the array conversion rule -------------------------------------------------------------------
+# The array conversion rule -------------------------------------------------------------------
 
-def test_14_uint8_and_uint16_are_scaled_by_their_full_range():
+def test_uint8_and_uint16_are_scaled_by_their_full_range():
     u8 = (IMG * 255).round().astype(np.uint8)
     u16 = (IMG * 65535).round().astype(np.uint16)
     np.testing.assert_allclose(imageops.as_rgb01(u8), u8 / 255.0, atol=1e-7)
@@ -38,20 +38,20 @@ def test_14_uint8_and_uint16_are_scaled_by_their_full_range():
     ((IMG * 255).astype(np.int64), "dtype int64"),
     (IMG > 0.5, "dtype bool"),
 ])
-def test_14_other_arrays_are_refused_with_the_fix_named(array, needle):
+def test_other_arrays_are_refused_with_the_fix_named(array, needle):
     with pytest.raises(NstError, match="content image") as err:
         imageops.as_rgb01(array, "content image")
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-def test_14_resampling_overshoot_is_clipped_not_refused():
+def test_resampling_overshoot_is_clipped_not_refused():
     a = IMG.copy()
     a[0, 0] = [-0.05, 1.05, 0.5]
     out = imageops.as_rgb01(a)
     assert out.min() == 0.0 and out.max() == 1.0
 
 
-def test_14_nan_content_is_refused_before_any_work(weights):
+def test_nan_content_is_refused_before_any_work(weights):
     content = IMG.copy()
     content[3, 4, 1] = np.nan
     with pytest.raises(NstError, match="content image has 1 values that are NaN"):
@@ -60,9 +60,9 @@ def test_14_nan_content_is_refused_before_any_work(weights):
         nst_jax.stylize(IMG, IMG * 255, get_preset("tiny").replace(steps=1), weights)
 
 
-# 15. NumPy scalars, 2-D Gram input, incomplete targets ----------------------------------------------
+# NumPy scalars, 2-D Gram input, incomplete targets ----------------------------------------------
 
-def test_15_numpy_scalars_are_accepted_as_numbers():
+def test_numpy_scalars_are_accepted_as_numbers():
     c = get_preset("tiny").replace(
         steps=np.int64(5), content_weight=np.float32(1.0), style_weight=np.float64(2.0),
         learning_rate=np.float32(0.1), size=np.int32(40), style_layer_weights=[np.float32(1)] * 3,
@@ -79,7 +79,7 @@ def test_15_numpy_scalars_are_accepted_as_numbers():
         get_preset("tiny").replace(steps=np.float32(5.5))
 
 
-def test_15_gram_of_a_2d_array_names_the_shape_and_vmap():
+def test_gram_of_a_2d_array_names_the_shape_and_vmap():
     with pytest.raises(ValueError, match=r"ONE \(H, W, C\) feature map, got shape \(5, 4\).*vmap"):
         nst_jax.gram_matrix(jnp.ones((5, 4)))
     with pytest.raises(ValueError, match=r"got shape \(2, 5, 4, 3\)"):
@@ -87,7 +87,7 @@ def test_15_gram_of_a_2d_array_names_the_shape_and_vmap():
     np.testing.assert_allclose(nst_jax.gram_matrix(jnp.ones((2, 3, 4))), np.ones((4, 4)))
 
 
-def test_15_targets_missing_a_layer_are_named(weights):
+def test_targets_missing_a_layer_are_named(weights):
     spec = LossSpec(("relu2_1",), ("relu1_1", "relu2_1"), 1.0, 1.0, 0.0)
     x = jnp.asarray(IMG)
     targets = compute_targets(weights, x, x, spec)
@@ -101,7 +101,7 @@ def test_15_targets_missing_a_layer_are_named(weights):
         nst_jax.style_loss(feats, {"relu1_1": jnp.eye(64), "relu2_1": jnp.eye(128)})
 
 
-def test_11_infinite_blend_through_the_api(weights):
+def test_infinite_blend_is_refused_through_the_api(weights):
     with pytest.raises(NstError, match="style blend weights must be >= 0, finite"):
         nst_jax.stylize(IMG, [IMG, IMG], get_preset("tiny").replace(steps=1, size=16), weights,
                         style_blend=(1.0, float("inf")))
@@ -112,6 +112,7 @@ def test_11_infinite_blend_through_the_api(weights):
 SPEC = LossSpec(("relu2_1",), ("relu1_1",), 1.0, 1.0, 0.0)
 
 
+@pytest.mark.slow
 def test_uint8_images_get_the_rule_at_targets_features_and_loss(weights):
     u8 = (IMG * 255).round().astype(np.uint8)
     as_float = u8 / np.float32(255)

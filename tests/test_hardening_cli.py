@@ -1,6 +1,6 @@
 """Issue 11: the holes a hostile trial found in the CLI, each reproduced and then shown closed:
 exit status 2 (or the documented one), one sentence, nothing lost, nothing half-written, no
-traceback. Tiny images and random weights throughout; the numbered cases follow the issue."""
+traceback. Tiny images and random weights throughout."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from nst_jax import preprocessing as prep_lib
 from nst_jax.weights import container as weights_lib
 from nst_jax.cli import main, safety
 from nst_jax.errors import NstError
+
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
 
 TINY = ["--preset", "tiny", "--weights", "random", "--size", "40"]
 
@@ -57,10 +59,10 @@ def one_error_line(capsys, *needles):
     return err[-1]
 
 
-# 1. -o naming an input -----------------------------------------------------------------------
+# An output (-o) naming an input -------------------------------------------------------------------
 
 @pytest.mark.parametrize("which", ["content", "style", "hardlink", "dotted"])
-def test_1_output_that_is_an_input_is_refused(tmp_path, pair, capsys, which):
+def test_output_that_is_an_input_is_refused(tmp_path, pair, capsys, which):
     content, style = pair
     out = {"content": content, "style": style, "dotted": str(tmp_path / "." / "photo.png")}.get(which)
     if which == "hardlink":
@@ -72,10 +74,10 @@ def test_1_output_that_is_an_input_is_refused(tmp_path, pair, capsys, which):
     assert snapshot(tmp_path) == before
 
 
-# 2. --loss-log naming an image ----------------------------------------------------------------
+# --loss-log naming an image ----------------------------------------------------------------
 
 @pytest.mark.parametrize("which", ["content", "output"])
-def test_2_loss_log_naming_an_image_is_refused(tmp_path, pair, capsys, which):
+def test_loss_log_naming_an_image_is_refused(tmp_path, pair, capsys, which):
     content, style = pair
     out = tmp_path / "out.png"
     write_image(out, 8, 8)
@@ -87,11 +89,11 @@ def test_2_loss_log_naming_an_image_is_refused(tmp_path, pair, capsys, which):
     assert snapshot(tmp_path) == before
 
 
-# 3. is in tests/test_memory.py (--size 100000 and 30000 refused by the memory guard).
+# Sizes too large for memory (--size 100000 and 30000) are refused in tests/test_memory.py.
 
-# 4. a small PNG of 13000x13000 pixels ----------------------------------------------------------
+# A small PNG of 13000x13000 pixels ----------------------------------------------------------
 
-def test_4_huge_png_is_decoded_at_reduced_size(tmp_path, capsys, monkeypatch):
+def test_huge_png_is_decoded_at_reduced_size(tmp_path, capsys, monkeypatch):
     big = tmp_path / "big.png"
     Image.new("L", (13000, 13000), 90).save(big, compress_level=9)
     assert big.stat().st_size < 300 << 10  # ~190 KB on disk, 169 megapixels
@@ -120,13 +122,13 @@ def test_4_huge_png_is_decoded_at_reduced_size(tmp_path, capsys, monkeypatch):
     assert max(seen["content"][:2]) < 200
 
 
-# 5. an HDF5 file declaring a 50000x50000 dataset ------------------------------------------------
+# An HDF5 file declaring a 50000x50000 dataset ------------------------------------------------
 
 def _huge_dataset(group):
     group.create_dataset("kernel", shape=(50000, 50000), dtype="f4", chunks=(64, 64))
 
 
-def test_5_declared_huge_datasets_are_refused_before_reading(tmp_path, capsys):
+def test_declared_huge_datasets_are_refused_before_reading(tmp_path, capsys):
     nst = tmp_path / "tiny.nst.h5"
     with h5py.File(nst, "w") as f:
         for k, v in {"format": weights_file.FORMAT, "format_version": 1, "source_file": "x",
@@ -157,9 +159,9 @@ def test_5_declared_huge_datasets_are_refused_before_reading(tmp_path, capsys):
     assert not (tmp_path / "c.nst.h5").exists()
 
 
-# 6. directories that cannot be made -------------------------------------------------------------
+# Directories that cannot be made -------------------------------------------------------------
 
-def test_6_output_directories_that_cannot_be_made(tmp_path, pair, capsys, monkeypatch):
+def test_output_directories_that_cannot_be_made(tmp_path, pair, capsys, monkeypatch):
     content, style = pair
     (tmp_path / "file").write_text("x")
     before = snapshot(tmp_path)
@@ -183,9 +185,9 @@ def test_6_output_directories_that_cannot_be_made(tmp_path, pair, capsys, monkey
     assert {k: v for k, v in snapshot(tmp_path).items() if k != "ro"} == before
 
 
-# 7. batch writing into its own input folder ------------------------------------------------------
+# Batch writing into its own input folder ------------------------------------------------------
 
-def test_7_batch_never_reads_its_outputs_as_inputs(tmp_path, capsys):
+def test_batch_never_reads_its_outputs_as_inputs(tmp_path, capsys):
     d = tmp_path / "in"
     d.mkdir()
     write_image(d / "a.png", 20, 28, 1)
@@ -216,7 +218,7 @@ def keras_file(tmp_path, keras_h5_writer):
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_8_stale_part_files_of_killed_downloads_are_removed(tmp_path, keras_file):
+def test_stale_part_files_of_killed_downloads_are_removed(tmp_path, keras_file):
     import fcntl
 
     src, sha = keras_file
@@ -246,7 +248,7 @@ def test_8_stale_part_files_of_killed_downloads_are_removed(tmp_path, keras_file
     assert sorted(p.name for p in dest.iterdir()) == [path.name]
 
 
-def test_9_percent_encoded_slashes_cannot_leave_the_destination(tmp_path, monkeypatch):
+def test_percent_encoded_slashes_cannot_leave_the_destination(tmp_path, monkeypatch):
     assert download.safe_filename("http://h/a/%2F..%2F..%2Fevil.h5") == "evil.h5"
     assert download.safe_filename("http://h/a/..%2F..%2F") == ""
     assert download.safe_filename("http://h/a/%2e%2e") == ""
@@ -267,10 +269,10 @@ def test_9_percent_encoded_slashes_cannot_leave_the_destination(tmp_path, monkey
     assert os.listdir(dest) == [] and sorted(os.listdir(tmp_path)) == ["d"]
 
 
-# 10. strict UTF-8 stdout and a non-UTF-8 output name ------------------------------------------------
+# Strict UTF-8 stdout and a non-UTF-8 output name ------------------------------------------------
 
 @pytest.mark.skipif(sys.platform != "linux", reason="needs byte file names")
-def test_10_non_utf8_output_name_on_strict_stdout(tmp_path, vgg_params, keras_h5_writer):
+def test_non_utf8_output_name_on_strict_stdout(tmp_path, vgg_params, keras_h5_writer):
     src = keras_h5_writer(tmp_path / "w.h5", vgg_params)
     out = os.fsencode(tmp_path) + b"/w\xff.nst.h5"
     env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8"}
@@ -281,7 +283,7 @@ def test_10_non_utf8_output_name_on_strict_stdout(tmp_path, vgg_params, keras_h5
     assert os.path.exists(out) and b"wrote" in proc.stdout and b"\\udcff" in proc.stdout
 
 
-# 11. inf weights ---------------------------------------------------------------------------------
+# Inf weights ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flags, needle", [
     (["--style-layer-weights", "1,inf,1"], "style layer weights must be >= 0 and finite"),
@@ -289,16 +291,16 @@ def test_10_non_utf8_output_name_on_strict_stdout(tmp_path, vgg_params, keras_h5
     (["--style-blend", "inf"], "--style-blend weights must be >= 0, finite"),
     (["--content-weight", "inf"], "content weight must be a finite number"),
 ])
-def test_11_infinite_weights_are_refused(tmp_path, pair, capsys, flags, needle):
+def test_infinite_or_nan_weight_flags_are_refused(tmp_path, pair, capsys, flags, needle):
     before = snapshot(tmp_path)
     assert main(["stylize", *pair, "-o", str(tmp_path / "o.png"), *TINY, *flags]) == 2
     one_error_line(capsys, needle)
     assert snapshot(tmp_path) == before
 
 
-# 12. NaN/inf weight files --------------------------------------------------------------------------
+# NaN/inf weight files --------------------------------------------------------------------------
 
-def test_12_weight_files_holding_nan_are_refused(tmp_path, capsys, vgg_params, keras_h5_writer):
+def test_weight_files_holding_nan_are_refused(tmp_path, capsys, vgg_params, keras_h5_writer):
     path = tmp_path / "w.nst.h5"
     weights_file.save_weights(path, vgg_params, prep_lib.KERAS, source_file="x",
                              source_sha256="0" * 64, layout="keras")
@@ -321,9 +323,9 @@ def test_12_weight_files_holding_nan_are_refused(tmp_path, capsys, vgg_params, k
     assert not (tmp_path / "c.nst.h5").exists()
 
 
-# 13. SIGTERM -----------------------------------------------------------------------------------------
+# SIGTERM -----------------------------------------------------------------------------------------
 
-def test_13_sigterm_keeps_the_best_image_and_exits_143(tmp_path, pair):
+def test_sigterm_keeps_the_best_image_and_exits_143(tmp_path, pair):
     from test_cli_stylize import signal_after_first_save
 
     out = tmp_path / "out.png"

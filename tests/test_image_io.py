@@ -16,7 +16,6 @@ from nst_jax.image_io import (
     SAMPLES,
     atomic_write_bytes,
     check_output_path,
-    fit_longest_side,
     load_image,
     resize_image,
     sample_path,
@@ -129,12 +128,16 @@ def test_exif_orientation_6_rotates(tmp_path):
 # Resizing
 
 
-def test_fit_longest_side():
-    assert fit_longest_side((20, 40), 10) == (5, 10)
-    assert fit_longest_side((40, 20), 80) == (80, 40)  # enlarges too
-    assert fit_longest_side((1000, 1), 10) == (10, 1)  # at least 1 px
-    assert fit_longest_side((3, 3), 7) == (7, 7)
-    assert fit_longest_side((300, 451), 256) == (170, 256)
+def test_fit_longest_rounds_halves_up_exactly():
+    from nst_jax.imageops import fit_longest
+
+    assert fit_longest((20, 40), 10) == (5, 10)
+    assert fit_longest((40, 20), 80) == (80, 40)  # enlarges too
+    assert fit_longest((1000, 1), 10) == (10, 1)  # at least 1 px
+    assert fit_longest((3, 3), 7) == (7, 7)
+    assert fit_longest((300, 451), 256) == (170, 256)
+    assert fit_longest((3, 4), 2) == (2, 2)  # 1.5 rounds up
+    assert fit_longest((5, 10), 5) == (3, 5)  # and so does 2.5 (round() gave 2)
 
 
 @pytest.mark.parametrize("max_size, want", [(10, (5, 10)), (64, (32, 64))])
@@ -173,7 +176,7 @@ def test_host_resize_equals_the_jax_resize(hw):
     host = imageops.resize_host(img, hw)
     assert host.shape == (*hw, 3) and host.dtype == np.float32 and 0 <= host.min() <= host.max() <= 1
     np.testing.assert_allclose(host, np.asarray(imageops.resize(img, hw)), rtol=0, atol=2e-5)
-    assert imageops.resize_longest(img, 30).shape == (22, 30, 3)
+    assert imageops.resize_longest(img, 30).shape == (23, 30, 3)  # 22.5 rounds up
 
 
 # ---------------------------------------------------------------------------------------------

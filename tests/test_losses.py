@@ -133,6 +133,7 @@ def test_content_loss_and_gradient_zero_at_target():
     assert float(jnp.abs(grad).max()) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("convention", ["tf", "gatys"])
 def test_gradients_match_finite_differences(convention):
     jax.config.update("jax_enable_x64", True)

@@ -19,6 +19,8 @@ from nst_jax.config import get_preset
 
 from conftest import COMPILE_CACHE_ENV
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -19,10 +19,14 @@ import pytest
 
 from nst_jax import kernels, losses, vgg
 from nst_jax.config import get_preset
+from nst_jax.errors import NstError
+from nst_jax.features import extract_features
 from nst_jax.objective import LossSpec, compute_targets, style_transfer_loss
 from nst_jax.optimize import OptimSpec
 from nst_jax.preprocessing import preprocess
 from nst_jax.weights.container import random_weights
+
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
 
 H, W = 34, 38  # odd halves on the way down exercise floor-mode pooling
 
@@ -79,7 +83,8 @@ def fast_objective(spec: LossSpec):
     kernels prepared for the CPU in ``spec.dtype``, jitted once per spec."""
 
     def loss(x, targets, weights):
-        return style_transfer_loss(x, targets, weights.prepare(spec.dtype, platform="cpu"), spec)
+        cpu = kernels.prepare(weights.params, "cpu", spec.dtype)
+        return style_transfer_loss(x, targets, weights, spec, kernels=cpu)
 
     return jax.jit(jax.value_and_grad(loss, has_aux=True))
 
@@ -101,7 +106,7 @@ def rel_err(a, b) -> float:
 
 
 def test_backward_kernel_is_the_rotated_transposed_kernel(weights):
-    prepared = kernels.prepare_kernels(weights.params, platform="cpu")
+    prepared = kernels.prepare_kernels(weights.params)
     k = np.asarray(weights.params["conv2_1"]["kernel"])
     kb = np.asarray(prepared["conv2_1"]["backward"])
     assert kb.shape == (3, 3, 128, 64)
@@ -113,28 +118,28 @@ def test_backward_kernel_is_the_rotated_transposed_kernel(weights):
     np.testing.assert_allclose(
         prepared["conv4_1"]["winograd"], kernels.winograd_kernel(weights.params["conv4_1"]["kernel"])
     )
-    bf16 = kernels.prepare_kernels(weights.params, jnp.bfloat16, platform="cpu")["conv5_1"]
+    bf16 = kernels.prepare_kernels(weights.params, jnp.bfloat16)["conv5_1"]
     assert bf16["backward"].dtype == bf16["forward"].dtype == jnp.bfloat16
     assert set(bf16) == {"forward", "backward", "winograd"}  # the backward reuses "winograd"
 
 
-def test_kernel_choice_follows_the_arrays_platform(weights):
+def test_kernel_choice_is_static_and_follows_the_platform(weights):
     assert kernels.KERNELS == ("xla", "cpu")
     assert [kernels.kernels_for(p) for p in ("cpu", "gpu", "cuda", "tpu")] == ["cpu"] + ["xla"] * 3
-    assert kernels.prepare_kernels(weights.params, platform="gpu") == {}
-    assert kernels.array_platform(weights.params) == "cpu"  # the test arrays live on the CPU
-    assert kernels.prepared_kind(weights.prepare().prepared) == "cpu"
-    gpu = weights.prepare(platform="gpu")
-    assert gpu.prepared == {} and gpu.prepare("bfloat16") is gpu  # a choice is kept
-    cpu = weights.prepare("bfloat16", platform="cpu")
-    assert cpu.prepare("bfloat16") is cpu and cpu.prepare(platform="cpu").prepared["conv1_1"][
-        "backward"].dtype == jnp.float32
-    # Under jit the arrays have no device: without a platform the weights stay plain XLA.
-    assert jax.jit(lambda w: w.prepare().prepared)(weights) is None
-    inside = jax.jit(lambda w: w.prepare("bfloat16", platform="cpu").prepared)(weights)
-    assert inside["conv5_1"]["winograd"].dtype == jnp.bfloat16
-    kept = jax.jit(lambda w: w.prepare("bfloat16").prepared)(weights.prepare())
-    assert kept["conv5_1"]["forward"].dtype == jnp.bfloat16  # re-prepared for CPU, the choice made
+    assert kernels.prepare(weights.params, "xla") == kernels.XLA  # nothing precomputed
+    assert jax.tree.leaves(kernels.XLA) == []
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        kernels.prepare(weights.params, "fast")
+    with pytest.raises(NstError, match="kernels must be nst_jax.kernels.prepare"):
+        extract_features(weights, jnp.zeros((8, 8, 3)), ["relu1_1"], kernels="cpu")
+    # The kind is static: it survives jit as aux data, while the tree is traced like the weights.
+    inside = jax.jit(lambda p: kernels.prepare(p, "cpu", "bfloat16"))(weights.params)
+    assert inside.kind == "cpu" and inside.tree["conv5_1"]["winograd"].dtype == jnp.bfloat16
+    from nst_jax.run import programs, sharding
+
+    spec = get_preset("tiny").loss
+    mesh = sharding.batch_mesh(jax.devices("cpu")[:1])
+    assert programs.prepare(weights, spec=spec, mesh=mesh).kind == "cpu"
 
 
 def plain_conv(x, k):
@@ -169,7 +174,7 @@ def test_prepared_conv_matches_plain_conv_and_its_gradients(winograd):
     k = jnp.asarray(rng.standard_normal((3, 3, cin, cout)) / np.sqrt(9 * cin), jnp.float32)
     b = jnp.asarray(rng.standard_normal((cout,)), jnp.float32)
     ct = jnp.asarray(rng.standard_normal((9, 7, cout)), jnp.float32)
-    prepared = kernels.prepare_kernels({"c": {"kernel": k}}, platform="cpu")["c"]
+    prepared = kernels.prepare_kernels({"c": {"kernel": k}})["c"]
     assert ("winograd" in prepared) == winograd
 
     def plain(x, k):
@@ -192,11 +197,11 @@ def test_prepared_conv_matches_plain_conv_and_its_gradients(winograd):
 def test_forward_with_prepared_kernels_and_remat_matches_plain(weights, images, pooling):
     x = preprocess(images[0], weights.preprocessing)
     want = plain_vgg(weights.params, x, vgg.LAYERS, pooling)
-    prepared = kernels.prepare_kernels(weights.params, platform="cpu")
-    for remat, q in ((False, prepared), (True, prepared), (False, {})):
-        got = jax.jit(
-            lambda p, q, x: vgg.forward(p, x, vgg.LAYERS, pooling=pooling, remat=remat, prepared=q)
-        )(weights.params, q, x)
+    prepared = kernels.prepare_kernels(weights.params)
+    for remat, kind, q in ((False, "cpu", prepared), (True, "cpu", prepared), (False, "cpu", None),
+                           (False, "xla", None)):  # None: prepared inside the forward pass
+        got = jax.jit(lambda p, q, x: vgg.forward(p, x, vgg.LAYERS, kernels=kind, prepared=q,
+                                                  pooling=pooling, remat=remat))(weights.params, q, x)
         for name in vgg.LAYERS:
             assert got[name].shape == want[name].shape, name
             assert rel_err(got[name], want[name]) < 1e-5, name
@@ -232,15 +237,16 @@ def test_compiled_adam_step_equals_plain_adam_step(weights, images):
     # ~lr / eps · 1e-4 max|g| = 1e-5 lr, and a wrong step (sign, scale, clipping, a second
     # step, a stale state) is still off by a large fraction of |u| <= lr / 11.
     optim = dataclasses.replace(OptimSpec(), adam_eps=10.0 * float(jnp.max(jnp.abs(g0))))
-    weights = weights.prepare(spec.jnp_dtype)  # as the engine does, outside the jitted chunk
-    assert kernels.prepared_kind(weights.prepared) == "cpu"
     kw = dict(spec=spec, optim=optim, shared=True, swept=False,
               mesh=sharding.batch_mesh(jax.devices()[:1]))
+    cpu = programs.prepare(weights, spec=spec, mesh=kw["mesh"])  # as the engine does, once
+    assert cpu.kind == "cpu"
     values = {"loss": spec.values(), "optim": optim.values()}
     rows = {"content": jax.tree.map(lambda a: a[None], targets["content"]),
             "style": targets["style"]}
-    state = programs.init(x[None], rows, values, weights, **kw)
-    state, hist = programs.chunk(state, jnp.int32(1), rows, values, weights, max_steps=2, **kw)
+    state = programs.init(x[None], rows, values, weights, cpu, **kw)
+    state, hist = programs.chunk(state, jnp.int32(1), rows, values, weights, cpu, max_steps=2,
+                                 **kw)
     state, hist = jax.tree.map(lambda a: a[0], (state, hist))
     opt = optax.adam(optim.learning_rate, b1=optim.adam_b1, b2=optim.adam_b2, eps=optim.adam_eps)
     upd, _ = opt.update(g0, opt.init(x), x)
@@ -272,7 +278,7 @@ def test_max_pool_gradient_shares_ties_like_jax_max():
     )[:, :, None]
     g = jnp.asarray([[1.0, 2.0], [3.0, 4.0]])[:, :, None]
     want = jax.vjp(lambda x: x.reshape(2, 2, 2, 2, 1).max(axis=(1, 3)), x)[1](g)[0]
-    got = jax.vjp(lambda x: vgg.pool2x2(x, "max", fast=True), x)[1](g)[0]
+    got = jax.vjp(lambda x: vgg.pool2x2(x, "max", kernels="cpu"), x)[1](g)[0]
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(jax.vjp(lambda x: vgg.pool2x2(x, "max"), x)[1](g)[0], want)
     assert float(got[0, 1, 0]) == 0.5 and float(got[0, 2, 0]) == 0.5  # a tie of 3s, and of 0s

@@ -11,6 +11,8 @@ from nst_jax.run import programs, sharding
 from nst_jax.config import get_preset
 from nst_jax.objective import compute_targets
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 
 @pytest.mark.parametrize("rows", [1, 2])
 def test_lbfgs_rows_keep_the_line_search_conditionals(weights, rows):
@@ -27,9 +29,10 @@ def test_lbfgs_rows_keep_the_line_search_conditionals(weights, rows):
                                        one["content"]),
                "style": one["style"]}
     kw = dict(spec=spec, optim=optim, shared=True, swept=False, mesh=mesh)
+    kernels = programs.prepare(weights, spec=spec, mesh=mesh)
     state = programs.init.lower(jax.ShapeDtypeStruct((rows, 16, 16, 3), jnp.float32), per_row,
-                                values, weights, **kw).out_info
-    text = programs.chunk.lower(state, np.int32(1), per_row, values, weights, max_steps=2,
+                                values, weights, kernels, **kw).out_info
+    text = programs.chunk.lower(state, np.int32(1), per_row, values, weights, kernels, max_steps=2,
                                 **kw).as_text()
     assert "stablehlo.case" in text
 
@@ -44,13 +47,14 @@ def test_lbfgs_rows_one_after_another_equal_single_runs(weights):
     rng = np.random.default_rng(3)
     images = jnp.asarray(rng.random((2, 16, 16, 3), dtype=np.float32))
     style = compute_targets(weights, images[0], images[1], config.loss)["style"]
+    kernels = programs.prepare(weights, spec=config.loss, mesh=kw["mesh"])
 
     def run(rows):
         targets = {"content": programs.content_targets(rows, weights, spec=config.loss,
                                                        mesh=kw["mesh"]), "style": style}
-        state = programs.init(rows, targets, values, weights, **kw)
-        state, hist = programs.chunk(state, np.int32(2), targets, values, weights, max_steps=2,
-                                     **kw)
+        state = programs.init(rows, targets, values, weights, kernels, **kw)
+        state, hist = programs.chunk(state, np.int32(2), targets, values, weights, kernels,
+                                     max_steps=2, **kw)
         return np.asarray(state.image), np.asarray(hist["total"])
 
     both = run(images)

@@ -30,6 +30,8 @@ import pytest
 
 from nst_jax import image_io
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 

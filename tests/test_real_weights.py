@@ -36,7 +36,7 @@ from nst_jax.cli import main
 from nst_jax.config import TUNED_SIZE
 from nst_jax.features import extract_features
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 

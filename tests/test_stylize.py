@@ -13,6 +13,8 @@ from nst_jax.features import extract_features
 from nst_jax.objective import LossSpec, compute_targets, style_transfer_loss
 from nst_jax.run.transfer import compile_count, stylize
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 
 @pytest.fixture(scope="module")
 def images():
@@ -200,7 +202,7 @@ def test_style_blend_target_is_weighted_sum(weights, images):
     for k in spec.style_layers:
         np.testing.assert_allclose(tb["style"][k], 0.7 * t1["style"][k] + 0.3 * t2["style"][k],
                                    rtol=1e-5, atol=1e-5)
-    with pytest.raises(NstError, match="2 blend weights given for 1 style images"):
+    with pytest.raises(NstError, match="style blend has 2 weights but 1 style image"):
         compute_targets(weights, content, [style], spec, style_blend=[0.5, 0.5])
 
 

@@ -12,14 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax import (
-    convert,
-    torch_import,
-    vgg,
-    weights_file,
-    weights_sources,
-    weights_store,
-)
+from nst_jax import vgg
+from nst_jax.weights import convert, torch_import
+from nst_jax.weights import file as weights_file
+from nst_jax.weights import sources as weights_sources
+from nst_jax.weights import store as weights_store
 from nst_jax import preprocessing as prep_lib
 from nst_jax.weights import container as weights_lib
 from nst_jax.cli import main
@@ -47,6 +44,7 @@ def test_vgg19_layer_on_vgg16_weights_is_one_sentence(layer):
     assert "conv5_1..conv5_3" in msg and "pool1..pool5" in msg
 
 
+@pytest.mark.slow
 def test_vgg16_forward_matches_plain_numpy_chain(vgg16_params):
     """Every VGG-16 activation against a float64 NumPy network written from the definition."""
     w = weights_lib.VGGWeights(
@@ -85,6 +83,7 @@ def _same_arrays(a_path, b_path):
                                           np.asarray(b.params[layer][leaf]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["zoo", "tf2onnx"])
 def test_onnx_vgg16_equals_keras_h5_of_the_same_arrays(tmp_path, vgg16_params, onnx_writer,
                                                        keras_h5_writer, style):
@@ -101,6 +100,7 @@ def test_onnx_vgg16_equals_keras_h5_of_the_same_arrays(tmp_path, vgg16_params, o
     assert differ == {"source_file", "source_sha256", "layout"}
 
 
+@pytest.mark.slow
 def test_onnx_vgg19_zoo_with_torchvision_preprocessing(tmp_path, vgg_params, onnx_writer):
     src = onnx_writer(tmp_path / "vgg19-7.onnx", vgg_params, network="vgg19")
     out = convert.convert_weights(src, tmp_path / "v.nst.h5", preprocessing="torchvision")
@@ -119,6 +119,7 @@ def _cli_fails(capsys, argv, *needles):
     return err
 
 
+@pytest.mark.slow
 def test_onnx_errors_are_one_sentence_and_write_nothing(tmp_path, vgg16_params, onnx_writer,
                                                         capsys):
     out = tmp_path / "out.nst.h5"
@@ -160,6 +161,7 @@ def test_vgg16_file_where_vgg19_is_required(tmp_path, vgg16_params, keras_h5_wri
     assert "network:       VGG-16" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_torch_state_dicts_of_vgg16(tmp_path, vgg16_params):
     torch = pytest.importorskip("torch")
     state = {}
@@ -224,6 +226,7 @@ def test_vgg16_sources_and_download_from_local_server(tmp_path, keras_h5_writer)
     assert weights_file.load_weights(dest / "vgg16-keras.nst.h5").network == "vgg16"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["dims", "undefined", "string", "unused"])
 def test_damaged_onnx_initializers_are_refused_in_one_sentence(tmp_path, vgg16_params,
                                                                onnx_writer, capsys, damage):

@@ -15,6 +15,8 @@ from nst_jax.cli import main
 from nst_jax.preprocessing import CAFFE, TORCHVISION, preprocess
 from nst_jax.vgg import BLOCKS, LAYERS, VGG19
 
+pytestmark = pytest.mark.slow  # compile-heavy: not in the unit tier (-m "not slow")
+
 if importlib.util.find_spec("torch") is None:
     pytest.skip("needs PyTorch (pip install torch)", allow_module_level=True)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 pytest.importorskip("aiohttp", reason="the web studio needs aiohttp: pip install '.[web]'")
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")

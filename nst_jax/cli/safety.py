@@ -213,7 +213,7 @@ def check_outputs(args, config) -> None:
         inputs[f"style image {i + 1}" if several else "style image"] = s
     for i, m in enumerate(getattr(args, "style_masks", None) or []):
         inputs[f"mask {i + 1}"] = m
-    if config.init not in ("content", "noise", "style"):
+    if config.run.init_is_path:
         inputs["init image"] = config.init
     check_not_a_link(args.output)
     check_not_an_input(args.output, inputs)

@@ -83,8 +83,8 @@ class Engine:
         # Programs are compiled for the settings' structure; their numbers are an argument.
         self.spec = dataclasses.replace(self.config.loss, regions=self.regions).structure()
         self.mesh_weights = sharding.replicate(self.weights, self.mesh)
-        # Kernels prepared once for every step program (plain weights for targets and results).
-        self.step_weights = programs.prepare(self.mesh_weights, spec=self.spec, mesh=self.mesh)
+        # Kernels prepared once for every step program (targets and results run plain XLA).
+        self.kernels = programs.prepare(self.mesh_weights, spec=self.spec, mesh=self.mesh)
         self.grams = GramCache(sharding.local_copy(self.weights), self.spec, self.mesh)
         self.kw = dict(spec=self.spec, optim=self.config.optim.structure(), mesh=self.mesh,
                        shared=self.shared_style is not None, swept=self.sweep is not None)
@@ -123,10 +123,11 @@ class Engine:
                          for c, s in zip(contents, firsts)]
                 images = sharding.put_rows(
                     fill_rows(layout, inits, np.zeros((*hw, 3), np.float32)), layout, self.mesh)
-                state = programs.init(images, targets, values, self.step_weights, **self.kw)
+                state = programs.init(images, targets, values, self.mesh_weights, self.kernels,
+                                      **self.kw)
             else:
-                state = programs.next_scale(state, targets, values, self.step_weights,
-                                            hw=tuple(hw), carry=self.config.optimizer == "adam",
+                state = programs.next_scale(state, targets, values, self.mesh_weights,
+                                            self.kernels, hw=tuple(hw), carry=self.config.optimizer == "adam",
                                             **self.kw)
                 if self.step_seconds is not None:  # a step costs about its pixel count
                     self.step_seconds *= hw[0] * hw[1] / np.prod(shapes[scale - 1])
@@ -165,8 +166,8 @@ class Engine:
         steps, done = self.config.steps_at(scale), 0
         while done < steps:
             n = self._chunk_length(steps - done, offset + done)
-            state, hist = programs.chunk(state, np.int32(n), *inputs, self.step_weights,
-                                         max_steps=self.config.chunk_size, **self.kw)
+            state, hist = programs.chunk(state, np.int32(n), *inputs, self.mesh_weights,
+                                         self.kernels, max_steps=self.config.chunk_size, **self.kw)
             dispatched = time.perf_counter()  # compilation, if any, happened in the call
             per_slot = sharding.local_rows(hist)  # waits for the chunk
             seconds = (time.perf_counter() - dispatched) / n  # smoothed over chunks:

@@ -18,7 +18,7 @@ import numpy as np
 from nst_jax import imageops
 from nst_jax.config import StyleConfig, check_init_path
 from nst_jax.errors import NstError
-from nst_jax.objective import LossSpec
+from nst_jax.objective import LossSpec, check_blend, check_masks
 from nst_jax.vgg import canonical_layer, min_side
 from nst_jax.weights.container import VGGWeights, require_network
 
@@ -90,8 +90,7 @@ def make_item(
     shapes = tuple(imageops.fit_longest(hw, size) for size in config.scale_sizes(hw))
     scales = [config.style_scale_for(s, n_styles) for s, _ in styles]
     return Item(index, work, content, prepared, keys, scales, shapes,
-                blend=None if blend is None else tuple(float(b) for b in blend),
-                masks=check_masks(masks, hw, len(styles)))
+                blend=check_blend(blend, len(styles)), masks=check_masks(masks, hw, len(styles)))
 
 
 def resized_content(item: Item, side: int) -> np.ndarray:
@@ -99,15 +98,15 @@ def resized_content(item: Item, side: int) -> np.ndarray:
     return imageops.resize_longest(item.content, side)
 
 
-def style_shape(hw: tuple[int, int], scale: float, side: int) -> tuple[int, int]:
-    """The ``(h, w)`` a style image of shape ``hw`` is used at: longest side ``scale`` times the
-    content's longest side ``side``, at least 8 px."""
-    return imageops.fit_longest(hw, max(8, round(side * scale)))
+def style_side(side: int, scale: float) -> int:
+    """Longest side of a style image used at ``scale`` with a content of longest side ``side``:
+    ``scale * side``, rounded, at least 8 px."""
+    return max(8, round(side * scale))
 
 
 def resized_style(style: np.ndarray, scale: float, side: int) -> np.ndarray:
-    """The style image at :func:`style_shape`."""
-    return imageops.resize_host(style, style_shape(style.shape[:2], scale, side))
+    """The style image with longest side :func:`style_side`."""
+    return imageops.resize_longest(style, style_side(side, scale))
 
 
 def initial_image(content: jax.Array, style: jax.Array, config: StyleConfig, init_image=None):
@@ -134,8 +133,7 @@ def restore_colors(image: np.ndarray, item: Item, config: StyleConfig) -> np.nda
     """For ``preserve_colors="luminance"``: the content's chroma on the result's luminance."""
     if config.preserve_colors != "luminance":
         return image
-    chroma = imageops.resize_host(item.content0, image.shape[:2])
-    return np.asarray(imageops.recombine_chroma(image, chroma), np.float32)
+    return np.asarray(imageops.recombine_chroma(image, item.content0), np.float32)
 
 
 def check_big_enough(content_hw, style_hws, spec: LossSpec) -> None:
@@ -149,25 +147,6 @@ def check_big_enough(content_hw, style_hws, spec: LossSpec) -> None:
                 f"the {what} is {w}x{h} px at this scale, too small for the layers "
                 f"{', '.join(spec.all_layers)}: their deepest needs at least {need} px on the "
                 "short side (raise --size, --min-size or --style-scale, or use shallower layers)")
-
-
-def check_masks(masks, content_hw, n_styles: int) -> np.ndarray | None:
-    """``masks`` as ``(R, H, W)`` float32, checked against the content size and style count."""
-    if masks is None:
-        return None
-    m = np.asarray(masks, np.float32)
-    if m.ndim == 2:
-        m = m[None]
-    if m.ndim != 3:
-        raise NstError(f"masks must be (R, H, W) arrays, got shape {m.shape}")
-    if m.shape[0] != n_styles:
-        raise NstError(f"{m.shape[0]} masks given for {n_styles} style images (one per style)")
-    if tuple(m.shape[1:]) != tuple(content_hw):
-        raise NstError(f"mask size {m.shape[2]}x{m.shape[1]} does not match the content image "
-                       f"size {content_hw[1]}x{content_hw[0]}")
-    if not np.all((m >= 0) & (m <= 1)):
-        raise NstError("mask values must lie in [0, 1]")
-    return m
 
 
 PAIRINGS = ("broadcast", "zip", "product")

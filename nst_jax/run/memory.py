@@ -42,9 +42,9 @@ from nst_jax.vgg import NETWORKS, canonical_layer, conv_kernel_shape, conv_layer
 ACTIVATION_FACTOR = 2.6
 #: Fixed allowance for XLA's compiler, runtime and convolution workspace, on top of what the
 #: process holds before compiling (calibrated on CPU with the peak reset after start-up: for the
-#: tiny preset at 128-768 px the estimate was 0.97-1.12x the measured growth with 300 MB, and
-#: 0.87-0.94x with 200 MB).
-RUNTIME_BYTES = 300 << 20
+#: tiny preset at 128-512 px the estimate is 0.98-1.13x the measured growth with 220 MB; it was
+#: 300 MB while the step programs held a second copy of the parameters, ~80 MB for VGG-19).
+RUNTIME_BYTES = 220 << 20
 
 
 class OutOfMemory(NstError):

@@ -5,8 +5,8 @@ Each program is a single-image function of :mod:`nst_jax.optimize` / :mod:`nst_j
 ``jax.vmap`` over the rows a device holds (L-BFGS steps: one row after another; a single row
 runs as itself, see :func:`_each_row`) and ``jax.shard_map`` over the ``"batch"`` axis of the
 group's mesh (:mod:`nst_jax.run.sharding`). Per-image arrays — states, content features, per-image
-style targets, histories — are split over the mesh; the weights and shared style targets are
-replicated (``in_axes`` ``None``). Nothing crosses devices: every image is independent, so a
+style targets, histories — are split over the mesh; the weights, their prepared kernels and
+shared style targets are replicated (``in_axes`` ``None``). Nothing crosses devices: every image is independent, so a
 device whose images have all diverged leaves its step loop early.
 
 ``stylize`` runs a group of one on a one-device mesh through exactly these programs, so a
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-from nst_jax import imageops
+from nst_jax import imageops, kernels as kernels_lib
 from nst_jax.run import sharding
 from nst_jax.objective import LossSpec, features_for, style_grams, style_transfer_loss
 from nst_jax.optimize import OptimSpec, init_state, result_image, run_chunk
@@ -111,20 +111,19 @@ def _axes(targets, shared: bool, swept: bool) -> tuple:
     return target_axes(targets, shared), 0 if swept else None
 
 
-def _loss(targets, values, weights, spec):
-    return lambda x: style_transfer_loss(x, targets, weights, spec, values["loss"])
-
-
-def _kernels(weights: VGGWeights, spec: LossSpec, mesh: Mesh) -> VGGWeights:
-    # Kernels cast and flipped (on CPU) once per program, outside its step loop: XLA does not
-    # hoist loop invariants out of a while_loop.
-    return weights.prepare(spec.jnp_dtype, platform=platform(mesh))
+def _loss(targets, values, weights, spec, kernels=kernels_lib.XLA):
+    return lambda x: style_transfer_loss(x, targets, weights, spec, values["loss"],
+                                         kernels=kernels)
 
 
 @_compiled(("spec",))
-def prepare(weights: VGGWeights, *, spec: LossSpec, mesh: Mesh) -> VGGWeights:
-    """The weights with the step's kernels prepared (see :meth:`VGGWeights.prepare`)."""
-    return _kernels(weights, spec, mesh)
+def prepare(weights: VGGWeights, *, spec: LossSpec, mesh: Mesh) -> kernels_lib.Kernels:
+    """The step programs' kernels for the mesh's platform (:func:`~nst_jax.kernels.kernels_for`)
+    in the spec's dtype: on CPU cast, flipped and Winograd-transformed here, once, since XLA
+    does not hoist loop invariants out of the step's ``while_loop``. The step programs
+    (``init``, ``next_scale``, ``chunk``) take them; targets and results run plain XLA."""
+    kind = kernels_lib.kernels_for(platform(mesh))
+    return kernels_lib.prepare(weights.params, kind, spec.jnp_dtype)
 
 
 @_compiled(("spec",))
@@ -146,48 +145,47 @@ def content_targets(contents: jax.Array, weights: VGGWeights, *, spec: LossSpec,
 
 
 @_compiled(("spec", "optim", "shared", "swept"))
-def init(images, targets, values, weights, *, spec: LossSpec, optim: OptimSpec, shared: bool,
-         swept: bool, mesh):
-    """Fresh optimiser states at ``images`` ``(B, H, W, 3)``."""
-    weights = _kernels(weights, spec, mesh)
-    one = lambda x, t, v, w: init_state(x, _loss(t, v, w, spec), optim, v["optim"])  # noqa: E731
-    axes = (0, *_axes(targets, shared, swept), None)
-    return _on_rows(one, mesh, axes)(images, targets, values, weights)
+def init(images, targets, values, weights, kernels, *, spec: LossSpec, optim: OptimSpec,
+         shared: bool, swept: bool, mesh):
+    """Fresh optimiser states at ``images`` ``(B, H, W, 3)``; ``kernels`` from :func:`prepare`."""
+    def one(x, t, v, w, k):
+        return init_state(x, _loss(t, v, w, spec, k), optim, v["optim"])
+
+    axes = (0, *_axes(targets, shared, swept), None, None)
+    return _on_rows(one, mesh, axes)(images, targets, values, weights, kernels)
 
 
 @_compiled(("spec", "optim", "shared", "swept", "hw", "carry"))
-def next_scale(states, targets, values, weights, *, spec, optim, shared, swept, mesh, hw,
-               carry: bool):
+def next_scale(states, targets, values, weights, kernels, *, spec, optim, shared, swept, mesh,
+               hw, carry: bool):
     """States at size ``hw`` started from the previous scale's reported images; ``carry`` keeps
     Adam's moments (resized, see :func:`rescale_opt_state`)."""
-    weights = _kernels(weights, spec, mesh)
 
-    def one(s, t, v, w):
+    def one(s, t, v, w, k):
         old_hw = s.image.shape[:2]
-        new = init_state(imageops.resize(result_image(s, optim), hw), _loss(t, v, w, spec), optim,
-                         v["optim"])
+        new = init_state(imageops.resize(result_image(s, optim), hw), _loss(t, v, w, spec, k),
+                         optim, v["optim"])
         if carry:
             new = new._replace(opt_state=rescale_opt_state(s.opt_state, hw, old_hw))
         return new
 
-    axes = (0, *_axes(targets, shared, swept), None)
-    return _on_rows(one, mesh, axes)(states, targets, values, weights)
+    axes = (0, *_axes(targets, shared, swept), None, None)
+    return _on_rows(one, mesh, axes)(states, targets, values, weights, kernels)
 
 
 @_compiled(("spec", "optim", "shared", "swept", "max_steps"), donate=(0,))
-def chunk(states, n, targets, values, weights, *, spec, optim, shared, swept, mesh,
+def chunk(states, n, targets, values, weights, kernels, *, spec, optim, shared, swept, mesh,
           max_steps: int):
     """``run_chunk`` on every image: ``min(n, max_steps)`` steps each; histories
     ``(B, max_steps)`` and whether each image has diverged ``(B,)``."""
-    weights = _kernels(weights, spec, mesh)
 
-    def one(s, t, v, w, n):
-        s, hist = run_chunk(s, n, _loss(t, v, w, spec), optim, max_steps, v["optim"])
+    def one(s, t, v, w, k, n):
+        s, hist = run_chunk(s, n, _loss(t, v, w, spec, k), optim, max_steps, v["optim"])
         return s, {**hist, "diverged": s.diverged}
 
-    axes = (0, *_axes(targets, shared, swept), None, None)
+    axes = (0, *_axes(targets, shared, swept), None, None, None)
     sequential = optim.optimizer == "lbfgs"  # see _each_row
-    return _on_rows(one, mesh, axes, sequential)(states, targets, values, weights, n)
+    return _on_rows(one, mesh, axes, sequential)(states, targets, values, weights, kernels, n)
 
 
 @_compiled(("optim",))

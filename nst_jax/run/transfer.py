@@ -36,7 +36,7 @@ from nst_jax.errors import NstError
 from nst_jax.run import memory, programs, sharding
 from nst_jax.run.engine import Engine
 from nst_jax.run.inputs import (Item, SharedStyle, batch_items, check_run, make_item, one_style,
-                                pairs_of, style_shape)
+                                pairs_of, style_side)
 from nst_jax.run.results import ChunkHook, StylizeResult
 from nst_jax.weights.container import VGGWeights
 
@@ -50,7 +50,8 @@ def check_memory_fits(items: list[Item], config: StyleConfig, weights: VGGWeight
         return
     big = max(items, key=lambda it: it.shapes[-1][0] * it.shapes[-1][1])
     hw = big.shapes[-1]
-    styles = [style_shape(s.shape[:2], f, max(hw)) for s, f in zip(big.styles, big.style_scales)]
+    styles = [imageops.fit_longest(s.shape[:2], style_side(max(hw), f))
+              for s, f in zip(big.styles, big.style_scales)]
     n = sum(it.key == big.key for it in items)
     devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
     memory.check_fits(hw, styles, config, batch=-(-n // mesh.devices.size), devices=devices,

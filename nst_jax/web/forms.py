@@ -141,7 +141,7 @@ def config_from_form(fields: dict[str, str], limits: Limits, network: str | None
         config = base.replace(**changes)
     except NstError as e:
         raise FormError(str(e)) from None
-    if config.init not in ("content", "noise", "style"):
+    if config.run.init_is_path:
         raise FormError(f"preset {preset!r} starts from a file, which the studio does not allow")
     return config
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nst_jax import image_io
+from nst_jax import image_io, imageops
 from nst_jax.errors import NstError
 from nst_jax.web import forms
 from nst_jax.web.forms import FormError, Limits
@@ -181,6 +181,5 @@ def _decode(what: str, src, limits: Limits) -> np.ndarray:
     # Keep queued jobs small: nothing bigger than twice the largest output is ever needed.
     cap = 2 * limits.max_size
     if max(image.shape[:2]) > cap:
-        hw = image_io.fit_longest_side(image.shape[:2], cap)
-        image = np.clip(image_io.resize_image(image, hw), 0.0, 1.0)
+        image = imageops.resize_longest(image, cap)
     return image

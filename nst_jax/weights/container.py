@@ -22,7 +22,6 @@ import numpy as np
 
 from nst_jax import preprocessing as prep_lib
 from nst_jax.errors import NstError
-from nst_jax import kernels
 from nst_jax.vgg import NETWORK_NAMES, VGG, check_network, conv_layers
 
 Params = dict[str, dict[str, jax.Array]]
@@ -44,22 +43,6 @@ class VGGWeights:
     label: str = flax.struct.field(pytree_node=False, default="")
     pretrained: bool = flax.struct.field(pytree_node=False, default=True)
     network: str = flax.struct.field(pytree_node=False, default="vgg19")
-    #: Derived, never saved: :func:`nst_jax.kernels.prepare_kernels` of ``params`` (see :meth:`prepare`).
-    prepared: Params | None = None
-
-    def prepare(self, dtype: Any = jnp.float32, platform: str | None = None) -> "VGGWeights":
-        """A copy carrying the kernels prepared for the optimisation loop on ``platform``.
-
-        On CPU (:func:`nst_jax.kernels.kernels_for`) the kernels are cast to ``dtype``, flipped
-        for the backward pass and Winograd-transformed once, so each step skips that work; on
-        any other platform nothing is precomputed (``prepared={}``: plain XLA convolutions).
-        Features and losses are unchanged. ``platform=None`` keeps an existing preparation's
-        choice, else takes the platform of the arrays; under ``jit`` the arrays have no device,
-        so pass ``platform`` there (without it, unprepared weights stay unprepared: plain XLA).
-        Weights already prepared for ``dtype`` and ``platform`` are returned as they are.
-        """
-        prepared = kernels.reprepare(self.params, self.prepared, dtype, platform=platform)
-        return self if prepared is self.prepared else self.replace(prepared=prepared)
 
 
 @functools.lru_cache(maxsize=None)
