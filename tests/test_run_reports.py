@@ -17,6 +17,8 @@ from test_batch_cli import write_image
 
 TINY = ["--preset", "tiny", "--weights", "random", "--size", "24", "--steps", "3"]
 
+pytestmark = pytest.mark.slow  # compiles several programs: not in the unit tier
+
 
 @pytest.fixture
 def pair(tmp_path):

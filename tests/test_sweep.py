@@ -12,6 +12,8 @@ from nst_jax.errors import NstError
 from nst_jax.run.programs import compile_count
 from nst_jax.run.sweep import grid_configs
 
+pytestmark = pytest.mark.slow  # compiles several programs: not in the unit tier
+
 
 @pytest.fixture(scope="module")
 def images():

@@ -29,7 +29,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nst_jax.cli import batch, demo, serve, stylize, weights
+    from nst_jax.cli import batch, demo, serve, stylize, sweep, weights
 
     parser = argparse.ArgumentParser(
         prog="nst-jax",
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (stylize, batch, demo, weights, serve):
+    for module in (stylize, batch, sweep, demo, weights, serve):
         module.register(sub)
     return parser
 
