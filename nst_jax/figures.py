@@ -265,7 +265,7 @@ def scatter(points: Sequence[tuple[float, float, str, bool]], path: PathLike, *,
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
     font = label_font(12)
-    left, right, top, bottom = 70, width - 30, 36, height - 50
+    left, right, top, bottom = 70, width - 30, 50, height - 50
     xs = np.array([p[0] for p in points], float)
     ys = np.array([p[1] for p in points], float)
     ok = np.isfinite(xs) & np.isfinite(ys)
@@ -278,9 +278,9 @@ def scatter(points: Sequence[tuple[float, float, str, bool]], path: PathLike, *,
         return (left + (x - x0) / (x1 - x0) * (right - left),
                 bottom - (y - y0) / (y1 - y0) * (bottom - top))
 
-    draw.text((width // 2, 10), title, fill="black", font=font, anchor="mt")
+    draw.text((width // 2, 8), title, fill="black", font=font, anchor="mt")
     draw.text(((left + right) // 2, height - 8), xlabel, fill="black", font=font, anchor="mb")
-    draw.text((8, top - 20), ylabel, fill="black", font=font)
+    draw.text((8, top - 18), ylabel, fill="black", font=font)
     for t in _nice_ticks(x0, x1):
         u = px(t, y0)[0]
         draw.line([(u, top), (u, bottom)], fill=(230, 230, 230))
@@ -296,7 +296,9 @@ def scatter(points: Sequence[tuple[float, float, str, bool]], path: PathLike, *,
         u, v = px(x, y)
         box = [u - 5, v - 5, u + 5, v + 5]
         (draw.rectangle if marked else draw.ellipse)(box, fill="#d62728" if marked else "#1f77b4")
-        draw.text((u + 8, v - 6), label, fill="black", font=font)
+        right_side = u < right - 80  # labels near the right edge go to the left of the point
+        draw.text((u + 8 if right_side else u - 8, v), label, fill="black", font=font,
+                  anchor="lm" if right_side else "rm")
     figure = np.asarray(img, np.float32) / np.float32(255.0)
     save_image(path, figure)
     return figure

@@ -64,3 +64,35 @@ def test_a_sweep_is_one_program_whose_points_equal_their_runs_alone(weights, ima
 def test_a_grid_that_would_change_the_programs_is_refused(grid, match):
     with pytest.raises(NstError, match=match):
         grid_configs(get_preset("tiny"), grid)
+
+
+def test_cli_sweep_writes_images_sheet_plot_and_record(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from nst_jax.cli import main
+    from test_batch_cli import write_image
+
+    content = write_image(tmp_path / "c.png", 18, 24, 1)
+    style = write_image(tmp_path / "s.png", 24, 24, 2)
+    out = tmp_path / "out"
+    rc = main(["sweep", str(content), str(style), "-o", str(out), "--preset", "tiny", "--weights",
+               "random", "--size", "24", "--steps", "2", "--style-weight", "1e-3,1e-1"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    record = json.loads((out / "sweep.json").read_text())
+    # The two given points, and the preset's own value (1e-2) added and marked.
+    assert [p["settings"]["style_weight"] for p in record["points"]] == [1e-3, 1e-1, 1e-2]
+    assert [p["preset"] for p in record["points"]] == [False, False, True]
+    assert all(0 < p["content_similarity"] <= 1 and p["style_distance"] > 0
+               for p in record["points"])
+    for p in record["points"]:
+        assert np.asarray(Image.open(out / p["image"])).shape == (18, 24, 3)
+    sheet = np.asarray(Image.open(out / "sheet.png"))
+    plot = np.asarray(Image.open(out / "tradeoff.png"))
+    assert sheet.shape[1] > 3 * 24 and plot.shape == (480, 640, 3) and plot.std() > 5
+    assert "sheet.png" in cap.out
+
+    assert main(["sweep", str(content), str(style), "-o", str(out), "--weights", "random"]) == 2
+    assert "give at least one numeric flag a list" in capsys.readouterr().err

@@ -127,15 +127,15 @@ def _write(out: Path, points, content, style, weights, base: dict, quiet: bool) 
                      "loss": p.result.loss, "steps": p.result.steps,
                      "content_similarity": q.content, "style_distance": q.style,
                      "roughness": q.roughness, "diverged": p.result.diverged})
-        marks.append((q.style, q.content, _label(p.settings), preset))
+        marks.append((q.style, q.content, f"#{i}" + (" preset" if preset else ""), preset))
         images.append(image)
-        labels.append(_label(p.settings) + (" (preset)" if preset else "")
+        labels.append(f"#{i} {_label(p.settings)}" + (" (preset)" if preset else "")
                       + f"\ncontent {q.content:.3f} style {q.style:.3f}")
     columns = max(1, min(len(images), 4))
     figures.contact_sheet(images, labels, out / "sheet.png", columns=columns)
     figures.scatter(marks, out / "tradeoff.png", xlabel="style distance (lower: more style)",
-                    ylabel="content similarity", title=f"sweep: {len(points)} settings "
-                    f"({weights.label})")
+                    ylabel="content similarity (higher: more of the photo)",
+                    title=f"sweep: {len(points)} settings, #i as in sheet.png ({weights.label})")
     atomic_write_bytes(out / "sweep.json", json.dumps(
         {"weights": weights.label, "points": rows}, indent=1, default=float).encode(),
         what="sweep record")
