@@ -109,16 +109,16 @@ def _cap_python_snippets(monkeypatch) -> None:
     (``$NST_JAX_MAX_SIZE`` / ``$NST_JAX_MAX_STEPS``) applied to their config here."""
     import nst_jax
     from nst_jax.cli.flags import apply_env_caps
-    from nst_jax.run import transfer
+    from nst_jax.run import sweep, transfer
 
-    for name in ("stylize", "stylize_batch"):
-        real = getattr(transfer, name)
+    for module, name in ((transfer, "stylize"), (transfer, "stylize_batch"), (sweep, "sweep")):
+        real = getattr(module, name)
 
         def capped(contents, styles, config, *args, _real=real, **kwargs):
             return _real(contents, styles, apply_env_caps(config)[0], *args, **kwargs)
 
         monkeypatch.setattr(nst_jax, name, capped)
-        monkeypatch.setattr(transfer, name, capped)
+        monkeypatch.setattr(module, name, capped)
 
 
 def _run_readme(tmp_path, monkeypatch, capsys, *, full: bool) -> list[str]:
