@@ -48,10 +48,6 @@ class Item:
     blend: tuple[float, ...] | None = None
     masks: np.ndarray | None = None
 
-    @property
-    def key(self) -> tuple[int, ...]:
-        """The group key: every scale's ``(h, w)``, flattened."""
-        return tuple(v for hw in self.shapes for v in hw)
 
 
 class SharedStyle(NamedTuple):

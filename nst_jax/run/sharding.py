@@ -104,28 +104,29 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def gather_counts(
-    keys: Sequence[tuple[int, ...]], width: int
-) -> dict[tuple[int, ...], tuple[int, ...]]:
+def gather_counts(keys: Sequence[tuple[tuple[int, int], ...]]) -> dict[tuple, tuple[int, ...]]:
     """How many of each key every process holds: ``{key: (count in process 0, 1, ...)}``.
 
-    ``keys`` are this process's keys, tuples of ``width`` non-negative ints (e.g. image shapes).
+    ``keys`` are this process's keys: an image's ``(h, w)`` at every scale (all of one length).
     The answer is the same in every process, so all of them can form the same groups.
     """
-    local = collections.Counter(tuple(int(v) for v in k) for k in keys)
+    local = collections.Counter(tuple(tuple(int(v) for v in hw) for hw in k) for k in keys)
     n_proc = jax.process_count()
     if n_proc == 1:
         return {k: (c,) for k, c in local.items()}
-    rows = np.array([[*k, c] for k, c in sorted(local.items())], np.int32).reshape(-1, width + 1)
+    width = 2 * len(next(iter(local))) if local else 0
+    width = int(allgather(np.array([width], np.int32)).max())
+    rows = np.array([[*np.ravel(k), c] for k, c in sorted(local.items())], np.int32)
     m = int(allgather(np.array([len(rows)], np.int32)).max())
     padded = np.full((max(m, 1), width + 1), -1, np.int32)
-    padded[: len(rows)] = rows
+    padded[: len(rows)] = rows.reshape(-1, width + 1)
     table = allgather(padded)
-    counts: dict[tuple[int, ...], list[int]] = {}
+    counts: dict[tuple, list[int]] = {}
     for p in range(n_proc):
         for row in table[p]:
             if row[-1] >= 0:
-                counts.setdefault(tuple(int(v) for v in row[:-1]), [0] * n_proc)[p] += int(row[-1])
+                key = tuple(zip(row[:-1:2].tolist(), row[1:-1:2].tolist()))
+                counts.setdefault(key, [0] * n_proc)[p] += int(row[-1])
     return {k: tuple(v) for k, v in counts.items()}
 
 

@@ -52,7 +52,7 @@ def check_memory_fits(items: list[Item], config: StyleConfig, weights: VGGWeight
     hw = big.shapes[-1]
     styles = [imageops.fit_longest(s.shape[:2], style_side(max(hw), f))
               for s, f in zip(big.styles, big.style_scales)]
-    n = sum(it.key == big.key for it in items)
+    n = sum(it.shapes == big.shapes for it in items)
     devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
     memory.check_fits(hw, styles, config, batch=-(-n // mesh.devices.size), devices=devices,
                       network=weights.network)
@@ -129,7 +129,7 @@ def iter_stylize_batch(
     items = batch_items(contents, styles, pairs, config)
     if check_memory:
         check_memory_fits(items, config, weights, mesh)
-    groups = sharding.gather_counts([it.key for it in items], 2 * config.scales)
+    groups = sharding.gather_counts([it.shapes for it in items])
     shared = None
     if pairing == "broadcast" and config.preserve_colors == "none" and styles:
         shared = SharedStyle(imageops.as_rgb01(styles[0], "style image 1"), (0,),
@@ -137,12 +137,12 @@ def iter_stylize_batch(
     engine = Engine(config, weights, mesh, shared_style=shared, init_image=init_image,
                     on_chunk=on_chunk)
     for g, key in enumerate(sorted(groups)):
-        members = [it for it in items if it.key == key]
+        members = [it for it in items if it.shapes == key]
         if engine.stopped:
             out = [engine.unstarted(it) for it in members]
         else:
             with memory.oom_as_error("stylizing a batch"):
-                out = engine.run_group(tuple(zip(key[0::2], key[1::2])), groups[key], members,
+                out = engine.run_group(key, groups[key], members,
                                        group=(g, len(groups)))
         yield from ((it.index, res) for it, res in zip(members, out))
 
