@@ -176,6 +176,11 @@ class StyleConfig:
         """Every field by its flat name, in the parts' order (loss, optim, run)."""
         return {name: getattr(self, name) for name in FIELD_PART}
 
+    def values(self) -> dict:
+        """The numbers the compiled programs take as an argument, ``{"loss": LossValues,
+        "optim": OptimValues}`` (:mod:`nst_jax.run.programs`)."""
+        return {"loss": self.loss.values(), "optim": self.optim.values()}
+
     def replace(self, **changes: Any) -> "StyleConfig":
         """A validated copy with ``changes`` (flat field names) applied to their parts.
 

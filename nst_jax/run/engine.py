@@ -51,11 +51,6 @@ class _Row:
     alive: bool = True  # not diverged
 
 
-def _values(config: StyleConfig) -> dict:
-    """The numbers the programs take as an argument (see :mod:`nst_jax.run.programs`)."""
-    return {"loss": config.loss.values(), "optim": config.optim.values()}
-
-
 def _floats(tree) -> Any:
     return jax.tree.map(float, jax.device_get(tree))
 
@@ -88,7 +83,7 @@ class Engine:
         self.grams = GramCache(sharding.local_copy(self.weights), self.spec, self.mesh)
         self.kw = dict(spec=self.spec, optim=self.config.optim.structure(), mesh=self.mesh,
                        shared=self.shared_style is not None, swept=self.sweep is not None)
-        self.values = sharding.replicate(_values(self.config), self.mesh)
+        self.values = sharding.replicate(self.config.values(), self.mesh)
         # Agreement with other processes only when the mesh spans them.
         self.collective = len({d.process_index for d in self.mesh.devices.flat}) > 1
         self.start = time.perf_counter()
@@ -111,8 +106,8 @@ class Engine:
         state, offset, self.step_seconds = None, 0, None
         values = self.values
         if self.sweep is not None:
-            per_row = [_values(self.sweep[it.index]) for it in members]
-            values = sharding.put_rows(fill_rows(layout, per_row, _values(self.config)), layout,
+            per_row = [self.sweep[it.index].values() for it in members]
+            values = sharding.put_rows(fill_rows(layout, per_row, self.config.values()), layout,
                                        self.mesh)
         for scale, hw in enumerate(shapes):
             targets, contents, firsts = group_targets(

@@ -336,6 +336,26 @@ def check_fits(
     raise OutOfMemory(fit.sentence(), fit)
 
 
+def check_items(items, config, network: str, mesh) -> Fit | None:
+    """:func:`check_fits` for a run of :class:`~nst_jax.run.inputs.Item` s on ``mesh``: the
+    largest group of one final shape, its rows per device, this process's devices."""
+    import jax
+
+    from nst_jax.imageops import fit_longest
+    from nst_jax.run.inputs import style_side
+
+    if not items:
+        return None
+    big = max(items, key=lambda it: it.shapes[-1][0] * it.shapes[-1][1])
+    hw = big.shapes[-1]
+    styles = [fit_longest(s.shape[:2], style_side(max(hw), f))
+              for s, f in zip(big.styles, big.style_scales)]
+    n = sum(it.shapes == big.shapes for it in items)
+    devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    return check_fits(hw, styles, config, batch=-(-n // mesh.devices.size), devices=devices,
+                      network=network)
+
+
 def _largest_size(est, hw, style_hws, limit) -> int | None:
     longest = max(hw)
 

@@ -24,7 +24,6 @@ from nst_jax.run import memory, sharding
 from nst_jax.run.engine import Engine
 from nst_jax.run.inputs import SharedStyle, batch_items, check_run
 from nst_jax.run.results import ChunkHook, StylizeResult
-from nst_jax.run.transfer import check_memory_fits
 from nst_jax.weights.container import VGGWeights
 
 #: The settings a sweep may vary: those that enter the programs as numbers.
@@ -85,7 +84,7 @@ def sweep(content, style, config: StyleConfig, weights: VGGWeights, *,
     mesh = sharding.batch_mesh(jax.local_devices())
     items = batch_items([content], [style], [(0, 0)] * len(points), config)
     if check_memory:
-        check_memory_fits(items, config, weights, mesh)
+        memory.check_items(items, config, weights.network, mesh)
     shared = SharedStyle(items[0].styles[0], items[0].style_keys[0], items[0].style_scales[0])
     engine = Engine(config, weights, mesh, shared_style=shared, on_chunk=on_chunk,
                     sweep=[c for _, c in points])

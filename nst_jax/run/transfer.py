@@ -35,27 +35,11 @@ from nst_jax.config import StyleConfig
 from nst_jax.errors import NstError
 from nst_jax.run import memory, programs, sharding
 from nst_jax.run.engine import Engine
-from nst_jax.run.inputs import (Item, SharedStyle, batch_items, check_run, make_item, one_style,
-                                pairs_of, style_side)
+from nst_jax.run.inputs import SharedStyle, batch_items, check_run, make_item, one_style, pairs_of
 from nst_jax.run.results import ChunkHook, StylizeResult
 from nst_jax.weights.container import VGGWeights
 
 compile_count = programs.compile_count
-
-
-def check_memory_fits(items: list[Item], config: StyleConfig, weights: VGGWeights,
-                      mesh: Mesh) -> None:
-    """Before compiling: the largest group of one final shape, per device, must fit."""
-    if not items:
-        return
-    big = max(items, key=lambda it: it.shapes[-1][0] * it.shapes[-1][1])
-    hw = big.shapes[-1]
-    styles = [imageops.fit_longest(s.shape[:2], style_side(max(hw), f))
-              for s, f in zip(big.styles, big.style_scales)]
-    n = sum(it.shapes == big.shapes for it in items)
-    devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-    memory.check_fits(hw, styles, config, batch=-(-n // mesh.devices.size), devices=devices,
-                      network=weights.network)
 
 
 def _default_device() -> jax.Device:
@@ -103,7 +87,7 @@ def stylize(
                      blend=style_blend, masks=masks)
     mesh = sharding.batch_mesh([_default_device()])
     if check_memory:
-        check_memory_fits([item], config, weights, mesh)
+        memory.check_items([item], config, weights.network, mesh)
     engine = Engine(config, weights, mesh, shared_style=one_style(item),
                     regions=0 if item.masks is None else len(styles), init_image=init_image,
                     on_chunk=on_chunk,
@@ -128,7 +112,7 @@ def iter_stylize_batch(
     check_run(config, weights, init_image)
     items = batch_items(contents, styles, pairs, config)
     if check_memory:
-        check_memory_fits(items, config, weights, mesh)
+        memory.check_items(items, config, weights.network, mesh)
     groups = sharding.gather_counts([it.shapes for it in items])
     shared = None
     if pairing == "broadcast" and config.preserve_colors == "none" and styles:
