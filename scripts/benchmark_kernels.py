@@ -14,9 +14,9 @@ not depend on the weights' values) and the bundled sample photos, square-cropped
 * ``rows``: one image's chunk run as itself and vmapped as a batch of one, Adam and L-BFGS
   (vmap turns the line search's ``lax.cond`` into selects that run both branches).
 * ``loop``: ``nst_jax.stylize`` end to end with an ``on_chunk`` hook (as the CLI and the studio
-  run it), the engine as shipped (chunk ``k + 1`` queued before chunk ``k`` is read back) against
-  the same engine reading each chunk back before queuing the next; median wall seconds of
-  ``--repeats`` alternated runs after a compiling run.
+  run it), chunks sized to ~1.5 s as shipped against always the longest chunk (the cost of
+  hearing from the loop every second or two); median wall seconds of ``--repeats`` alternated
+  runs after a compiling run.
 
 Examples::
 
@@ -27,7 +27,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import functools
 import platform
 import statistics
 import time
@@ -166,12 +165,11 @@ def bench_rows(args) -> None:
 
 def bench_loop(args) -> None:
     weights = random_weights(0)
-    print("\n## loop: stylize wall seconds, read back first vs queued ahead "
-          f"({args.loop_steps} steps, on_chunk hook)")
-    print("| size | chunk | read back first s | queued ahead s | ratio |")
+    print("\n## loop: stylize wall seconds, chunks of at most --chunks steps sized to ~1.5 s "
+          f"against always the full chunk ({args.loop_steps} steps, on_chunk hook)")
+    print("| size | chunk | time-sized s | full chunks s | ratio |")
     print("|---|---|---|---|---|")
-    variants = {"readback": functools.partial(engine_lib.Engine, queue_ahead=False),
-                "queued": engine_lib.Engine}
+    variants = {"timed": engine_lib.CHUNK_SECONDS, "full": 1e9}
     for size in args.loop_sizes:
         content, style = square("chelsea", size), square("hubble", size)
         for chunk in args.chunks:
@@ -179,17 +177,17 @@ def bench_loop(args) -> None:
                                                  size=None)
             times = {k: [] for k in variants}
             for rep in range(args.repeats + 1):
-                for name, cls in variants.items():
-                    transfer.Engine = cls
+                for name, seconds in variants.items():
+                    engine_lib.CHUNK_SECONDS = seconds
                     try:
                         t = time.perf_counter()
                         transfer.stylize(content, style, config, weights, on_chunk=lambda r: False)
                         dt = time.perf_counter() - t
                     finally:
-                        transfer.Engine = engine_lib.Engine
+                        engine_lib.CHUNK_SECONDS = variants["timed"]
                     if rep:  # the first round compiles
                         times[name].append(dt)
-            a, b = statistics.median(times["readback"]), statistics.median(times["queued"])
+            a, b = statistics.median(times["timed"]), statistics.median(times["full"])
             print(f"| {size} | {chunk} | {a:.3f} | {b:.3f} | {a / b:.2f} |", flush=True)
 
 
