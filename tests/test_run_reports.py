@@ -141,3 +141,51 @@ def test_batch_cli_writes_each_group_before_the_next_runs(tmp_path, monkeypatch)
     second = events.index(("chunk", 1))
     assert [e[0] for e in events[:second]].count("write") == 1
     assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png"]
+
+
+def test_long_runs_print_their_estimate_once(capsys):
+    from types import SimpleNamespace
+
+    from nst_jax.cli import progress
+
+    notice = progress.estimate_notice(limit=600)
+    assert notice(SimpleNamespace(eta=900.0)) is False
+    assert notice(SimpleNamespace(eta=1200.0)) is False
+    err = capsys.readouterr().err
+    assert err.count("this run will take about 15 more minutes") == 1
+    quiet = progress.estimate_notice(limit=600)
+    quiet(SimpleNamespace(eta=30.0))
+    quiet(SimpleNamespace(eta=3000.0))  # only the first timed chunk's estimate counts
+    assert capsys.readouterr().err == ""
+
+
+def test_ctrl_c_is_acknowledged_at_once_and_lands_after_the_running_chunk(tmp_path, pair):
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    out = tmp_path / "out.png"
+    cmd = [sys.executable, "-m", "nst_jax", "stylize", *pair, "-o", str(out), "--preset", "tiny",
+           "--weights", "random", "--size", "48", "--steps", "100000", "--save-every", "1"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    lines: list[tuple[float, str]] = []
+    reader = threading.Thread(target=lambda: [lines.append((time.perf_counter(), ln))
+                                              for ln in proc.stderr], daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "out_00002.png").exists():
+            assert proc.poll() is None and time.time() < deadline, lines
+            time.sleep(0.05)
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(10)
+    ack = [t for t, ln in lines if "Ctrl-C: stopping after the running chunk" in ln]
+    assert ack and ack[0] - sent < 2.0, lines  # said at once, not when the chunk ends
+    assert proc.returncode == 130 and out.exists()
