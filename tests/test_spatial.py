@@ -93,7 +93,48 @@ def _device_checks() -> dict:
             "loss_went_down": bool(hist["total"][-1] < hist["total"][0]),
             "image_spec": list(state.image.sharding.spec),
         }
+    if jax.device_count() == 4:
+        report["batch_space"] = _batch_by_space(spec, weights)
     return report
+
+
+def _batch_by_space(spec, weights) -> dict:
+    """A 2 x 2 (batch x space) mesh: two images, each split over two devices, through
+    ``vmap(..., spmd_axis_name="batch")`` of the one-image loss."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from nst_jax.objective import compute_targets, style_transfer_loss
+    from nst_jax.run import spatial
+
+    hw = (64, 48)
+    rng = np.random.default_rng(1)
+    contents = rng.random((2, *hw, 3), dtype=np.float32)
+    style = rng.random((32, 32, 3), dtype=np.float32)
+    targets = [compute_targets(weights, c, style, spec) for c in contents]
+    ref = [jax.value_and_grad(lambda y, t=t: style_transfer_loss(y, t, weights, spec)[0])(
+        jnp.asarray(c)) for c, t in zip(contents, targets)]
+    mesh = spatial.space_mesh(batch=2)
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *targets)
+    rows, per_image = NamedSharding(mesh, P("batch", "space")), NamedSharding(mesh, P("batch"))
+    stacked = {"content": {k: jax.device_put(v, rows) for k, v in stacked["content"].items()},
+               "style": {k: jax.device_put(v, per_image) for k, v in stacked["style"].items()}}
+    ws = spatial.replicate_weights(weights, mesh)
+
+    def one(x, t):
+        f = spatial.spatial_loss(t, ws, spec, mesh, hw)
+        return jax.value_and_grad(lambda y: f(y)[0])(x)
+
+    loss, grad = jax.jit(jax.vmap(one, spmd_axis_name="batch"))(
+        jax.device_put(contents, rows), stacked)
+    return {
+        "loss_rel": max(abs(float(loss[i]) - float(ref[i][0])) / float(ref[i][0])
+                        for i in range(2)),
+        "grad_rel": max(float(np.abs(np.asarray(grad[i]) - np.asarray(ref[i][1])).max()
+                              / np.abs(np.asarray(ref[i][1])).max()) for i in range(2)),
+        "spec": list(grad.sharding.spec),
+    }
 
 
 def _report(n: int) -> dict:
@@ -129,6 +170,12 @@ def test_four_devices_equal_one(report4):
     _check(report4, 4)
 
 
+def test_batch_by_space_mesh(report4):
+    rep = report4["batch_space"]
+    assert rep["loss_rel"] < 1e-5 and rep["grad_rel"] < 1e-5, rep
+    assert rep["spec"] == ["batch", "space"]
+
+
 def test_four_devices_memory(report4):
     one = report4["one_device_bytes"]
     assert report4["run_shard_map"]["bytes"] <= 0.35 * one, (report4["run_shard_map"], one)
@@ -139,6 +186,35 @@ def test_eight_devices_equal_one():
     report = _report(8)
     _check(report, 8)
     assert report["run_shard_map"]["bytes"] <= 0.2 * report["one_device_bytes"]
+
+
+def test_stylize_spatial_on_one_device_equals_run_chunk():
+    # The library loop on a 1-device mesh (empty ppermutes: the image's own zero padding).
+    import jax
+    import jax.numpy as jnp
+
+    import nst_jax
+    from nst_jax.objective import compute_targets, style_transfer_loss
+    from nst_jax.optimize import init_state, result_image, run_chunk
+    from nst_jax.run import spatial
+
+    config = nst_jax.get_preset("tiny").replace(pooling="avg", tv_weight=0.0,
+                                                learning_rate=0.01, output_iterate="last")
+    rng = np.random.default_rng(2)
+    content = rng.random((64, 48, 3), dtype=np.float32)
+    style = rng.random((32, 32, 3), dtype=np.float32)
+    weights = nst_jax.random_weights(0)
+    targets = compute_targets(weights, content, style, config.loss)
+    result = spatial.stylize_spatial(content, targets, weights, config.loss, config.optim,
+                                     spatial.space_mesh(), steps=5, chunk=3)
+    prepared = weights.prepare(jnp.float32, platform="cpu")
+    loss_fn = lambda y: style_transfer_loss(y, targets, prepared, config.loss)  # noqa: E731
+    state = jax.jit(lambda y: init_state(y, None, config.optim))(jnp.asarray(content))
+    state, hist = jax.jit(lambda s: run_chunk(s, jnp.int32(5), loss_fn, config.optim, 5))(state)
+    assert result.steps == 5 and result.history["total"].shape == (5,)
+    np.testing.assert_allclose(result.history["total"], np.asarray(hist["total"]), rtol=1e-5)
+    np.testing.assert_allclose(result.image, np.asarray(result_image(state, config.optim)),
+                               atol=1e-5)
 
 
 def test_rows_must_split_evenly():

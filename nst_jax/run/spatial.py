@@ -44,7 +44,7 @@ from nst_jax.features import check_weights
 from nst_jax.objective import LossSpec, Targets, check_spec, style_transfer_loss
 from nst_jax.optimize import OptimSpec, RunState, init_state, result_image, run_chunk
 from nst_jax.preprocessing import preprocess
-from nst_jax.run.tiling import layer_stride, loss_from_stats
+from nst_jax.run.tiling import loss_from_stats
 from nst_jax.vgg import all_layers, canonical_layer, conv3x3, min_side, pool2x2
 from nst_jax.weights.container import VGGWeights
 
