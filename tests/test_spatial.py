@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # compiles many programs: not in the unit tier
+
 STEPS = 20
 #: Image side the worker uses: 256 in the default tier, 512 (the issue's figure) in the slow one.
 ENV_SIZE = "NST_JAX_TEST_SPATIAL_SIZE"

@@ -13,6 +13,8 @@ from nst_jax.objective import LossSpec, compute_targets, style_transfer_loss
 from nst_jax.optimize import OptimSpec, init_state, result_image, run_chunk
 from nst_jax.run import memory, tiling
 
+pytestmark = pytest.mark.slow  # compiles many programs: not in the unit tier
+
 
 @pytest.fixture(scope="module")
 def weights():
