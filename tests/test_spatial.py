@@ -186,7 +186,7 @@ def test_four_devices_memory(report4):
     assert report4["run_shard_map"]["bytes"] <= 0.35 * one, (report4["run_shard_map"], one)
 
 
-@pytest.mark.slow
+@pytest.mark.large
 def test_four_devices_512():
     # The figures: 512 x 512 on 4 devices, <= 1e-4 after 20 steps, <= 0.35x memory.
     report = _report(4, 512)
@@ -194,7 +194,7 @@ def test_four_devices_512():
     assert report["run_shard_map"]["bytes"] <= 0.35 * report["one_device_bytes"]
 
 
-@pytest.mark.slow
+@pytest.mark.large
 def test_eight_devices_equal_one():
     report = _report(8, 512)
     _check(report, 8)

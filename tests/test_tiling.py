@@ -112,7 +112,7 @@ def test_tiled_gradient_equals_untiled_512(weights):
     assert tiling._tile_grad._cache_size() >= 1
 
 
-@pytest.mark.slow
+@pytest.mark.large
 def test_prepared_kernels_differ_only_by_their_rounding(weights):
     # With the CPU kernels a 176 px window runs conv3_1 by Winograd, the 512 px image directly:
     # the gradients agree to that algorithm's float32 rounding, amplified at ReLU kinks.
@@ -154,14 +154,14 @@ def test_gatys_convention_avg_pooling(weights):
     _check_equal(x, weights, spec, 32, content, style)
 
 
-@pytest.mark.slow
+@pytest.mark.large
 def test_tiled_gradient_equals_untiled_1024(weights):
     spec = nst_jax.get_preset("tiny").loss
     content, style, x = _images((1024, 1024), seed=4)
     _check_equal(x, weights, spec, 256, content, style)
 
 
-@pytest.mark.slow
+@pytest.mark.large
 def test_tiled_gradient_equals_untiled_512_tf_tutorial(weights):
     spec = nst_jax.get_preset("tf-tutorial").loss
     content, style, x = _images((512, 512), seed=5)
