@@ -150,6 +150,9 @@ class StyleConfig:
                 raise NstError(f"StyleConfig.{part} must be a {cls.__name__}")
         if self.loss.regions:
             raise NstError("StyleConfig.loss has no regions: stylize sets them from its masks")
+        if self.loss.style_loss == "sw" and self.optim.optimizer == "lbfgs":
+            raise NstError("the sliced Wasserstein style loss ('sw') draws new directions every "
+                           "step, which L-BFGS's line search cannot follow; use --optimizer adam")
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that are not attributes: the parts' fields, read flat.
@@ -215,6 +218,19 @@ def check_init_path(config: StyleConfig) -> None:
 
 _TF_TUTORIAL = StyleConfig()
 
+
+def sqrt2_scales(size: int, min_size: int) -> int:
+    """How many scales grow from ``min_size`` to ``size`` in steps of about √2 (the count the
+    CLI derives from ``--min-size``, as crowsonkb/style-transfer-pytorch does)."""
+    if size <= min_size:
+        return 1
+    import math
+
+    return 1 + int(math.floor(2 * math.log2(size / min_size)))
+
+
+_CKB_LAYER_WEIGHTS = tuple(w / 341.0 for w in (256.0, 64.0, 16.0, 4.0, 1.0))
+
 PRESETS: dict[str, StyleConfig] = {
     # The TensorFlow "Neural style transfer" tutorial, the project's seed recipe.
     "tf-tutorial": _TF_TUTORIAL,
@@ -227,6 +243,19 @@ PRESETS: dict[str, StyleConfig] = {
         content_layers=("relu4_2",), style_layers=CAFFE_STYLE, content_weight=5.0,
         style_weight=100.0, tv_weight=1e-3, convention="jcjohnson", optimizer="lbfgs",
         learning_rate=1.0, steps=1000, chunk_size=10, init="content",
+    ),
+    # crowsonkb/style-transfer-pytorch's defaults (2023-): Wasserstein-2 style loss on
+    # relu1_1..relu5_1 weighted 256:64:16:4:1 (normalised), relu4_2 content, coarse-to-fine from
+    # 128 px in sqrt(2) steps (at another --size pass --min-size 128 to keep the sqrt(2) steps),
+    # Adam lr 0.02 with betas (0.9, 0.99) and its moments carried across scales, iterate
+    # averaging 0.99. CKB's content 0.015 : style 1 : TV 2 were retuned for this project's loss
+    # normalisations on real VGG-19 features (BENCHMARKS.md, "Style losses").
+    "ckb": _TF_TUTORIAL.replace(
+        content_layers=("relu4_2",), style_layers=CAFFE_STYLE, style_loss="w2",
+        style_layer_weights=_CKB_LAYER_WEIGHTS, content_weight=0.015, style_weight=1.0,
+        tv_weight=2.0, learning_rate=0.02, adam_b1=0.9, adam_b2=0.99, adam_eps=1e-8,
+        ema_decay=0.99, size=512, min_size=128, scales=sqrt2_scales(512, 128), steps=500,
+        chunk_size=20, init="content",
     ),
     # Small and fast, for tests and smoke runs (random or real weights).
     "tiny": _TF_TUTORIAL.replace(

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from nst_jax import imageops
 from nst_jax.run import sharding
-from nst_jax.objective import LossSpec, features_for, style_grams, style_transfer_loss
+from nst_jax.objective import LossSpec, features_for, loss_key, style_grams, style_transfer_loss
 from nst_jax.optimize import OptimSpec, init_state, result_image, run_chunk
 from nst_jax.weights.container import VGGWeights
 
@@ -107,7 +107,7 @@ def target_axes(targets: dict[str, Any], shared: bool) -> dict[str, Any]:
 
 
 def _loss(targets, weights, spec):
-    return lambda x: style_transfer_loss(x, targets, weights, spec)
+    return lambda x, key=None: style_transfer_loss(x, targets, weights, spec, key=key)
 
 
 def _kernels(weights: VGGWeights, spec: LossSpec, mesh: Mesh) -> VGGWeights:
@@ -144,7 +144,7 @@ def content_targets(contents: jax.Array, weights: VGGWeights, *, spec: LossSpec,
 def init(images, targets, weights, *, spec: LossSpec, optim: OptimSpec, shared: bool, mesh):
     """Fresh optimiser states at ``images`` ``(B, H, W, 3)``."""
     weights = _kernels(weights, spec, mesh)
-    one = lambda x, t, w: init_state(x, _loss(t, w, spec), optim)  # noqa: E731
+    one = lambda x, t, w: init_state(x, _loss(t, w, spec), optim, key=loss_key(spec))  # noqa: E731
     return _on_rows(one, mesh, (0, target_axes(targets, shared), None))(images, targets, weights)
 
 
@@ -156,7 +156,8 @@ def next_scale(states, targets, weights, *, spec, optim, shared, mesh, hw, carry
 
     def one(s, t, w):
         old_hw = s.image.shape[:2]
-        new = init_state(imageops.resize(result_image(s, optim), hw), _loss(t, w, spec), optim)
+        new = init_state(imageops.resize(result_image(s, optim), hw), _loss(t, w, spec), optim,
+                         key=s.key)
         if carry:
             new = new._replace(opt_state=rescale_opt_state(s.opt_state, hw, old_hw))
         return new
