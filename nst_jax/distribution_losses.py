@@ -4,7 +4,8 @@ Like :mod:`nst_jax.losses`, every function takes ONE feature map ``F`` of shape 
 (``M = H·W`` positions, each a ``C``-vector) and its target statistics, computed once from the
 style image and passed in as a pytree; batch with ``jax.vmap``. Inputs may be float32 or bfloat16;
 every statistic is computed in float32. All of it works under ``jit``, ``grad``, ``vmap`` and
-``jvp`` (the matrix square root is an unrolled iteration, differentiated by JAX in both modes).
+``jvp`` (the matrix square root is an iteration; the W2 loss differentiates the trace of its
+square root by the exact rule ``d tr(A^½) = ½ tr(A^-½ dA)``, :func:`trace_sqrtm`).
 
 * **W2** (crowsonkb/style-transfer-pytorch's ``StyleLossW2``): the features are summarised by
   their mean ``μ`` and covariance ``Σ`` and compared with the style's ``(μs, Σs)`` by the
@@ -24,6 +25,7 @@ every statistic is computed in float32. All of it works under ``jit``, ``grad``,
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -89,6 +91,41 @@ def feature_moments(
     return mean, 0.5 * (cov + cov.T)
 
 
+def _newton_schulz(a: jax.Array, iterations: int) -> tuple[jax.Array, jax.Array]:
+    """``(A^½, A^-½)`` by the coupled iteration of :func:`sqrtm_newton_schulz`."""
+    a = _f32(a)
+    eye = jnp.eye(a.shape[-1], dtype=a.dtype)
+    norm = jnp.maximum(jnp.sqrt(jnp.sum(a * a)), 1e-30)
+
+    def body(_, yz):
+        y, z = yz
+        t = 0.5 * (3.0 * eye - jnp.matmul(z, y, precision=_HI))
+        return jnp.matmul(y, t, precision=_HI), jnp.matmul(t, z, precision=_HI)
+
+    y, z = jax.lax.fori_loop(0, iterations, body, (a / norm, eye))
+    return y * jnp.sqrt(norm), z / jnp.sqrt(norm)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def trace_sqrtm(a: jax.Array, iterations: int = NS_ITERATIONS) -> jax.Array:
+    """``tr(A^½)`` of a symmetric positive definite ``(C, C)`` matrix (Newton–Schulz, see
+    :func:`sqrtm_newton_schulz`), float32 scalar.
+
+    Its derivative is the exact ``d tr(A^½) = ½ tr(A^-½ dA)``, with ``A^-½`` the iteration's
+    second output: no differentiation through the loop, so a gradient costs one product instead
+    of twice the forward iteration (three times faster for the W2 loss's 512-channel layers).
+    Forward and reverse mode, and ``vmap``, all use this rule.
+    """
+    return jnp.trace(_newton_schulz(a, iterations)[0])
+
+
+@trace_sqrtm.defjvp
+def _trace_sqrtm_jvp(iterations, primals, tangents):
+    (a,), (da,) = primals, tangents
+    root, inv_root = _newton_schulz(a, iterations)
+    return jnp.trace(root), 0.5 * jnp.sum(inv_root.T * _f32(da))
+
+
 def sqrtm_newton_schulz(a: jax.Array, *, iterations: int = NS_ITERATIONS) -> jax.Array:
     """Square root of a symmetric positive semi-definite ``(C, C)`` matrix, float32.
 
@@ -99,17 +136,7 @@ def sqrtm_newton_schulz(a: jax.Array, *, iterations: int = NS_ITERATIONS) -> jax
     reverse) through the unrolled loop. Eigenvalues below ~``1e-8 |A|_F`` converge slowly; add a
     ridge to keep them off zero.
     """
-    a = _f32(a)
-    eye = jnp.eye(a.shape[-1], dtype=a.dtype)
-    norm = jnp.maximum(jnp.sqrt(jnp.sum(a * a)), 1e-30)
-
-    def body(_, yz):
-        y, z = yz
-        t = 0.5 * (3.0 * eye - jnp.matmul(z, y, precision=_HI))
-        return jnp.matmul(y, t, precision=_HI), jnp.matmul(t, z, precision=_HI)
-
-    y, _ = jax.lax.fori_loop(0, iterations, body, (a / norm, eye))
-    return y * jnp.sqrt(norm)
+    return _newton_schulz(a, iterations)[0]
 
 
 def w2_target(
@@ -134,9 +161,9 @@ def gaussian_w2(mean: jax.Array, cov: jax.Array, target: W2Target) -> jax.Array:
     c = mean.shape[-1]
     s = target.cov_sqrt
     inner = jnp.matmul(jnp.matmul(s, cov, precision=_HI), s, precision=_HI)
-    root = sqrtm_newton_schulz(0.5 * (inner + inner.T))
     mean_term = jnp.sum(jnp.square(mean - target.mean))
-    cov_term = jnp.trace(cov) + jnp.trace(target.cov) - 2.0 * jnp.trace(root)
+    cov_term = (jnp.trace(cov) + jnp.trace(target.cov)
+                - 2.0 * trace_sqrtm(0.5 * (inner + inner.T)))
     return (mean_term + cov_term) / c
 
 
