@@ -302,3 +302,16 @@ def test_ckb_preset():
     sizes = c.scale_sizes((512, 512))
     assert sizes[0] == 128 and sizes[-1] == 512
     np.testing.assert_allclose(np.diff(np.log2(sizes)), 0.5, atol=0.02)  # sqrt(2) steps
+
+
+def test_cli_flag_sets_the_style_loss_and_refuses_lbfgs_with_sw():
+    from nst_jax.cli import build_parser
+    from nst_jax.cli.flags import config_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["stylize", "a.jpg", "b.jpg", "--preset", "ckb", "--style-loss", "sw"])
+    assert config_from_args(args, "vgg19").style_loss == "sw"
+    args = parser.parse_args(["stylize", "a.jpg", "b.jpg", "--preset", "gatys",
+                              "--style-loss", "sw"])
+    with pytest.raises(NstError, match="L-BFGS"):
+        config_from_args(args, "vgg19")
