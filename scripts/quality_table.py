@@ -136,6 +136,47 @@ def means(table: dict) -> dict:
     return out
 
 
+LOWER_IS_BETTER = {"style", "sw"}
+
+
+def verdict(table: dict, run: str) -> str:
+    """Whether ``run`` beats the Gram runs at equal content similarity, per pair and criterion.
+
+    The Gram reference at ``run``'s content similarity ``c`` is the better of (a) the
+    ``tf-tutorial`` content-weight curve interpolated linearly at ``c`` (clamped at its ends) and
+    (b) the best Gram run (any ``tf-tutorial*`` or ``gatys``) whose content similarity is at
+    least ``c``. ``run`` beats the Gram recipes on a criterion when it is better than that.
+    """
+    keys = [k for k, _ in COLUMNS if k not in ("content", "roughness")]
+    lines = [f"| pair | {run} content | " + " | ".join(
+        f"{dict(COLUMNS)[k]} {run} / Gram at equal content" for k in keys) + " |",
+             "|" + "---|" * (len(keys) + 2)]
+    wins = {k: 0 for k in keys}
+    for pair, rows in table.items():
+        if run not in rows:
+            continue
+        c = rows[run]["content"]
+        curve = sorted((r["content"], r) for label, r in rows.items()
+                       if label.startswith("tf-tutorial"))
+        gram = [r for label, r in rows.items() if label.startswith("tf-tutorial") or label == "gatys"]
+        cells = []
+        for k in keys:
+            sign = -1.0 if k in LOWER_IS_BETTER else 1.0  # compare "higher is better" values
+            xs = [x for x, _ in curve]
+            ys = [sign * r[k] for _, r in curve]
+            ref = float(np.interp(c, xs, ys))
+            above = [sign * r[k] for r in gram if r["content"] >= c]
+            if above:
+                ref = max(ref, max(above))
+            mine = sign * rows[run][k]
+            win = mine > ref
+            wins[k] += win
+            cells.append(f"{sign * mine:.3f} / {sign * ref:.3f}{' ✓' if win else ''}")
+        lines.append(f"| {pair} | {c:.3f} | " + " | ".join(cells) + " |")
+    lines.append(f"| pairs won | | " + " | ".join(f"{wins[k]}/{len(table)}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
 def figure(table: dict, path: Path, runs_order: list[str]) -> None:
     import matplotlib
 
@@ -190,6 +231,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the numbers here")
     parser.add_argument("--figure", type=Path, help="write the trade-off figure here")
     parser.add_argument("--images", type=Path, help="write content | style | runs per pair here")
+    parser.add_argument("--verdict", default="ckb,ckb-sw",
+                        help="runs to compare with the Gram recipes at equal content")
     parser.add_argument("--replot", action="store_true", help="tables and figure from --json")
     args = parser.parse_args()
 
@@ -209,6 +252,9 @@ def main() -> int:
     for pair, rows in table.items():
         print("\n" + markdown(rows, pair))
     print("\n" + markdown(means(table), f"mean over {len(table)} pairs"))
+    for run in args.verdict.split(","):
+        print(f"\n{run} against the Gram recipes at equal content similarity (✓: better)\n")
+        print(verdict(table, run))
     if args.figure:
         figure(table, args.figure, [label for label, _, _ in runs])
     return 0
