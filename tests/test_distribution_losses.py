@@ -315,3 +315,15 @@ def test_cli_flag_sets_the_style_loss_and_refuses_lbfgs_with_sw():
                               "--style-loss", "sw"])
     with pytest.raises(NstError, match="L-BFGS"):
         config_from_args(args, "vgg19")
+
+
+@pytest.mark.slow
+def test_sw_batch_with_a_style_per_row_and_two_scales(weights):
+    # Rows with styles of different sizes: their samples are resampled to the image's positions
+    # so the rows stack; the key crosses from one scale to the next with the state.
+    config = tiny("sw", size=32, min_size=16, scales=2, steps=2, chunk_size=2)
+    results = nst_jax.stylize_batch([IMG, IMG], [STYLE, STYLE2], config, weights, pairing="zip")
+    alone = nst_jax.stylize(IMG, STYLE2, config, weights)
+    assert [r.steps for r in results] == [4, 4]
+    assert all(np.all(np.isfinite(r.history["total"])) for r in results)
+    np.testing.assert_allclose(results[1].image, alone.image, atol=1e-5)
