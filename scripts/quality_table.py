@@ -103,6 +103,16 @@ def score_pair(weights, pair: str, runs, args) -> dict:
         row["style_loss"] = config.style_loss
         out[label] = row
         images[label] = result.image
+        if args.torch and config.style_loss == "gram":
+            sys.path.insert(0, str(ROOT / "scripts"))
+            from real_results import run_torch
+
+            image, seconds = run_torch(weights, config, content, style)
+            trow = vars(quality.criteria(weights, image, photo, style))
+            trow.update(seconds=seconds, style_loss="gram")
+            out[f"{label} (PyTorch)"] = trow
+            print(f"  {pair} {label} (PyTorch): " + " ".join(
+                f"{k} {v:.3f}" for k, v in trow.items() if isinstance(v, float)), flush=True)
         print(f"  {pair} {label}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items()
                                                if isinstance(v, float)), flush=True)
     if args.images:
@@ -230,6 +240,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--json", type=Path, help="write the numbers here")
     parser.add_argument("--figure", type=Path, help="write the trade-off figure here")
+    parser.add_argument("--torch", action="store_true",
+                        help="also run each Gram recipe in PyTorch (scripts/torch_reference.py)")
     parser.add_argument("--images", type=Path, help="write content | style | runs per pair here")
     parser.add_argument("--verdict", default="ckb,ckb-sw",
                         help="runs to compare with the Gram recipes at equal content")
@@ -252,7 +264,7 @@ def main() -> int:
     for pair, rows in table.items():
         print("\n" + markdown(rows, pair))
     print("\n" + markdown(means(table), f"mean over {len(table)} pairs"))
-    for run in args.verdict.split(","):
+    for run in filter(None, args.verdict.split(",")):
         print(f"\n{run} against the Gram recipes at equal content similarity (✓: better)\n")
         print(verdict(table, run))
     if args.figure:
