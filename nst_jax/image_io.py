@@ -37,7 +37,8 @@ _SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
 
 _SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 _SAMPLE_FILES = {"chelsea": "chelsea.jpg", "strokes": "strokes.jpg", "hubble": "hubble.jpg",
-                 "astronaut": "astronaut.jpg", "rocket": "rocket.jpg", "mosaic": "mosaic.jpg"}
+                 "astronaut": "astronaut.jpg", "rocket": "rocket.jpg", "mosaic": "mosaic.jpg",
+                 "coffee": "coffee.jpg", "ihc": "ihc.jpg"}
 # Names accepted by sample_path(); see nst_jax/samples/SOURCES.md for origins and licences.
 SAMPLES = tuple(_SAMPLE_FILES)
 SAMPLE_CONTENT = "chelsea"

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nst_jax import distribution_losses as dl
 from nst_jax import imageops, losses
 from nst_jax.checks import check_choice, check_int, check_nonnegative, plain_fields
 from nst_jax.errors import NstError
@@ -29,6 +30,10 @@ from nst_jax.weights.container import VGGWeights
 
 Targets = dict[str, dict[str, jax.Array]]
 DTYPES = ("float32", "bfloat16")
+#: Style losses (:attr:`LossSpec.style_loss`): Gram matrices (:mod:`nst_jax.losses`), the
+#: Wasserstein-2 distance of Gaussians or the sliced Wasserstein distance
+#: (:mod:`nst_jax.distribution_losses`).
+STYLE_LOSSES = ("gram", "w2", "sw")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +49,10 @@ class LossSpec:
       dtype: activation dtype, ``"float32"`` or ``"bfloat16"`` (Grams and losses stay float32).
       remat: recompute VGG blocks in the backward pass to save memory.
       regions: number of masked style regions (0 = no masks; see :func:`compute_targets`).
+      style_loss: ``"gram"`` (the convention's Gram loss), ``"w2"`` (Wasserstein-2 between the
+        features' Gaussians) or ``"sw"`` (sliced Wasserstein, random directions every step);
+        see :mod:`nst_jax.distribution_losses`. The convention still sets the content and TV
+        terms.
     """
 
     content_layers: tuple[str, ...] = ("block5_conv2",)
@@ -59,6 +68,7 @@ class LossSpec:
     dtype: str = "float32"
     remat: bool = False
     regions: int = 0
+    style_loss: str = "gram"
 
     def __post_init__(self):
         plain_fields(self)
@@ -89,6 +99,10 @@ class LossSpec:
             raise NstError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
         check_choice(self.dtype, "dtype", DTYPES)
         check_int(self.regions, "regions", minimum=0)
+        check_choice(self.style_loss, "style loss", STYLE_LOSSES)
+        if self.style_loss == "sw" and self.regions:
+            raise NstError("the sliced Wasserstein style loss ('sw') matches whole-image feature "
+                           "distributions and cannot take region masks; use 'gram' or 'w2'")
 
     def structure(self) -> "LossSpec":
         """The spec without its traced values (:class:`LossValues`): what changes a compiled
@@ -146,11 +160,77 @@ def features_for(
 
 def style_grams(
     weights: VGGWeights, style: jax.Array, spec: LossSpec, *, kernels: Kernels = XLA,
-) -> dict[str, jax.Array]:
-    """``{layer: (C_l, C_l)}`` float32 Gram matrices of one ``(H, W, 3)`` style image."""
-    norm = losses.get_convention(spec.convention).gram_norm
+) -> dict[str, Any]:
+    """``{layer: statistics}`` of one ``(H, W, 3)`` style image, for ``spec.style_loss``:
+    ``(C_l, C_l)`` float32 Gram matrices (``"gram"``), a :class:`~nst_jax.distribution_losses.W2Target`
+    (``"w2"``) or a :class:`~nst_jax.distribution_losses.SWTarget` (``"sw"``, the style's own
+    ``H_l·W_l`` positions)."""
     feats = features_for(weights, style, spec.style_layers, spec, kernels=kernels)
+    if spec.style_loss == "w2":
+        return {k: dl.w2_target(v) for k, v in feats.items()}
+    if spec.style_loss == "sw":
+        return {k: dl.sw_target(v) for k, v in feats.items()}
+    norm = losses.get_convention(spec.convention).gram_norm
     return {k: losses.gram_matrix(v, normalization=norm) for k, v in feats.items()}
+
+
+style_statistics = style_grams
+
+
+def loss_key(spec: LossSpec) -> jax.Array | None:
+    """The start key a stochastic style loss (``"sw"``) draws its directions from, carried and
+    split by the optimiser (:func:`nst_jax.optimize.init_state`); ``None`` for the others."""
+    return jax.random.PRNGKey(0) if spec.style_loss == "sw" else None
+
+
+def blend_statistics(
+    stats: Sequence[Mapping[str, Any]], blend: Sequence[float], spec: LossSpec,
+    sizes: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """One target from several styles' statistics (:func:`style_grams`), weights ``b_s``
+    normalised to sum to 1.
+
+    * ``gram``: ``A_l = Σ_s b_s A_l^s`` (:func:`blend_grams`).
+    * ``w2``: the Gaussian with the moments of the *mixture* of the styles' features,
+      ``μ = Σ b_s μ_s``, ``Σ = Σ b_s (Σ_s + μ_s μ_sᵀ) - μμᵀ`` (mixing moments, not a
+      Wasserstein barycentre), its square root recomputed.
+    * ``sw``: the styles' samples stacked ``(S, N_l, C_l)`` with weights ``b_s``, the loss
+      averaging their quantile functions per direction; each style is resampled to ``sizes[l]``
+      positions (the image's, :func:`~nst_jax.distribution_losses.resample_positions`) so that
+      they stack.
+    """
+    if len(stats) != len(blend):
+        raise NstError(f"{len(blend)} blend weights given for {len(stats)} style images")
+    if spec.style_loss == "gram":
+        return blend_grams(stats, blend)
+    b = _blend_weights(blend)
+    if spec.style_loss == "w2":
+        if len(stats) == 1:
+            return dict(stats[0])
+        out = {}
+        for k in stats[0]:
+            mean = sum(w * s[k].mean for w, s in zip(b, stats))
+            second = sum(w * (s[k].cov + jnp.outer(s[k].mean, s[k].mean)) for w, s in zip(b, stats))
+            cov = second - jnp.outer(mean, mean) - dl.W2_RIDGE * jnp.eye(mean.shape[-1])
+            out[k] = dl.w2_target_from_moments(mean, 0.5 * (cov + cov.T))
+        return out
+    out = {}
+    for k in stats[0]:
+        n = sizes[k] if sizes is not None else stats[0][k].features.shape[1]
+        feats = [dl.resample_positions(s[k].features[i], n)
+                 for s in stats for i in range(s[k].features.shape[0])]
+        ws = [w * sw for w, s in zip(b, stats) for sw in s[k].weights]
+        out[k] = dl.SWTarget(jnp.stack(feats), jnp.stack(ws).astype(jnp.float32))
+    return out
+
+
+def _blend_weights(blend: Sequence[float]) -> list[float]:
+    total = float(sum(blend))
+    if any(not (0 <= b < float("inf")) for b in blend) or not 0 < total < float("inf"):
+        raise NstError(
+            f"style blend weights must be >= 0, finite and not all zero, got {list(blend)}"
+        )
+    return [float(b) / total for b in blend]
 
 
 def check_blend(
@@ -269,23 +349,36 @@ def style_targets(
     if masks is None:
         if spec.regions:
             raise NstError(f"the loss expects {spec.regions} region masks but none were given")
-        return {"style": blend_grams(grams, style_blend or [1.0] * len(grams))}
+        sizes = None
+        if spec.style_loss == "sw":
+            shapes = _style_layer_shapes(weights, hw, spec)
+            sizes = {k: shapes[k][0] * shapes[k][1] for k in spec.style_layers}
+        return {"style": blend_statistics(grams, style_blend or [1.0] * len(grams), spec, sizes)}
+    if spec.style_loss == "sw":
+        raise NstError("the sliced Wasserstein style loss ('sw') matches whole-image feature "
+                       "distributions and cannot take region masks; use 'gram' or 'w2'")
     if style_blend is not None:
         raise NstError("style blend weights and region masks cannot be combined")
     if masks.shape != (spec.regions, *hw) or len(grams) != spec.regions:
         raise NstError(f"the loss expects {spec.regions} region masks of {hw[1]}x{hw[0]} for as "
                        f"many style images, got masks {masks.shape} for {len(grams)} style images "
                        "(check them with check_masks)")
-    # Only the shapes of the style layers are needed, to resize the masks: no computation.
-    probe = jax.ShapeDtypeStruct((*hw, 3), jnp.float32)
-    shapes = jax.eval_shape(lambda x: features_for(weights, x, spec.style_layers, spec), probe)
+    shapes = _style_layer_shapes(weights, hw, spec)
     return {
-        "style": {k: jnp.stack([g[k] for g in grams]) for k in spec.style_layers},
+        "style": {k: jax.tree.map(lambda *a: jnp.stack(a), *[g[k] for g in grams])
+                  for k in spec.style_layers},
         "masks": {
-            k: jnp.stack([imageops.resize_mask(m, shapes[k].shape[:2]) for m in masks])
+            k: jnp.stack([imageops.resize_mask(m, shapes[k][:2]) for m in masks])
             for k in spec.style_layers
         },
     }
+
+
+def _style_layer_shapes(weights: VGGWeights, hw, spec: LossSpec) -> dict[str, tuple]:
+    # Only the shapes of the style layers are needed: no computation.
+    probe = jax.ShapeDtypeStruct((*hw, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda x: features_for(weights, x, spec.style_layers, spec), probe)
+    return {k: tuple(v.shape) for k, v in shapes.items()}
 
 
 def check_targets(targets: Targets, spec: LossSpec) -> None:
@@ -317,18 +410,22 @@ def _check_sizes(image, feats, targets: Targets, spec: LossSpec) -> None:
                 "image); compute them with compute_targets at the size being optimised")
 
 
-def _style_term(f: jax.Array, targets: Targets, layer: str, conv) -> jax.Array:
+def _style_term(f: jax.Array, targets: Targets, layer: str, conv, spec: LossSpec,
+                key: jax.Array) -> jax.Array:
+    if spec.style_loss == "sw":
+        return dl.sw_layer_loss(f, targets["style"][layer], key)
+    if spec.style_loss == "w2":
+        one = lambda a, m=None: dl.w2_layer_loss(f, a, mask=m)  # noqa: E731
+    else:
+        one = lambda a, m=None: losses.style_layer_loss(f, a, convention=conv, mask=m)  # noqa: E731
     if "masks" not in targets:
-        return losses.style_layer_loss(f, targets["style"][layer], convention=conv)
-    per_region = jax.vmap(
-        lambda a, m: losses.style_layer_loss(f, a, convention=conv, mask=m)
-    )(targets["style"][layer], targets["masks"][layer])
-    return jnp.sum(per_region)
+        return one(targets["style"][layer])
+    return jnp.sum(jax.vmap(one)(targets["style"][layer], targets["masks"][layer]))
 
 
 def style_transfer_loss(
     image: jax.Array, targets: Targets, weights: VGGWeights, spec: LossSpec,
-    values: LossValues | None = None, *, kernels: Kernels = XLA,
+    values: LossValues | None = None, *, kernels: Kernels = XLA, key: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Total loss of one ``(H, W, 3)`` image and its terms.
 
@@ -336,7 +433,9 @@ def style_transfer_loss(
     the compiled programs take them as inputs (:meth:`LossSpec.structure` is then enough as
     the static spec). ``kernels`` (:func:`nst_jax.kernels.prepare`) picks the network's
     implementation: plain XLA by default (both AD modes), or the CPU-tuned kernels prepared
-    outside the step loop.
+    outside the step loop. ``key`` draws the random directions of the ``"sw"`` style loss (layer
+    ``l`` uses ``fold_in(key, l)``); ``None`` uses :func:`loss_key`'s fixed key, so evaluations
+    without a key are deterministic. The other losses ignore it.
 
     Returns:
       ``(total, aux)``: float32 scalar and ``{"content": Σ, "style": Σ, "tv": γ TV,
@@ -356,9 +455,13 @@ def style_transfer_loss(
         * losses.content_loss(feats[k], targets["content"][k], convention=conv)
         for k in spec.content_layers
     }
-    style_terms = {k: v.style_weight * v.style_layer_weights[i]
-                   * _style_term(feats[k], targets, k, conv)
-                   for i, k in enumerate(spec.style_layers)}
+    if spec.style_loss == "sw" and key is None:
+        key = loss_key(spec)
+    style_terms = {
+        k: v.style_weight * v.style_layer_weights[i] * _style_term(
+            feats[k], targets, k, conv, spec,
+            None if key is None else jax.random.fold_in(key, i))
+        for i, k in enumerate(spec.style_layers)}
     tv = v.tv_weight * losses.total_variation_loss(image, kind=conv.tv, scale=conv.tv_scale)
     content_total, style_total = losses.sum_terms(content_terms), losses.sum_terms(style_terms)
     aux = {"content": content_total, "style": style_total, "tv": tv,

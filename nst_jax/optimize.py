@@ -14,6 +14,11 @@ Per step, with ``f`` the objective of :mod:`nst_jax.objective`:
   from the line search's state, so an iteration costs one evaluation when the first trial step is
   accepted.
 
+A stochastic loss (the ``"sw"`` style loss's random directions) takes a PRNG ``key`` keyword:
+when :func:`init_state` is given a ``key``, the state carries it and every step splits it,
+calling ``loss_fn(x, key=subkey)``, so a run is reproducible and the loss stays pure. Without a
+key the loss is called as ``loss_fn(x)``, as before.
+
 The state keeps the best image seen (lowest total loss, as the seed does) and stops on the first
 non-finite loss or gradient, keeping the best image and the iterate that diverged.
 """
@@ -134,6 +139,7 @@ class RunState(NamedTuple):
     step: jax.Array  # () int32, steps taken
     diverged: jax.Array  # () bool
     diverged_image: jax.Array  # (H, W, 3), the iterate whose loss or gradient was not finite
+    key: Any = None  # (2,) uint32 PRNG key of a stochastic loss, split every step; None: none
 
 
 def objective_for(loss_fn: LossFn, spec: OptimSpec) -> LossFn:
@@ -144,9 +150,17 @@ def objective_for(loss_fn: LossFn, spec: OptimSpec) -> LossFn:
 
 
 def init_state(image: jax.Array, loss_fn: LossFn, spec: OptimSpec,
-               values: OptimValues | None = None) -> RunState:
+               values: OptimValues | None = None, *, key: jax.Array | None = None) -> RunState:
     """Fresh state at ``image`` (``(H, W, 3)`` in ``[0, 1]``); ``values`` as in
-    :func:`make_optimizer`."""
+    :func:`make_optimizer`.
+
+    ``key``: a PRNG key for a stochastic ``loss_fn``, which is then called as
+    ``loss_fn(x, key=k)`` with a fresh ``k`` split off every step (L-BFGS refuses one: its line
+    search needs one deterministic function).
+    """
+    if key is not None and spec.optimizer == "lbfgs":
+        raise NstError("L-BFGS needs a deterministic loss; a stochastic one (the 'sw' style "
+                       "loss) runs with Adam")
     image = image.astype(jnp.float32)
     opt = make_optimizer(spec, values)
     opt_state = opt.init(image)
@@ -160,7 +174,7 @@ def init_state(image: jax.Array, loss_fn: LossFn, spec: OptimSpec,
     return RunState(image=image, opt_state=opt_state, best_image=image,
                     best_loss=jnp.asarray(jnp.inf, jnp.float32), ema_image=image,
                     step=jnp.zeros((), jnp.int32), diverged=jnp.zeros((), bool),
-                    diverged_image=jnp.zeros_like(image))
+                    diverged_image=jnp.zeros_like(image), key=key)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -170,6 +184,10 @@ def _all_finite(tree) -> jax.Array:
 def _step(state: RunState, loss_fn: LossFn, spec: OptimSpec, values: OptimValues | None):
     """One optimiser step; returns ``(new_state, loss, terms)`` (terms NaN for L-BFGS)."""
     opt = make_optimizer(spec, values)
+    new_key = state.key
+    if state.key is not None:
+        new_key, sub = jax.random.split(state.key)
+        loss_fn = _with_key(loss_fn, sub)
     f = objective_for(loss_fn, spec)
     x = state.image
     nan = jnp.asarray(jnp.nan, jnp.float32)
@@ -204,8 +222,13 @@ def _step(state: RunState, loss_fn: LossFn, spec: OptimSpec, values: OptimValues
         step=state.step + ok.astype(jnp.int32),
         diverged=~ok,
         diverged_image=jnp.where(ok, state.diverged_image, x),
+        key=new_key,
     )
     return new_state, loss, terms
+
+
+def _with_key(loss_fn: LossFn, key: jax.Array) -> LossFn:
+    return lambda x: loss_fn(x, key=key)
 
 
 def run_chunk(

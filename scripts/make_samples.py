@@ -104,6 +104,8 @@ def main() -> None:
     _from_skimage("hubble_deep_field.jpg", "hubble.jpg")
     _from_skimage("astronaut.png", "astronaut.jpg")
     _from_skimage("rocket.jpg", "rocket.jpg")
+    _from_skimage("coffee.png", "coffee.jpg")
+    _from_skimage("ihc.png", "ihc.jpg")
     save_image(HERE / "strokes.jpg", brush_strokes())
     save_image(HERE / "mosaic.jpg", flat_mosaic())
 

@@ -19,7 +19,7 @@ from nst_jax.config import (COLOR_MODES, DEFAULT_PRESETS, PRESETS, StyleConfig, 
                             get_preset)
 from nst_jax.errors import NstError
 from nst_jax.losses import CONVENTIONS
-from nst_jax.objective import DTYPES
+from nst_jax.objective import DTYPES, STYLE_LOSSES
 from nst_jax.optimize import OPTIMIZERS, OUTPUT_ITERATES
 from nst_jax.vgg import NETWORK_NAMES, NETWORKS, POOLINGS
 
@@ -105,6 +105,8 @@ CONFIG_FLAGS = [
     (("--style-scale", "--style-scale-fac"), "style_scale", _floats, {"metavar": "F[,F...]"},
      "style image size relative to --size; one value, or one per style"),
     (("--convention",), "convention", str, _choices(CONVENTIONS), "loss normalisation"),
+    (("--style-loss",), "style_loss", str, _choices(STYLE_LOSSES),
+     "style statistics: Gram matrices, Wasserstein-2 of Gaussians, or sliced Wasserstein"),
     (("--dtype",), "dtype", str, _choices(DTYPES), "activation dtype"),
     (("--chunk-size",), "chunk_size", int, {},
      "steps per compiled call between progress updates"),

@@ -29,7 +29,8 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from nst_jax import imageops, kernels as kernels_lib
 from nst_jax.run import sharding
-from nst_jax.objective import LossSpec, features_for, style_grams, style_transfer_loss
+from nst_jax.objective import (LossSpec, features_for, loss_key, style_grams,
+                               style_transfer_loss)
 from nst_jax.optimize import OptimSpec, init_state, result_image, run_chunk
 from nst_jax.weights.container import VGGWeights
 
@@ -112,8 +113,8 @@ def _axes(targets, shared: bool, swept: bool) -> tuple:
 
 
 def _loss(targets, values, weights, spec, kernels=kernels_lib.XLA):
-    return lambda x: style_transfer_loss(x, targets, weights, spec, values["loss"],
-                                         kernels=kernels)
+    return lambda x, key=None: style_transfer_loss(x, targets, weights, spec, values["loss"],
+                                                   kernels=kernels, key=key)
 
 
 @_compiled(("spec",))
@@ -149,7 +150,7 @@ def init(images, targets, values, weights, kernels, *, spec: LossSpec, optim: Op
          shared: bool, swept: bool, mesh):
     """Fresh optimiser states at ``images`` ``(B, H, W, 3)``; ``kernels`` from :func:`prepare`."""
     def one(x, t, v, w, k):
-        return init_state(x, _loss(t, v, w, spec, k), optim, v["optim"])
+        return init_state(x, _loss(t, v, w, spec, k), optim, v["optim"], key=loss_key(spec))
 
     axes = (0, *_axes(targets, shared, swept), None, None)
     return _on_rows(one, mesh, axes)(images, targets, values, weights, kernels)
@@ -164,7 +165,7 @@ def next_scale(states, targets, values, weights, kernels, *, spec, optim, shared
     def one(s, t, v, w, k):
         old_hw = s.image.shape[:2]
         new = init_state(imageops.resize(result_image(s, optim), hw), _loss(t, v, w, spec, k),
-                         optim, v["optim"])
+                         optim, v["optim"], key=s.key)
         if carry:
             new = new._replace(opt_state=rescale_opt_state(s.opt_state, hw, old_hw))
         return new

@@ -46,6 +46,16 @@ class GramCache:
         return jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
 
 
+    def sw_zeros(self, hw):
+        """Zero ``"sw"`` targets for an ``hw`` image: their samples are resampled to the image's
+        positions, so their shapes depend on ``hw``."""
+        probe = jax.ShapeDtypeStruct((64, 64, 3), np.float32)
+        shapes = jax.eval_shape(lambda x: style_targets(
+            self.weights, tuple(hw), [style_grams(self.weights, x, self.spec)], self.spec)["style"],
+            probe)
+        return jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
+
+
 def fill_rows(layout: sharding.SlotLayout, rows: list[Any], dummy: Any) -> dict[int, Any]:
     """``{slot: row}`` for every local slot: the members' rows, then padding (copies of the
     first row, or ``dummy`` when this process has no member in the group)."""
@@ -90,6 +100,6 @@ def group_targets(
     else:
         rows = [style_row(it, hw, [g for _, g in styles], spec, cache.weights)
                 for it, styles in zip(members, per_item)]
-        dummy = {"style": cache.zeros}
+        dummy = {"style": cache.sw_zeros(hw) if spec.style_loss == "sw" else cache.zeros}
         targets.update(sharding.put_rows(fill_rows(layout, rows, dummy), layout, mesh))
     return targets, contents, [styles[0][0] for styles in per_item]
