@@ -174,12 +174,8 @@ def memory_advice(err) -> str:
         return (str(err).replace("dtype bfloat16", "--dtype bfloat16").replace("remat", "--remat")
                 .replace("a smaller size", "a smaller --size").replace(
                     "fewer images per device", "a smaller --batch-size"))
-    ways = [flag for flag, ok in (("--dtype bfloat16", fit.bfloat16), ("--remat", fit.remat))
-            if ok]
-    if fit.batch_fits:
-        ways.append(f"a smaller --batch-size (at most {fit.batch_fits})")
-    if fit.size_fits:
-        ways.append(f"--size {fit.size_fits} or less")
+    ways = fit.ways({"bfloat16": "--dtype bfloat16", "remat": "--remat",
+                     "batch": "a smaller --batch-size (at most {n})", "size": "--size {n} or less"})
     held = (f" (of which this process holds {gib(fit.estimate.process)} already)"
             if fit.estimate.process else "")
     return (f"this run needs about {gib(fit.estimate.total)} at {fit.hw[1]}x{fit.hw[0]} px{held} "

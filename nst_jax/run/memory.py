@@ -273,14 +273,18 @@ class Fit:
     def fits(self) -> bool:
         return self.limit is None or self.estimate.run <= self.limit
 
+    def ways(self, words: dict[str, str]) -> list[str]:
+        """What would fit, each in ``words``' terms: keys ``"bfloat16"``, ``"remat"``,
+        ``"batch"`` and ``"size"`` (the last two formatted with ``n``)."""
+        ways = [words[k] for k, ok in (("bfloat16", self.bfloat16), ("remat", self.remat)) if ok]
+        ways += [words[k].format(n=n) for k, n in (("batch", self.batch_fits),
+                                                   ("size", self.size_fits)) if n]
+        return ways
+
     def sentence(self) -> str:
         """One sentence in library terms (config fields), for callers of the API."""
-        ways = [w for w, ok in (("dtype='bfloat16'", self.bfloat16), ("remat=True", self.remat))
-                if ok]
-        if self.batch_fits:
-            ways.append(f"at most {self.batch_fits} images per device")
-        if self.size_fits:
-            ways.append(f"size={self.size_fits} or less")
+        ways = self.ways({"bfloat16": "dtype='bfloat16'", "remat": "remat=True",
+                          "batch": "at most {n} images per device", "size": "size={n} or less"})
         return (f"this run needs about {gib(self.estimate.total)} per device at "
                 f"{self.hw[1]}x{self.hw[0]} px but {self.where} has "
                 f"{gib((self.limit or 0) + self.estimate.process)}; "
