@@ -56,9 +56,13 @@ def main() -> None:
     t_load = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    wp = weights.prepare(config.loss.jnp_dtype, platform=jax.devices()[0].platform)
+    from nst_jax import kernels as kernels_lib
+
+    kernels = kernels_lib.prepare(weights.params, kernels_lib.kernels_for(
+        jax.devices()[0].platform), config.loss.jnp_dtype)
     tile = plan.tile if plan else args.tile
-    targets = tiling.tiled_targets(wp, content, style, config.loss, tile=tile)
+    targets = tiling.tiled_targets(weights, content, style, config.loss, tile=tile,
+                                   kernels=kernels)
     t_targets = time.perf_counter() - t1
     print(f"targets: {t_targets:.1f} s", flush=True)
 
@@ -68,7 +72,7 @@ def main() -> None:
               f"peak RSS so far {rss:.2f} GiB", flush=True)
 
     t2 = time.perf_counter()
-    result = tiling.stylize_tiled(content, style, wp, config.loss, config.optim,
+    result = tiling.stylize_tiled(content, style, weights, config.loss, config.optim,
                                   steps=args.steps, plan=plan, tile=args.tile, targets=targets,
                                   hooks=[report])
     t_run = time.perf_counter() - t2

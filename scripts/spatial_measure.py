@@ -43,16 +43,18 @@ def main() -> None:
     rng = np.random.default_rng(0)
     content = rng.random((*hw, 3), dtype=np.float32)
     style = rng.random((256, 256, 3), dtype=np.float32)
-    weights = nst_jax.random_weights(0).prepare(jnp.float32, platform="cpu")
-    weights = spatial.needed_weights(weights, spec)
+    from nst_jax import kernels as kernels_lib
+
+    weights = spatial.needed_weights(nst_jax.random_weights(0), spec)
+    cpu = kernels_lib.prepare(weights.params, "cpu")  # the CPU-tuned kernels on both sides
     targets = compute_targets(weights, content, style, spec)
     n = jax.device_count()
     out = {"devices": n, "size": args.size, "preset": args.preset, "steps": args.steps}
 
     # One device: the plain program, as stylize runs it.
     def one(state, k, t, w):
-        return run_chunk(state, k, lambda y: style_transfer_loss(y, t, w, spec), optim,
-                         args.steps)
+        return run_chunk(state, k, lambda y: style_transfer_loss(y, t, w, spec, kernels=cpu),
+                         optim, args.steps)
 
     state0 = jax.jit(lambda x: init_state(x, None, optim))(jnp.asarray(content))
     f1 = jax.jit(one, donate_argnums=0)
@@ -66,14 +68,15 @@ def main() -> None:
 
     mesh = spatial.space_mesh()
     ts, ws = spatial.shard_targets(targets, mesh), spatial.replicate_weights(weights, mesh)
+    ks = spatial.replicate_weights(cpu, mesh)
     for method in args.methods:
         step = spatial.spatial_chunk(spec, optim, mesh, hw, chunk=args.steps, method=method)
         state = spatial.spatial_init(content, ts, ws, spec, optim, mesh, method=method)
         t0 = time.perf_counter()
-        compiled = step.lower(state, jnp.int32(args.steps), ts, ws).compile()
+        compiled = step.lower(state, jnp.int32(args.steps), ts, ws, ks).compile()
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        state, hist = compiled(state, jnp.int32(args.steps), ts, ws)
+        state, hist = compiled(state, jnp.int32(args.steps), ts, ws, ks)
         image = np.asarray(result_image(state, optim))
         seconds = (time.perf_counter() - t0) / args.steps
         mem = memory(compiled)

@@ -33,6 +33,7 @@ def _device_checks() -> dict:
     import nst_jax
     from nst_jax.objective import compute_targets, style_transfer_loss
     from nst_jax.optimize import init_state, result_image, run_chunk
+    from nst_jax.kernels import XLA
     from nst_jax.run import spatial
     from nst_jax.run.spatial import compiled_bytes as memory, hlo_collectives
 
@@ -84,8 +85,8 @@ def _device_checks() -> dict:
     for method in spatial.METHODS:
         step = spatial.spatial_chunk(spec, optim, mesh, hw, chunk=STEPS, method=method)
         state = spatial.spatial_init(content, ts, ws, spec, optim, mesh, method=method)
-        compiled = step.lower(state, jnp.int32(STEPS), ts, ws).compile()
-        state, hist = compiled(state, jnp.int32(STEPS), ts, ws)
+        compiled = step.lower(state, jnp.int32(STEPS), ts, ws, XLA).compile()  # plain kernels
+        state, hist = compiled(state, jnp.int32(STEPS), ts, ws, XLA)
         image = np.asarray(result_image(state, optim))
         report[f"run_{method}"] = {
             "bytes": memory(compiled)["total"],
@@ -220,8 +221,10 @@ def test_stylize_spatial_on_one_device_equals_run_chunk():
     targets = compute_targets(weights, content, style, config.loss)
     result = spatial.stylize_spatial(content, targets, weights, config.loss, config.optim,
                                      spatial.space_mesh(), steps=5, chunk=3)
-    prepared = weights.prepare(jnp.float32, platform="cpu")
-    loss_fn = lambda y: style_transfer_loss(y, targets, prepared, config.loss)  # noqa: E731
+    from nst_jax import kernels
+
+    cpu = kernels.prepare(weights.params, "cpu")  # as stylize_spatial prepares them on CPU
+    loss_fn = lambda y: style_transfer_loss(y, targets, weights, config.loss, kernels=cpu)  # noqa: E731
     state = jax.jit(lambda y: init_state(y, None, config.optim))(jnp.asarray(content))
     state, hist = jax.jit(lambda s: run_chunk(s, jnp.int32(5), loss_fn, config.optim, 5))(state)
     assert result.steps == 5 and result.history["total"].shape == (5,)

@@ -32,9 +32,12 @@ def _images(hw, seed=0):
     return content, style, x
 
 
-def _untiled(x, targets, weights, spec):
+def _untiled(x, targets, weights, spec, kernels=None):
+    from nst_jax.kernels import XLA
+
     (loss, aux), grad = jax.jit(jax.value_and_grad(
-        lambda y: style_transfer_loss(y, targets, weights, spec), has_aux=True))(jnp.asarray(x))
+        lambda y: style_transfer_loss(y, targets, weights, spec, kernels=kernels or XLA),
+        has_aux=True))(jnp.asarray(x))
     return float(loss), jax.tree.map(float, aux), np.asarray(grad)
 
 
@@ -117,12 +120,14 @@ def test_prepared_kernels_differ_only_by_their_rounding(weights):
     # With the CPU kernels a 176 px window runs conv3_1 by Winograd, the 512 px image directly:
     # the gradients agree to that algorithm's float32 rounding, amplified at ReLU kinks.
     spec = nst_jax.get_preset("tiny").loss
-    prepared = weights.prepare(jnp.float32, platform="cpu")
+    from nst_jax import kernels
+
+    cpu = kernels.prepare(weights.params, "cpu")
     content, style, x = _images((512, 512))
-    targets = compute_targets(prepared, content, style, spec)
-    loss, _, grad = _untiled(x, targets, prepared, spec)
+    targets = compute_targets(weights, content, style, spec)
+    loss, _, grad = _untiled(x, targets, weights, spec, cpu)
     grid = tiling.tile_grid(x.shape[:2], 128, spec.all_layers)
-    t_loss, _, t_grad = tiling.tiled_value_and_grad(x, targets, prepared, spec, grid)
+    t_loss, _, t_grad = tiling.tiled_value_and_grad(x, targets, weights, spec, grid, kernels=cpu)
     assert t_loss == pytest.approx(loss, rel=1e-5)
     err = np.abs(t_grad - grad) / np.abs(grad).max()
     assert err.max() < 2e-3 and err.mean() < 1e-6
@@ -202,7 +207,9 @@ def test_tiled_adam_equals_untiled_run(weights):
                                   targets=targets, hooks=[steps.append], prepare=False)
     assert result.plan.tiles > 1 and result.steps == 4 and len(steps) == 4
     np.testing.assert_allclose(result.history["total"], np.asarray(hist["total"]), rtol=1e-5)
-    np.testing.assert_allclose(result.image, want, rtol=0, atol=1e-5)
+    # Float32 rounding of the summed tile gradients, moved through Adam's division by sqrt(v):
+    # up to ~2e-5 in a pixel after 4 steps; a wrong step (lr 0.05) would be off by ~1e-2.
+    np.testing.assert_allclose(result.image, want, rtol=0, atol=1e-4)
     assert tiling._update_band._cache_size() == 1  # one band shape, compiled once
 
 

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nst_jax import losses
+from nst_jax import kernels as kernels_lib, losses
 from nst_jax.errors import NstError
 from nst_jax.features import check_weights
 from nst_jax.objective import LossSpec, Targets, check_spec, style_transfer_loss
@@ -91,7 +91,8 @@ def _neighbour_rows(x: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
 
 
 def band_features(
-    weights: VGGWeights, band: jax.Array, layers, spec: LossSpec, n: int
+    weights: VGGWeights, band: jax.Array, layers, spec: LossSpec, n: int,
+    kernels: kernels_lib.Kernels = kernels_lib.XLA,
 ) -> dict[str, jax.Array]:
     """Features of one band of rows inside ``shard_map`` over ``"space"`` (``n`` bands): the
     whole image's features at this band's positions."""
@@ -100,7 +101,7 @@ def band_features(
     wanted = {canonical_layer(k, network): k for k in layers}
     order = all_layers(network)
     last = max(order.index(k) for k in wanted)
-    prepared = weights.prepared or {}
+    prepared = kernels.tree or {}
     out = {}
 
     def block(params, x, names):
@@ -109,13 +110,12 @@ def band_features(
             if name.startswith("conv"):
                 above, below = _neighbour_rows(x, n)
                 p = params[name]
-                extra = {k: v for k, v in p.items() if k not in ("kernel", "bias")} or None
                 x = conv3x3(jnp.concatenate([above, x, below]), p["kernel"], p["bias"],
-                            prepared=extra)[1:-1]
+                            prepared=prepared.get(name))[1:-1]
             elif name.startswith("relu"):
                 x = jax.nn.relu(x)
             else:
-                x = pool2x2(x, spec.pooling, fast=bool(prepared))
+                x = pool2x2(x, spec.pooling, kernels=kernels.kind)
             if name in wanted:
                 acts[name] = x
         return x, acts
@@ -123,8 +123,7 @@ def band_features(
     names = order[: last + 1]
     for b in sorted({_block(k) for k in names}):
         mine = tuple(k for k in names if _block(k) == b)
-        params = {k: {**weights.params[k], **prepared.get(k, {})} for k in mine
-                  if k.startswith("conv")}
+        params = {k: weights.params[k] for k in mine if k.startswith("conv")}
         run = functools.partial(block, names=mine)
         if spec.remat:
             run = jax.checkpoint(run)
@@ -138,11 +137,12 @@ def _block(name: str) -> int:
 
 
 def band_statistics(
-    weights: VGGWeights, band: jax.Array, content: dict, spec: LossSpec, n: int
+    weights: VGGWeights, band: jax.Array, content: dict, spec: LossSpec, n: int,
+    kernels: kernels_lib.Kernels = kernels_lib.XLA,
 ) -> dict[str, Any]:
     """This band's share of the global statistics (see :func:`~nst_jax.run.tiling.tile_statistics`),
     inside ``shard_map``."""
-    feats = band_features(weights, band, spec.all_layers, spec, n)
+    feats = band_features(weights, band, spec.all_layers, spec, n, kernels)
     grams = {k: losses.gram_matrix(feats[k], normalization="none") for k in spec.style_layers}
     sse = {}
     for k in spec.content_layers:
@@ -176,13 +176,14 @@ def image_sharding(mesh: Mesh, batched: bool = False) -> NamedSharding:
 
 def spatial_loss(
     targets: Targets, weights: VGGWeights, spec: LossSpec, mesh: Mesh, hw: tuple[int, int], *,
-    method: str = "shard_map",
+    method: str = "shard_map", kernels: kernels_lib.Kernels = kernels_lib.XLA,
 ) -> Callable[[jax.Array], tuple[jax.Array, dict]]:
     """The loss of one ``hw`` image whose rows are split over ``mesh``'s ``"space"`` axis, as a
     function ``image -> (total, aux)`` equal to
     :func:`~nst_jax.objective.style_transfer_loss` (use it inside ``jit``; its gradient is
     sharded like the image). ``targets`` as from :func:`~nst_jax.objective.compute_targets`
-    (place them with :func:`shard_targets`)."""
+    (place them with :func:`shard_targets`); ``kernels`` (:func:`nst_jax.kernels.prepare`) for
+    the ``"shard_map"`` method (``"spmd"`` runs plain XLA)."""
     check_weights(weights)
     check_spec(spec)
     if method not in METHODS:
@@ -192,26 +193,24 @@ def spatial_loss(
     check_divisible(hw, spec, mesh)
     sharding = image_sharding(mesh)
     if method == "spmd":
-        plain = weights.replace(prepared=None)
-
         def loss(image):
             image = jax.lax.with_sharding_constraint(image, sharding)
-            return style_transfer_loss(image, targets, plain, spec)
+            return style_transfer_loss(image, targets, weights, spec)
 
         return loss
 
     n = space_size(mesh)
     content_spec = {k: P(SPACE_AXIS) for k in spec.content_layers}
 
-    def local(band, content, weights, style):
-        stats = band_statistics(weights, band, content, spec, n)
+    def local(band, content, weights, style, kernels):
+        stats = band_statistics(weights, band, content, spec, n, kernels)
         stats = jax.lax.psum(stats, SPACE_AXIS)
         return loss_from_stats(stats, style, spec, hw)
 
     mapped = jax.shard_map(
         local, mesh=mesh,
-        in_specs=(P(SPACE_AXIS), content_spec, P(), P()), out_specs=P())
-    return lambda image: mapped(image, targets["content"], weights, targets["style"])
+        in_specs=(P(SPACE_AXIS), content_spec, P(), P(), P()), out_specs=P())
+    return lambda image: mapped(image, targets["content"], weights, targets["style"], kernels)
 
 
 def shard_targets(targets: Targets, mesh: Mesh) -> Targets:
@@ -252,10 +251,7 @@ def needed_weights(weights: VGGWeights, spec: LossSpec) -> VGGWeights:
     order = all_layers(weights.network)
     last = max(order.index(canonical_layer(k, weights.network)) for k in spec.all_layers)
     keep = {k for k in order[: last + 1] if k.startswith("conv")}
-    prepared = (None if weights.prepared is None
-                else {k: v for k, v in weights.prepared.items() if k in keep})
-    return weights.replace(params={k: v for k, v in weights.params.items() if k in keep},
-                           prepared=prepared)
+    return weights.replace(params={k: v for k, v in weights.params.items() if k in keep})
 
 
 def spatial_chunk(
@@ -267,14 +263,14 @@ def spatial_chunk(
     :func:`state_shardings` (donated), targets by :func:`shard_targets`, weights replicated."""
     rep = NamedSharding(mesh, P())
 
-    def run(state, n, targets, weights):
-        loss_fn = spatial_loss(targets, weights, spec, mesh, hw, method=method)
+    def run(state, n, targets, weights, kernels):
+        loss_fn = spatial_loss(targets, weights, spec, mesh, hw, method=method, kernels=kernels)
         return run_chunk(state, n, loss_fn, optim, chunk)
 
     template = jax.eval_shape(lambda: init_state(jnp.zeros((*hw, 3)), lambda x: (jnp.sum(x), {}),
                                                  optim))
     state_sh = state_shardings(template, mesh)
-    return jax.jit(run, in_shardings=(state_sh, rep, None, None),
+    return jax.jit(run, in_shardings=(state_sh, rep, None, None, None),
                    out_shardings=(state_sh, rep), donate_argnums=0)
 
 
@@ -307,8 +303,10 @@ def stylize_spatial(
     """
     hw = tuple(np.shape(content)[:2])
     platform = mesh.devices.flat[0].platform
-    weights = replicate_weights(needed_weights(weights.prepare(spec.jnp_dtype, platform=platform),
-                                               spec), mesh)
+    weights = replicate_weights(needed_weights(weights, spec), mesh)
+    # The CPU-tuned kernels, prepared once here (plain XLA off CPU).
+    kernels = replicate_weights(kernels_lib.prepare(
+        weights.params, kernels_lib.kernels_for(platform), spec.jnp_dtype), mesh)
     targets = shard_targets(targets, mesh)
     step = spatial_chunk(spec, optim, mesh, hw, chunk=chunk, method=method)
     state = spatial_init(content if init is None else init, targets, weights, spec, optim, mesh,
@@ -316,7 +314,7 @@ def stylize_spatial(
     history: dict[str, list] = {}
     done = 0
     while done < steps:
-        state, hist = step(state, jnp.int32(min(chunk, steps - done)), targets, weights)
+        state, hist = step(state, jnp.int32(min(chunk, steps - done)), targets, weights, kernels)
         hist = jax.device_get(hist)
         ran = ~np.isnan(hist["total"])
         for k, v in hist.items():

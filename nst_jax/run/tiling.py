@@ -48,6 +48,8 @@ import numpy as np
 from nst_jax import imageops, losses
 from nst_jax.errors import NstError
 from nst_jax.features import check_weights
+from nst_jax import kernels as kernels_lib
+from nst_jax.kernels import XLA, Kernels
 from nst_jax.objective import LossSpec, Targets, blend_grams, check_spec, features_for
 from nst_jax.optimize import OptimSpec, make_optimizer
 from nst_jax.run import memory
@@ -182,9 +184,10 @@ def _interior_mask(n: int, lo, hi, s: int) -> jax.Array:
 
 def tile_statistics(
     window: jax.Array, bounds: jax.Array, content: Mapping[str, jax.Array],
-    weights: VGGWeights, spec: LossSpec,
+    weights: VGGWeights, spec: LossSpec, kernels: Kernels = XLA,
 ) -> Stats:
-    """The global statistics' share of one tile: sums over its interior positions only.
+    """The global statistics' share of one tile: sums over its interior positions only
+    (``kernels`` as in :func:`~nst_jax.objective.style_transfer_loss`).
 
     Args:
       window: ``(h, w, 3)`` pixels of the window, RGB in ``[0, 1]``.
@@ -195,7 +198,7 @@ def tile_statistics(
     Returns ``{"gram": {l: Σ F Fᵀ (C_l, C_l)}, "content": {l: Σ |F - P|²}, "tv": Σ t}``,
     float32, for the style layers, the content layers and the TV pair terms based inside.
     """
-    feats = features_for(weights, window, spec.all_layers, spec)
+    feats = features_for(weights, window, spec.all_layers, spec, kernels=kernels)
     masks = {}
     for layer in spec.all_layers:
         h, w = feats[layer].shape[:2]
@@ -225,19 +228,20 @@ def tile_statistics(
 
 
 @functools.partial(jax.jit, static_argnames="spec")
-def _tile_stats(window, bounds, content, weights, *, spec):
-    return tile_statistics(window, bounds, content, weights, spec)
+def _tile_stats(window, bounds, content, weights, kernels, *, spec):
+    return tile_statistics(window, bounds, content, weights, spec, kernels)
 
 
 @functools.partial(jax.jit, static_argnames="spec")
-def _tile_grad(window, bounds, content, weights, cotangent, *, spec):
-    _, vjp = jax.vjp(lambda x: tile_statistics(x, bounds, content, weights, spec), window)
+def _tile_grad(window, bounds, content, weights, kernels, cotangent, *, spec):
+    _, vjp = jax.vjp(lambda x: tile_statistics(x, bounds, content, weights, spec, kernels),
+                     window)
     return vjp(cotangent)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "layers"))
-def _tile_features(window, weights, *, spec, layers):
-    return features_for(weights, window, layers, spec)
+def _tile_features(window, weights, kernels, *, spec, layers):
+    return features_for(weights, window, layers, spec, kernels=kernels)
 
 
 def loss_from_stats(
@@ -296,6 +300,9 @@ def _check(weights, spec):
     check_spec(spec)
     if spec.regions:
         raise NstError("tiled stylization does not support region masks yet")
+    if spec.style_loss != "gram":
+        raise NstError(f"tiled stylization sums Gram matrices; the {spec.style_loss!r} style loss "
+                       "is not tiled yet")
 
 
 def _bounds(r: Span, c: Span) -> np.ndarray:
@@ -334,19 +341,20 @@ def _stream(fn: Callable, grid: TileGrid) -> Iterator[tuple[Span, Span, Any]]:
 
 def tiled_statistics(
     image: np.ndarray, targets: Targets, weights: VGGWeights, spec: LossSpec, grid: TileGrid,
+    kernels: Kernels = XLA,
 ) -> Stats:
     """Pass 1: the global statistics of ``image`` summed over the tiles of ``grid``."""
     _check(weights, spec)
     parts = [out for *_, out in _stream(
         lambda r, c: _tile_stats(_window(image, r, c), _bounds(r, c),
                                  _content_window(targets["content"], r, c, grid), weights,
-                                 spec=spec), grid)]
+                                 kernels, spec=spec), grid)]
     return _host_sum(parts)
 
 
 def tiled_value_and_grad(
     image: np.ndarray, targets: Targets, weights: VGGWeights, spec: LossSpec,
-    grid: TileGrid, *, out: np.ndarray | None = None,
+    grid: TileGrid, *, out: np.ndarray | None = None, kernels: Kernels = XLA,
 ) -> tuple[float, dict[str, Any], np.ndarray]:
     """Loss, its terms and the exact pixel gradient of one ``(H, W, 3)`` image, in two passes.
 
@@ -361,14 +369,14 @@ def tiled_value_and_grad(
     if tuple(image.shape[:2]) != tuple(grid.hw):
         raise NstError(f"the image is {image.shape[1]}x{image.shape[0]} but the tile grid is "
                        f"for {grid.hw[1]}x{grid.hw[0]}")
-    stats = tiled_statistics(image, targets, weights, spec, grid)
+    stats = tiled_statistics(image, targets, weights, spec, grid, kernels)
     total, aux, cot = _loss_and_cotangent(stats, targets["style"], spec=spec, hw=grid.hw)
     grad = np.zeros(image.shape, np.float32) if out is None else out
     grad[...] = 0.0
     for r, c, g in _stream(
             lambda r, c: _tile_grad(_window(image, r, c), _bounds(r, c),
                                     _content_window(targets["content"], r, c, grid), weights,
-                                    cot, spec=spec), grid):
+                                    kernels, cot, spec=spec), grid):
         grad[r.start:r.stop, c.start:c.stop] += np.asarray(g)
     return float(total), jax.tree.map(float, jax.device_get(aux)), grad
 
@@ -379,6 +387,7 @@ def tiled_value_and_grad(
 
 def tiled_content_features(
     weights: VGGWeights, content: np.ndarray, spec: LossSpec, grid: TileGrid,
+    kernels: Kernels = XLA,
 ) -> dict[str, np.ndarray]:
     """``{content layer: (H_l, W_l, C_l)}`` host arrays of a large image, window by window."""
     hw = grid.hw
@@ -389,7 +398,7 @@ def tiled_content_features(
         c = conv_kernel_shape(_conv_of(k), "vgg19")[-1]
         out[k] = np.zeros((hw[0] // s, hw[1] // s, c), spec.jnp_dtype)
     for r, c, feats in _stream(
-            lambda r, c: _tile_features(_window(content, r, c), weights, spec=spec,
+            lambda r, c: _tile_features(_window(content, r, c), weights, kernels, spec=spec,
                                         layers=layers), grid):
         for k, f in feats.items():
             s = layer_stride(k)
@@ -402,13 +411,14 @@ def tiled_content_features(
 
 def tiled_style_grams(
     weights: VGGWeights, style: np.ndarray, spec: LossSpec, tile: int | tuple[int, int],
+    kernels: Kernels = XLA,
 ) -> dict[str, jax.Array]:
     """``{style layer: (C_l, C_l)}`` normalised Grams of one style image (of any size), summed
     over tiles of ``tile`` px; equal to :func:`~nst_jax.objective.style_grams`."""
     style = imageops.as_rgb01(style, "style image")
     only_style = dataclasses.replace(spec, content_layers=())
     grid = tile_grid(style.shape[:2], tile, only_style.style_layers, weights.network)
-    stats = tiled_statistics(style, {"content": {}}, weights, only_style, grid)
+    stats = tiled_statistics(style, {"content": {}}, weights, only_style, grid, kernels)
     conv = losses.get_convention(spec.convention)
     out = {}
     for k, g in stats["gram"].items():
@@ -422,6 +432,7 @@ def tiled_style_grams(
 def tiled_targets(
     weights: VGGWeights, content: np.ndarray, styles: np.ndarray | Sequence[np.ndarray],
     spec: LossSpec, *, tile: int | tuple[int, int], style_blend: Sequence[float] | None = None,
+    kernels: Kernels = XLA,
 ) -> Targets:
     """:func:`~nst_jax.objective.compute_targets` for images of any size: content features as
     host arrays (filled window by window) and blended style Grams (summed over tiles)."""
@@ -430,8 +441,8 @@ def tiled_targets(
         styles = [styles]
     content = imageops.as_rgb01(content, "content image")
     grid = tile_grid(content.shape[:2], tile, spec.all_layers, weights.network)
-    grams = [tiled_style_grams(weights, s, spec, tile) for s in styles]
-    return {"content": tiled_content_features(weights, content, spec, grid),
+    grams = [tiled_style_grams(weights, s, spec, tile, kernels) for s in styles]
+    return {"content": tiled_content_features(weights, content, spec, grid, kernels),
             "style": blend_grams(grams, style_blend or [1.0] * len(grams))}
 
 
@@ -670,11 +681,11 @@ def stylize_tiled(
       targets: precomputed targets (default :func:`tiled_targets` with the plan's tile).
       init: the starting image (default the content).
       hooks: ``hook(TiledStep)`` after each step; a hook returning True stops the run.
-      prepare: use the CPU-tuned kernels (:meth:`~nst_jax.weights.VGGWeights.prepare`) as the
+      prepare: use the CPU-tuned kernels (:func:`nst_jax.kernels.prepare`) on CPU, as the
         untiled loop does. They pick Winograd by map size, so a small window may use it where
         the whole image would not: the gradients then differ by that algorithm's rounding
         (about 5e-4 of the largest entry with random weights), not by the tiling; ``False``
-        keeps the weights as given (plain XLA convolutions when unprepared).
+        runs plain XLA convolutions.
     """
     _check(weights, spec)
     content = imageops.as_rgb01(content, "content image")
@@ -695,11 +706,13 @@ def stylize_tiled(
                             host_bytes(hw, [s.shape[:2] for s in styles], spec, optim),
                             None, "a tile size given")
     grid = tile_grid(hw, plan.tile, spec.all_layers, weights.network)
+    kernels = XLA
     if prepare:
-        weights = weights.prepare(spec.jnp_dtype, platform=jax.devices()[0].platform)
+        kernels = kernels_lib.prepare(
+            weights.params, kernels_lib.kernels_for(jax.devices()[0].platform), spec.jnp_dtype)
     if targets is None:
         targets = tiled_targets(weights, content, styles, spec, tile=plan.tile,
-                                style_blend=style_blend)
+                                style_blend=style_blend, kernels=kernels)
     del styles
     x = np.array(content if init is None else imageops.as_rgb01(init, "init image"), np.float32)
     adam = _HostAdam(x, optim)
@@ -711,7 +724,8 @@ def stylize_tiled(
     diverged = None
     for i in range(steps):
         t0 = time.perf_counter()
-        loss, aux, _ = tiled_value_and_grad(x, targets, weights, spec, grid, out=grad)
+        loss, aux, _ = tiled_value_and_grad(x, targets, weights, spec, grid, out=grad,
+                                            kernels=kernels)
         if not (math.isfinite(loss) and np.isfinite(grad).all()):
             diverged = i
             break
