@@ -306,3 +306,19 @@ def test_pillow_loss_plot_keeps_legend_off_the_curves_and_a_readable_axis():
     assert colourful[:, frame_right + 2:].sum() > 30  # the legend's swatches: outside the frame
     # The axis spans at most ~8 decades below the maximum (not 15 down to the ~0 start).
     assert figures.log_decades(np.array([1e-9, 3e4, 5e5])) == (-3, 6)
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["--preset", "ckb"], ("512", "5", "128")),          # the preset: 128 → 512 px in √2 steps
+    (["--preset", "ckb", "--size", "1024"], ("1024", "7", "128")),
+    (["--preset", "ckb", "--size", "128"], ("128", "1", "128")),
+    (["--preset", "ckb", "--size", "64"], ("64", "1", "64")),  # the floor follows a small size
+    (["--preset", "ckb", "--min-size", "256"], ("512", "3", "256")),
+    (["--preset", "ckb", "--size", "256", "--scales", "2"], ("256", "2", "128")),
+    (["--preset", "gatys", "--size", "256"], ("256", "1", "none")),
+])
+def test_ckb_scale_count_follows_the_size_asked_for(argv, want, capsys):
+    assert main(["stylize", "--print-config", *argv]) == 0
+    out = capsys.readouterr().out
+    lines = {ln.lstrip("* ").split()[0]: ln.split()[-1] for ln in out.splitlines()[1:]}
+    assert (lines["size"], lines["scales"], lines["min_size"]) == want

@@ -112,8 +112,8 @@ CONFIG_FLAGS = [
      "steps per compiled call between progress updates"),
     (("--lbfgs-memory",), "lbfgs_memory", int, {}, "L-BFGS history size"),
     (("--scales",), "scales", int, {},
-     "coarse-to-fine passes (multi-scale); given --min-size alone, sizes grow by sqrt(2) "
-     "(as crowsonkb/style-transfer-pytorch)"),
+     "coarse-to-fine passes (multi-scale); without it, given --min-size or a preset with one "
+     "(ckb), sizes grow from it to --size by sqrt(2) (as crowsonkb/style-transfer-pytorch)"),
     (("--min-size", "--min-scale", "-ms"), "min_size", int, {},
      "longest side at the coarsest scale (turns on multi-scale)"),
     (("--scale-steps",), "scale_steps", _ints, {"metavar": "N,N,..."},
@@ -248,7 +248,7 @@ def config_from_args(args: argparse.Namespace, network: str | None = None) -> St
     """The preset named by ``--preset`` (tuned for ``network`` when known, see
     :func:`nst_jax.config.get_preset`) with every given flag applied (validated), capped by
     ``$NST_JAX_MAX_SIZE`` / ``$NST_JAX_MAX_STEPS`` when set."""
-    from nst_jax.config import check_init_path
+    from nst_jax.config import check_init_path, sqrt2_scales
 
     changes = {field: getattr(args, field, None) for field in config_flag_fields()}
     if changes.get("style_scale") is not None and len(changes["style_scale"]) == 1:
@@ -258,11 +258,16 @@ def config_from_args(args: argparse.Namespace, network: str | None = None) -> St
         args.seed = changes["seed"]
         status(args, f"random seed {changes['seed']}")
     base = get_preset(preset_name(args, network), network)
-    if changes.get("min_size") is not None and changes.get("scales") is None:
-        # crowsonkb/style-transfer-pytorch: sizes from min to end, each sqrt(2) larger.
+    min_size = changes.get("min_size") or base.run.min_size
+    resized = changes.get("min_size") is not None or changes.get("size") is not None
+    if min_size is not None and resized and changes.get("scales") is None:
+        # crowsonkb/style-transfer-pytorch: sizes from min to end, each sqrt(2) larger; a
+        # preset with a min_size (ckb) derives its count from the size asked for.
         size = changes.get("size") or base.size
-        if size and changes["min_size"] < size:
-            changes["scales"] = 1 + int(math.floor(2 * math.log2(size / changes["min_size"])))
+        if size:
+            changes["scales"] = sqrt2_scales(size, min_size)
+            if changes.get("min_size") is None and min_size > size:
+                changes["min_size"] = size  # the preset's floor, above a small --size
     config = base.replace(**{k: v for k, v in changes.items() if v is not None})
     check_init_path(config)
     config, capped = apply_env_caps(config)
