@@ -149,14 +149,25 @@ def test_long_runs_print_their_estimate_once(capsys):
     from nst_jax.cli import progress
 
     notice = progress.estimate_notice(limit=600)
+    assert notice(SimpleNamespace(eta=5000.0)) is False  # the warm-up step's: not trusted
     assert notice(SimpleNamespace(eta=900.0)) is False
     assert notice(SimpleNamespace(eta=1200.0)) is False
     err = capsys.readouterr().err
-    assert err.count("this run will take about 15 more minutes") == 1
+    assert err.count("this run will take about 15 more minutes") == 1 and "83" not in err
     quiet = progress.estimate_notice(limit=600)
+    quiet(SimpleNamespace(eta=3000.0))
     quiet(SimpleNamespace(eta=30.0))
-    quiet(SimpleNamespace(eta=3000.0))  # only the first timed chunk's estimate counts
+    quiet(SimpleNamespace(eta=3000.0))  # only the first time-sized chunk's estimate counts
     assert capsys.readouterr().err == ""
+
+
+def test_the_step_time_drops_the_warm_up_step_and_then_smooths():
+    from nst_jax.run.engine import smoothed_step_seconds
+
+    warm = smoothed_step_seconds(None, 9.0, after_warm_up=False)  # the one-step warm-up chunk
+    steady = smoothed_step_seconds(warm, 2.0, after_warm_up=True)
+    assert (warm, steady) == (9.0, 2.0)
+    assert smoothed_step_seconds(steady, 3.0, after_warm_up=False) == 2.5
 
 
 def test_ctrl_c_is_acknowledged_at_once_and_lands_after_the_running_chunk(tmp_path, pair):

@@ -9,7 +9,7 @@ Step ``k`` is the image after ``k`` steps (0: the start image) in all of them.
 * Every ``print_every`` steps (jcjohnson's ``-print_iter``), every loss term per layer of the
   image after that step (stdout).
 * Every ``save_every`` steps, the image the run would report then (:class:`Saver`).
-* Once, after the first timed chunk, the estimated time when it exceeds ten minutes.
+* Once, after the first time-sized chunk, the estimated time when it exceeds ten minutes.
 * A trace file (crowsonkb's ``trace.json``), rewritten atomically after every compiled chunk so
   it is valid JSON at any moment during the run::
 
@@ -67,12 +67,15 @@ def observers(*hooks: Callable | None) -> Callable:
 
 def estimate_notice(limit: float = 600.0, bar: "StepBar | None" = None) -> Callable:
     """An observer that prints the estimated run time once, when it exceeds ``limit`` s (above
-    ``bar``, when there is one)."""
-    said = []
+    ``bar``, when there is one). It judges by the second report: the first follows the one-step
+    warm-up chunk, which runs slower than the steady steps (BENCHMARKS.md, issue 22)."""
+    seen = []
 
     def hook(report) -> bool:
-        if not said and report.eta is not None:
-            said.append(True)
+        if report.eta is not None and len(seen) < 2:
+            seen.append(True)
+            if len(seen) < 2:
+                return False
             if report.eta > limit:
                 text = (f"nst-jax: this run will take about {report.eta / 60:.0f} more minutes "
                         "here (a smaller --size or fewer --steps is faster; Ctrl-C stops it and "

@@ -55,6 +55,15 @@ def _floats(tree) -> Any:
     return jax.tree.map(float, jax.device_get(tree))
 
 
+def smoothed_step_seconds(previous: float | None, seconds: float, after_warm_up: bool) -> float:
+    """Seconds per step after a chunk that took ``seconds`` per step: the mean of ``previous``
+    and ``seconds``, or ``seconds`` alone for the first chunk and for the chunk after the
+    one-step warm-up chunk (whose step runs slower than the steady ones)."""
+    if previous is None or after_warm_up:
+        return seconds
+    return 0.5 * (previous + seconds)
+
+
 @dataclasses.dataclass
 class Engine:
     """Runs groups of items with one config, one set of weights (local or replicated) and one
@@ -89,6 +98,7 @@ class Engine:
         self.start = time.perf_counter()
         self.stopped = False
         self.step_seconds: float | None = None  # per step at the current shape
+        self.warming = True
 
     def _agree(self, flag: bool) -> bool:
         return sharding.any_process(flag) if self.collective else bool(flag)
@@ -104,6 +114,7 @@ class Engine:
         layout = sharding.slot_layout(self.mesh, counts)
         rows = [_Row(it, s) for it, s in zip(members, layout.local_slots)]
         state, offset, self.step_seconds = None, 0, None
+        self.warming = True  # the group's first step, timed alone, runs slower than the rest
         values = self.values
         if self.sweep is not None:
             per_row = [self.sweep[it.index].values() for it in members]
@@ -160,13 +171,16 @@ class Engine:
     def _scale_loop(self, state, inputs, rows, shapes, scale, offset, group):
         steps, done = self.config.steps_at(scale), 0
         while done < steps:
+            first = self.step_seconds is None
             n = self._chunk_length(steps - done, offset + done)
             state, hist = programs.chunk(state, np.int32(n), *inputs, self.mesh_weights,
                                          self.kernels, max_steps=self.config.chunk_size, **self.kw)
             dispatched = time.perf_counter()  # compilation, if any, happened in the call
             per_slot = sharding.local_rows(hist)  # waits for the chunk
-            seconds = (time.perf_counter() - dispatched) / n  # smoothed over chunks:
-            self.step_seconds = 0.5 * ((self.step_seconds or seconds) + seconds)
+            seconds = (time.perf_counter() - dispatched) / n
+            self.step_seconds = smoothed_step_seconds(self.step_seconds, seconds,
+                                                      self.warming and not first)
+            self.warming = self.warming and first
             done += n
             losses = self._absorb(per_slot, rows)
             report = None
