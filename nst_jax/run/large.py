@@ -121,9 +121,7 @@ class RunPlan:
             what = self.tiles[-1].describe()
         why = ""
         if self.fit is not None:
-            why = (f" (untiled on one device it needs about {memory.gib(self.fit.estimate.total)}"
-                   f" but {self.fit.where} has "
-                   f"{memory.gib(self.fit.limit + self.fit.estimate.process)})")
+            why = f"; untiled on one device it would need about {memory.gib(self.fit.estimate.total)}"
         verb = "splitting rows" if self.mode == "spatial" else "tiling"
         return f"{verb}: {scales}{what}{why}"
 
@@ -268,7 +266,7 @@ def plan_run(
         plan = tiling.plan_tiles(hw, styles, config.loss, config.optim, limit=fit.limit,
                                  network=network, device=device)
         modes.append("tiled")
-        tiles.append(dataclasses.replace(plan, what=fit.where))
+        tiles.append(dataclasses.replace(plan, what=fit.where.replace(" (", ", ").rstrip(")")))
     return RunPlan(shapes, tuple(modes), tuple(tiles), fit=final_fit, why="memory")
 
 
