@@ -263,8 +263,11 @@ def plan_run(
             tiles.append(None)
             continue
         fit = fit or final_fit  # larger than a scale that did not fit
-        plan = tiling.plan_tiles(hw, styles, config.loss, config.optim, limit=fit.limit,
-                                 network=network, device=device)
+        try:
+            plan = tiling.plan_tiles(hw, styles, config.loss, config.optim, limit=fit.limit,
+                                     network=network, device=device)
+        except memory.OutOfMemory:  # not even tiled: the guard's refusal, as without tiling
+            raise memory.OutOfMemory(final_fit.sentence(), final_fit) from None
         modes.append("tiled")
         tiles.append(dataclasses.replace(plan, what=fit.where.replace(" (", ", ").rstrip(")")))
     return RunPlan(shapes, tuple(modes), tuple(tiles), fit=final_fit, why="memory")

@@ -552,6 +552,14 @@ def plan_tiles(
                     f"for its arrays but only {memory.gib(free_host)} is available")
     align = alignment(layers)
     longest = max(hw) - max(hw) % align
+    if budget is not None:  # the smallest tile first: when even it does not fit, say so at once
+        grid = tile_grid(hw, align, layers, network)
+        need = _tile_bytes(grid.window, spec, network, cpu)
+        if need > budget:
+            raise memory.OutOfMemory(
+                f"not even {align}x{align} px tiles fit: a window needs about {memory.gib(need)} "
+                f"and {memory.gib(host)} stays on the host, with {memory.gib(limit)} available "
+                f"({what})")
     n = 0
     while True:  # fewest tiles along the longest side first, each as even as the grid allows
         n += 1
