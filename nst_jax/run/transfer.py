@@ -14,7 +14,10 @@ results as each group finishes.
 weights and a shared style's targets replicated; free rows are padded and dropped. **Several
 processes** (after :func:`~nst_jax.run.sharding.initialize`) run one SPMD computation: each
 passes its own share of the images and gets back its own results. **Memory** per device is
-checked before compiling (:mod:`nst_jax.run.memory`).
+checked before compiling (:mod:`nst_jax.run.memory`). **Larger than a device**: ``stylize``
+runs a scale that does not fit tiled on its device, or with the image's rows split over a
+``"space"`` mesh (:mod:`nst_jax.run.large`: ``tile=``, ``mesh=``, ``plan=``), with the same
+observer; ``stylize_batch`` refuses such a run (the guard's sentence).
 
 A stop (the observer returns True, in any process) lands after the running chunk: the running
 group returns its best images so far, groups not started their start image with ``steps == 0``
