@@ -304,3 +304,34 @@ def test_cli_split_over_four_devices_equals_one(tmp_path, pair):
         assert logs[4]["final_terms"][k] == pytest.approx(logs[1]["final_terms"][k], rel=1e-4)
     a, b = (np.asarray(Image.open(tmp_path / f"o{n}.png"), np.int16) for n in (4, 1))
     assert np.abs(a - b).max() <= 1  # uint8: at most one level of rounding
+
+
+@pytest.mark.slow
+def test_cli_sigterm_stops_a_tiled_run_after_the_step_and_keeps_the_best(tmp_path, pair):
+    import signal
+    import time
+
+    out = tmp_path / "o.png"
+    env = dict(os.environ, NST_JAX_COMPILE_CACHE="off",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nst_jax", "stylize", *pair, *TINY, "--tile", "16",
+         "--steps", "100000", "--save-every", "2", "-o", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "o_00002.png").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "no progress within 300 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "SIGTERM" in stderr and "interrupted" in stderr and "Traceback" not in stderr
+    assert "tiling: 60x64 px in" in stderr
+    assert np.asarray(Image.open(out)).shape == (64, 60, 3)
+    assert "nan" not in stdout  # the final iterate is not evaluated after a stop
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]

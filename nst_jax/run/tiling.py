@@ -722,7 +722,7 @@ def stylize_tiled(
       finish: evaluate the final iterate once more (one statistics pass) and fill
         :attr:`TiledResult.final` as the untiled loop does, the final iterate competing for
         ``"best"`` (its loss is not known otherwise: each step evaluates the image it starts
-        from).
+        from); after a stop under ``"best"`` that pass is skipped (``last_loss`` NaN).
     """
     _check(weights, spec)
     if optim.optimizer != "adam":
@@ -770,6 +770,7 @@ def stylize_tiled(
             return best.copy()
         return np.clip(x, 0.0, 1.0)
 
+    stopped = False
     for i in range(steps):
         t0 = time.perf_counter()
         loss, aux, _ = tiled_value_and_grad(x, targets, weights, spec, grid, out=grad,
@@ -791,12 +792,17 @@ def stylize_tiled(
         report = TiledStep(i + 1, steps, loss, aux, seconds[-1],
                            lambda: np.clip(x, 0.0, 1.0), reported_now, lambda: evaluate(x))
         if any([bool(h(report)) for h in hooks]):
+            stopped = True
             break
     reported = optim.reported
     image = {"best": best if math.isfinite(best_loss) else np.clip(x, 0.0, 1.0),
              "last": np.clip(x, 0.0, 1.0), "ema": ema}[reported]
     final = None
-    if finish:  # as programs.finish: the final iterate competes under "best"
+    if finish and stopped and reported == "best" and best_aux is not None:
+        # A stop is answered at once: the best image's terms are known, the final iterate's
+        # loss (one more pass over the tiles, minutes for a large image) is not computed.
+        final = {"loss": best_loss, "terms": best_aux, "last_loss": math.nan, "last_wins": False}
+    elif finish:  # as programs.finish: the final iterate competes under "best"
         last_loss, last_aux = evaluate(x)
         wins = reported == "best" and diverged is None and last_loss < best_loss
         if wins or reported == "last" or best_aux is None and reported == "best":
