@@ -13,13 +13,13 @@ Each scale of a run is optimised in one of three ways (a :class:`RunPlan` says w
 
 :func:`plan_run` chooses, from the content's shape, the config and the memory guard
 (:mod:`nst_jax.run.memory`): with ``tile="auto"`` a scale whose untiled run does not fit
-runs tiled, with a tile size planned from the device's memory (:func:`~nst_jax.run.tiling.plan_tiles`);
-``tile=N`` forces tiles of ``N`` px (where that makes more than one); ``mesh=`` splits every
-scale's rows over the mesh; ``split_over=`` (several devices) lets the plan split the rows
-over the fewest of them that fit before it tiles. Multi-scale runs keep the engine for the
-scales that fit; a later scale starts from the previous one's result, upsampled, as in the
-engine, but with fresh Adam moments in a tiled scale (the engine and the row split carry them,
-resized).
+runs tiled, with a tile size planned from the device's memory
+(:func:`~nst_jax.run.tiling.plan_tiles`); ``tile=N`` forces tiles of ``N`` px (where that
+makes more than one); ``mesh=`` splits every scale's rows over the mesh; ``split_over=``
+(several devices) lets the plan split the rows over the fewest of them that fit before it
+tiles. Multi-scale runs keep the engine for the scales that fit; a later scale starts from
+the previous one's result, upsampled, as in the engine, but with fresh Adam moments in a tiled
+scale (the engine and the row split carry them, resized).
 
 The loop's one observer, ``on_chunk(ChunkReport) -> bool``, hears from every way: the tiled
 loop reports after every step (a step of a large image is minutes), the row split after every
@@ -121,7 +121,8 @@ class RunPlan:
             what = self.tiles[-1].describe()
         why = ""
         if self.fit is not None:
-            why = f"; untiled on one device it would need about {memory.gib(self.fit.estimate.total)}"
+            why = ("; untiled on one device it would need about "
+                   f"{memory.gib(self.fit.estimate.total)}")
         verb = "splitting rows" if self.mode == "spatial" else "tiling"
         return f"{verb}: {scales}{what}{why}"
 
@@ -149,7 +150,8 @@ def check_tile(tile, config: StyleConfig) -> None:
     if tile is None or (isinstance(tile, str) and tile in TILE_CHOICES):
         return
     align = min_side(config.loss.all_layers)
-    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile <= 0 or tile % align:
+    whole = isinstance(tile, (int, np.integer)) and not isinstance(tile, bool)
+    if not whole or tile <= 0 or tile % align:
         raise NstError(f"the tile size must be 'auto', 'off' or a positive multiple of {align} px "
                        f"(the stride of the deepest loss layer), got {tile!r}")
 
@@ -371,7 +373,7 @@ class _Run:
         for scale in range(first, len(shapes)):
             hw, content, styles = self._inputs(scale)
             start = self._start(scale, content, styles, previous)
-            del previous
+            previous = None  # the start image holds it now
             offset, steps_before = self.done, self.done
 
             def hook(s: tiling.TiledStep, scale=scale, offset=offset) -> bool:
@@ -416,7 +418,7 @@ class _Run:
         weights = spatial.replicate_weights(spatial.needed_weights(self.weights, spec), mesh)
         kernels = spatial.replicate_weights(kernels_lib.prepare(
             weights.params, kernels_lib.kernels_for(platform), spec.jnp_dtype), mesh)
-        state = previous = None
+        state = None
         for scale in range(len(shapes)):
             hw, content, styles = self._inputs(scale)
             # Targets window by window on one device (one window when they fit), then split.
