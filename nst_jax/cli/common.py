@@ -137,7 +137,8 @@ def print_summary(result, out, config: StyleConfig | None = None, *, quiet: bool
           f"written image (content {t['content']:.4g}, style {t['style']:.4g}, tv {t['tv']:.4g})")
     totals = np.append(np.asarray(result.history.get("total", []), np.float64), result.last_loss)
     finite = totals[np.isfinite(totals)]
-    if finite.size and result.steps:
+    unevaluated = result.interrupted and np.isnan(result.last_loss)  # a tiled run's stop
+    if finite.size and result.steps and not unevaluated:
         print(f"loss after step {result.steps} (the final image) {result.last_loss:.6g}, lowest "
               f"of steps 0..{result.steps} {finite.min():.6g}")
     layers = ", ".join(f"{k} {v:.3g}" for k, v in t["style_layers"].items())

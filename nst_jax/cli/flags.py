@@ -69,6 +69,52 @@ _seed = _int_at_least(-1, ">= 0 (or -1: random)")
 _positive_int = _int_at_least(0, ">= 0")
 
 
+def _auto_or(minimum: int, words: tuple[str, ...]):
+    """An argparse type: one of ``words``, or an integer >= ``minimum``."""
+    said = " or ".join(words)
+
+    def parse(text: str) -> int | str:
+        word = text.strip().lower()
+        if word in words:
+            return word
+        try:
+            v = int(word)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {said} or an integer, got {text!r}"
+                                             ) from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected {said} or an integer >= {minimum}, "
+                                             f"got {v}")
+        return v
+
+    return parse
+
+
+tile_size = _auto_or(1, ("auto", "off"))
+device_count = _auto_or(1, ("auto",))
+
+
+def add_large_flags(p: argparse.ArgumentParser) -> None:
+    """``--tile`` and ``--spatial-devices``: how an image too large for one device runs."""
+    g = p.add_argument_group(
+        "large images",
+        "An image whose run does not fit one device's memory (the memory guard's estimate) "
+        "still runs, exactly (the result is the untiled one up to float rounding): split over "
+        "several devices when the process has them, else tiled on one.")
+    g.add_argument("--tile", type=tile_size, default="auto", metavar="auto|off|N",
+                   help="auto: tile a scale whose untiled run does not fit, tiles sized from the "
+                   "device's memory (Adam and Gram style losses only); off: refuse such a run "
+                   "instead; N: tiles of N px (a multiple of the deepest layer's stride, 16 for "
+                   "the VGG presets) wherever that makes more than one (default auto)")
+    g.add_argument("--spatial-devices", type=device_count, default="auto", metavar="auto|N",
+                   help="split the image's rows over N devices (its height at every scale a "
+                   "multiple of N x 16); auto: when the run does not fit one device and the "
+                   "process has several, over the fewest that fit, since a split keeps "
+                   "everything on the devices and moves only edge rows, while tiling computes "
+                   "halos and streams the image from host memory; CPU devices share the host's "
+                   "memory, so there auto tiles (default auto)")
+
+
 def _choices(values) -> dict:
     return {"choices": tuple(values)}
 

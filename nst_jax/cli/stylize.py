@@ -58,6 +58,7 @@ def register(sub) -> None:
     g.add_argument("--loss-log", metavar="JSON",
                    help="write the loss history as JSON at the end")
     g.add_argument("--quiet", action="store_true", help="errors and warnings only")
+    flags.add_large_flags(p)
     flags.add_run_flags(p)
     p.set_defaults(func=run, _extra_positionals="images")
 
@@ -103,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
     config = flags.config_from_args(args, network=network)
     if args.print_config:
         flags.print_config(config, args, network)
+        for name, value in (("tile", args.tile), ("spatial devices", args.spatial_devices)):
+            print(f"{'*' if value != 'auto' else ' '} {name:<20} {value}")
         return 0
+    _check_tile(args.tile, config)
     content_path, style_paths = inputs(args)
     if args.print_every < 0:
         raise NstError(f"--print-every must be >= 0, got {args.print_every}")
@@ -135,11 +139,52 @@ def run(args: argparse.Namespace) -> int:
     init_image = (image_io.load_image(config.init, reduce_to=side)
                   if config.run.init_is_path else None)
     runtime = common.setup_runtime(args)
-    devices = runtime.devices
-    if devices and len(devices) > 1:
-        common.status(args, f"stylize runs one image on one device: using "
-                      f"{devices[0].platform}:{devices[0].id} (nst-jax batch uses several)")
     return _stylize(args, config, network, runtime, out, content, styles, blend, masks, init_image)
+
+
+def _check_tile(tile, config) -> None:
+    from nst_jax.run import large
+
+    try:
+        large.check_tile(tile, config)
+    except NstError as err:
+        raise NstError(f"--tile: {err}") from None
+
+
+def plan(args, config, weights, runtime, content, styles, masks):
+    """The library's :class:`~nst_jax.run.large.RunPlan` for ``--tile`` and
+    ``--spatial-devices`` on the devices of ``--devices`` (default all of JAX's)."""
+    import jax
+
+    from nst_jax.cli.runtime import device_name
+    from nst_jax.run import large, spatial
+
+    devices = runtime.devices or jax.devices()
+    mesh = split_over = None
+    n = args.spatial_devices
+    if n == "auto":
+        split_over = devices if len(devices) > 1 else None
+    elif n > len(devices):
+        raise NstError(f"--spatial-devices {n}: only {len(devices)} device"
+                       f"{'s are' if len(devices) > 1 else ' is'} available here "
+                       f"({', '.join(device_name(d) for d in devices)})")
+    elif n > 1:
+        if args.tile not in ("auto", "off"):
+            raise NstError(f"--tile {args.tile} and --spatial-devices {n} do not combine: give "
+                           "one of them")
+        mesh = spatial.space_mesh(devices[:n])
+    chosen = large.plan_run(content.shape[:2], [s.shape[:2] for s in styles], config,
+                            network=weights.network, tile=args.tile, mesh=mesh,
+                            split_over=split_over, device=devices[0],
+                            check_memory=common.memory_check_on(),
+                            regions=len(styles) if masks is not None else 0)
+    if chosen.large:
+        common.status(args, chosen.describe())
+    elif len(devices) > 1 and runtime.devices:
+        common.status(args, f"stylize runs this image on one device: using "
+                      f"{device_name(devices[0])} (--spatial-devices N splits it over N; "
+                      "nst-jax batch runs several images)")
+    return chosen
 
 
 def _stylize(args, config, network, runtime, out, content, styles, blend, masks, init_image):
@@ -156,6 +201,7 @@ def _stylize(args, config, network, runtime, out, content, styles, blend, masks,
     weights = common.load_weights_for_cli(args, network=config.network)
     if weights.network != network:  # the header said otherwise (or nothing): re-tune
         config = flags.config_from_args(args, network=weights.network)
+    chosen = plan(args, config, weights, runtime, content, styles, masks)
     common.status(args, runtime.compiling("computing style targets and compiling the "
                                           "optimisation step"))
     reporter = progress.RunReporter(config.run.total_steps, progress=not args.quiet,
@@ -171,7 +217,7 @@ def _stylize(args, config, network, runtime, out, content, styles, blend, masks,
         with jax.default_device(device) if device else contextlib.nullcontext():
             return stylize(content, styles, config, weights, init_image=init_image,
                            style_blend=blend, masks=masks, on_chunk=watch, report_every=every,
-                           check_memory=common.memory_check_on())
+                           check_memory=common.memory_check_on(), plan=chosen)
 
     try:
         result = run_stoppable(run)

@@ -75,6 +75,9 @@ class StylizeResult:
       best_step: for ``"best"``, the step of the last scale after which ``image`` was the
         iterate (0 = that scale's start image: no step lowered the loss below it; ``steps`` of
         that scale: the final iterate); else ``None``.
+      plan: how a run too large for one device ran (:class:`nst_jax.run.large.RunPlan`:
+        which scales were tiled or split over devices, the tile plan); ``None`` when every
+        scale ran untiled on one device.
     """
 
     image: np.ndarray
@@ -89,6 +92,7 @@ class StylizeResult:
     iterate: str = "best"
     best_step: int | None = None
     last_loss: float = float("nan")
+    plan: Any = None
 
     @property
     def start_unbeaten(self) -> bool:

@@ -199,6 +199,9 @@ def spatial_loss(
 
         return loss
 
+    if spec.style_loss != "gram":
+        raise NstError(f"the row split sums Gram matrices over the bands; the "
+                       f"{spec.style_loss!r} style loss is not split yet (use method='spmd')")
     n = space_size(mesh)
     content_spec = {k: P(SPACE_AXIS) for k in spec.content_layers}
 

@@ -552,6 +552,14 @@ def plan_tiles(
                     f"for its arrays but only {memory.gib(free_host)} is available")
     align = alignment(layers)
     longest = max(hw) - max(hw) % align
+    if budget is not None:  # the smallest tile first: when even it does not fit, say so at once
+        grid = tile_grid(hw, align, layers, network)
+        need = _tile_bytes(grid.window, spec, network, cpu)
+        if need > budget:
+            raise memory.OutOfMemory(
+                f"not even {align}x{align} px tiles fit: a window needs about {memory.gib(need)} "
+                f"and {memory.gib(host)} stays on the host, with {memory.gib(limit)} available "
+                f"({what})")
     n = 0
     while True:  # fewest tiles along the longest side first, each as even as the grid allows
         n += 1
@@ -572,6 +580,20 @@ def plan_tiles(
                     host_bytes=int(host), limit=limit, what=what)
 
 
+def given_plan(
+    hw: tuple[int, int], tile: int | tuple[int, int], style_hws: Sequence[tuple[int, int]],
+    spec: LossSpec, optim: OptimSpec | None = None, *, network: str = "vgg19", cpu: bool = True,
+) -> TilePlan:
+    """The :class:`TilePlan` of a tile size given by the caller (not checked against memory)."""
+    grid = tile_grid(hw, tile, spec.all_layers, network)
+    return TilePlan(hw=tuple(hw), tile=(grid.rows[0].hi - grid.rows[0].lo,
+                                        grid.cols[0].hi - grid.cols[0].lo),
+                    halo=grid.halo, window=grid.window, tiles=grid.count, overhead=grid.overhead,
+                    tile_bytes=_tile_bytes(grid.window, spec, network, cpu),
+                    host_bytes=host_bytes(hw, style_hws, spec, optim), limit=None,
+                    what="a tile size given")
+
+
 # --------------------------------------------------------------------------------------------
 # The tiled Adam loop
 
@@ -585,6 +607,10 @@ class TiledStep(NamedTuple):
     terms: dict  # aux of the loss at that iterate
     seconds: float  # this step's wall time
     image: Callable[[], np.ndarray]  # the current iterate, clipped (a copy)
+    #: The image the run would return now (``optim.reported``: best, last or EMA; a copy).
+    reported: Callable[[], np.ndarray] | None = None
+    #: ``(total, aux)`` of the current iterate: one more statistics pass, so lazy.
+    evaluate: Callable[[], tuple[float, dict]] | None = None
 
 
 @dataclasses.dataclass
@@ -598,6 +624,11 @@ class TiledResult:
       seconds: wall time of each step (both passes and the update).
       plan: the tile plan used.
       diverged: ``None``, or the step whose loss or gradient was not finite.
+      diverged_terms: the loss terms at that step (``None`` when none diverged).
+      final: with ``finish=True``, what the engine's ``finish`` program reports of an untiled
+        run (:func:`nst_jax.run.programs.finish`): ``"loss"`` and ``"terms"`` of ``image``,
+        ``"last_loss"`` (the final iterate's loss), ``"last_wins"`` (under ``"best"``, the
+        final iterate is lower than every evaluated one and is ``image``); else ``None``.
     """
 
     image: np.ndarray
@@ -606,6 +637,8 @@ class TiledResult:
     seconds: list[float]
     plan: TilePlan
     diverged: int | None = None
+    diverged_terms: dict | None = None
+    final: dict | None = None
 
 
 @functools.partial(jax.jit, static_argnames=("optim",), donate_argnums=(0, 2))
@@ -666,7 +699,7 @@ def stylize_tiled(
     tile: int | tuple[int, int] | None = None, targets: Targets | None = None,
     init: np.ndarray | None = None, style_blend: Sequence[float] | None = None,
     hooks: Sequence[Callable[[TiledStep], Any]] = (), limit: int | None = None,
-    prepare: bool = True,
+    prepare: bool = True, finish: bool = False,
 ) -> TiledResult:
     """Adam on one image of any size, exactly as :func:`~nst_jax.optimize.run_chunk` (same
     update, same clip to ``[0, 1]``, best iterate kept), with every gradient from
@@ -686,8 +719,15 @@ def stylize_tiled(
         the whole image would not: the gradients then differ by that algorithm's rounding
         (about 5e-4 of the largest entry with random weights), not by the tiling; ``False``
         runs plain XLA convolutions.
+      finish: evaluate the final iterate once more (one statistics pass) and fill
+        :attr:`TiledResult.final` as the untiled loop does, the final iterate competing for
+        ``"best"`` (its loss is not known otherwise: each step evaluates the image it starts
+        from); after a stop under ``"best"`` that pass is skipped (``last_loss`` NaN).
     """
     _check(weights, spec)
+    if optim.optimizer != "adam":
+        raise NstError("tiled stylization runs Adam only (L-BFGS's line search would need "
+                       "a full two-pass evaluation per trial); use optimizer='adam'")
     content = imageops.as_rgb01(content, "content image")
     if not isinstance(styles, (list, tuple)):
         styles = [styles]
@@ -698,13 +738,8 @@ def stylize_tiled(
             plan = plan_tiles(hw, [s.shape[:2] for s in styles], spec, optim, limit=limit,
                               network=weights.network)
         else:
-            grid = tile_grid(hw, tile, spec.all_layers, weights.network)
-            plan = TilePlan(hw, (grid.rows[0].hi - grid.rows[0].lo,
-                                 grid.cols[0].hi - grid.cols[0].lo), grid.halo, grid.window,
-                            grid.count, grid.overhead,
-                            _tile_bytes(grid.window, spec, weights.network, True),
-                            host_bytes(hw, [s.shape[:2] for s in styles], spec, optim),
-                            None, "a tile size given")
+            plan = given_plan(hw, tile, [s.shape[:2] for s in styles], spec, optim,
+                              network=weights.network)
     grid = tile_grid(hw, plan.tile, spec.all_layers, weights.network)
     kernels = XLA
     if prepare:
@@ -717,21 +752,35 @@ def stylize_tiled(
     x = np.array(content if init is None else imageops.as_rgb01(init, "init image"), np.float32)
     adam = _HostAdam(x, optim)
     grad = np.zeros_like(x)
-    best, best_loss = x.copy(), math.inf
+    best, best_loss, best_aux = x.copy(), math.inf, None
     ema = x.copy() if optim.ema_decay > 0 else None
     history: dict[str, list[float]] = {k: [] for k in ("total", "content", "style", "tv")}
     seconds: list[float] = []
-    diverged = None
+    diverged = diverged_aux = None
+
+    def evaluate(image: np.ndarray) -> tuple[float, dict]:
+        stats = tiled_statistics(image, targets, weights, spec, grid, kernels)
+        total, aux, _ = _loss_and_cotangent(stats, targets["style"], spec=spec, hw=grid.hw)
+        return float(total), jax.tree.map(float, jax.device_get(aux))
+
+    def reported_now() -> np.ndarray:
+        if optim.reported == "ema":
+            return np.clip(ema, 0.0, 1.0)
+        if optim.reported == "best" and math.isfinite(best_loss):
+            return best.copy()
+        return np.clip(x, 0.0, 1.0)
+
+    stopped = False
     for i in range(steps):
         t0 = time.perf_counter()
         loss, aux, _ = tiled_value_and_grad(x, targets, weights, spec, grid, out=grad,
                                             kernels=kernels)
         if not (math.isfinite(loss) and np.isfinite(grad).all()):
-            diverged = i
+            diverged, diverged_aux = i, aux
             break
         if loss < best_loss:
             np.clip(x, 0.0, 1.0, out=best)
-            best_loss = loss
+            best_loss, best_aux = loss, aux
         adam.step(x, grad)
         if ema is not None:
             d = np.float32(optim.ema_decay)
@@ -741,11 +790,28 @@ def stylize_tiled(
         for k in history:
             history[k].append(loss if k == "total" else aux[k])
         report = TiledStep(i + 1, steps, loss, aux, seconds[-1],
-                           lambda: np.clip(x, 0.0, 1.0))
+                           lambda: np.clip(x, 0.0, 1.0), reported_now, lambda: evaluate(x))
         if any([bool(h(report)) for h in hooks]):
+            stopped = True
             break
     reported = optim.reported
     image = {"best": best if math.isfinite(best_loss) else np.clip(x, 0.0, 1.0),
              "last": np.clip(x, 0.0, 1.0), "ema": ema}[reported]
+    final = None
+    if finish and stopped and reported == "best" and best_aux is not None:
+        # A stop is answered at once: the best image's terms are known, the final iterate's
+        # loss (one more pass over the tiles, minutes for a large image) is not computed.
+        final = {"loss": best_loss, "terms": best_aux, "last_loss": math.nan, "last_wins": False}
+    elif finish:  # as programs.finish: the final iterate competes under "best"
+        last_loss, last_aux = evaluate(x)
+        wins = reported == "best" and diverged is None and last_loss < best_loss
+        if wins or reported == "last" or best_aux is None and reported == "best":
+            image, loss, terms = np.clip(x, 0.0, 1.0), last_loss, last_aux
+        elif reported == "best":
+            loss, terms = best_loss, best_aux
+        else:
+            loss, terms = evaluate(image)
+        final = {"loss": loss, "terms": terms, "last_loss": last_loss, "last_wins": wins}
     return TiledResult(image=image, history={k: np.asarray(v) for k, v in history.items()},
-                       steps=len(seconds), seconds=seconds, plan=plan, diverged=diverged)
+                       steps=len(seconds), seconds=seconds, plan=plan, diverged=diverged,
+                       diverged_terms=diverged_aux, final=final)

@@ -14,7 +14,10 @@ results as each group finishes.
 weights and a shared style's targets replicated; free rows are padded and dropped. **Several
 processes** (after :func:`~nst_jax.run.sharding.initialize`) run one SPMD computation: each
 passes its own share of the images and gets back its own results. **Memory** per device is
-checked before compiling (:mod:`nst_jax.run.memory`).
+checked before compiling (:mod:`nst_jax.run.memory`). **Larger than a device**: ``stylize``
+runs a scale that does not fit tiled on its device, or with the image's rows split over a
+``"space"`` mesh (:mod:`nst_jax.run.large`: ``tile=``, ``mesh=``, ``plan=``), with the same
+observer; ``stylize_batch`` refuses such a run (the guard's sentence).
 
 A stop (the observer returns True, in any process) lands after the running chunk: the running
 group returns its best images so far, groups not started their start image with ``steps == 0``
@@ -33,7 +36,7 @@ from jax.sharding import Mesh
 from nst_jax import imageops
 from nst_jax.config import StyleConfig
 from nst_jax.errors import NstError
-from nst_jax.run import memory, programs, sharding
+from nst_jax.run import large, memory, programs, sharding
 from nst_jax.run.engine import Engine
 from nst_jax.run.inputs import SharedStyle, batch_items, check_run, make_item, one_style, pairs_of
 from nst_jax.run.results import ChunkHook, StylizeResult
@@ -51,7 +54,8 @@ def _default_device() -> jax.Device:
 def stylize(
     content, style, config: StyleConfig, weights: VGGWeights, *, init_image=None,
     style_blend: Sequence[float] | None = None, masks=None, on_chunk: ChunkHook | None = None,
-    report_every: int | None = None, check_memory: bool = True,
+    report_every: int | None = None, check_memory: bool = True, tile: int | str | None = "auto",
+    mesh: Mesh | None = None, plan: large.RunPlan | None = None,
 ) -> StylizeResult:
     """Paints ``content`` in the style of ``style``.
 
@@ -72,10 +76,22 @@ def stylize(
       report_every: chunks end on every multiple of this step (default ``config.save_every``),
         so an observer that saves or prints every N steps sees those steps.
       check_memory: refuse (:class:`~nst_jax.run.memory.OutOfMemory`, carrying the
-        :class:`~nst_jax.run.memory.Fit`) a run whose estimate exceeds the free memory.
+        :class:`~nst_jax.run.memory.Fit`) a run whose estimate exceeds the free memory, unless
+        ``tile`` lets it run tiled.
+      tile: ``"auto"``: a scale whose untiled run the memory guard refuses runs with exact
+        tiling on the device instead (:mod:`nst_jax.run.large`), tiles sized from its memory;
+        ``"off"`` (or ``None``): refuse as before; an ``int``: tiles of that many px (a
+        multiple of the deepest loss layer's stride) wherever that makes more than one.
+        Tiling runs Adam with Gram style losses and no masks.
+      mesh: a mesh with a ``"space"`` axis (:func:`nst_jax.run.spatial.space_mesh`): split
+        every scale's rows over its devices (each scale's height a multiple of devices × the
+        deepest stride).
+      plan: what :func:`nst_jax.run.large.plan_run` chose for this content (an app that
+        showed the plan before the run passes it, so that the run does what was shown);
+        ``tile`` and ``mesh`` are then not consulted.
 
     Returns:
-      A :class:`StylizeResult`.
+      A :class:`StylizeResult` (``plan`` says how a run too large for one device ran).
     """
     styles = list(style) if isinstance(style, (list, tuple)) else [style]
     if not styles:
@@ -85,15 +101,30 @@ def stylize(
     styles = [imageops.as_rgb01(s, f"style image {i + 1}") for i, s in enumerate(styles)]
     item = make_item(0, content, list(enumerate(styles)), config, n_styles=len(styles),
                      blend=style_blend, masks=masks)
-    mesh = sharding.batch_mesh([_default_device()])
-    if check_memory:
-        memory.check_items([item], config, weights.network, mesh)
-    engine = Engine(config, weights, mesh, shared_style=one_style(item),
-                    regions=0 if item.masks is None else len(styles), init_image=init_image,
-                    on_chunk=on_chunk,
-                    report_every=config.save_every if report_every is None else report_every)
-    (result,) = engine.run_group(item.shapes, (1,), [item])
-    return result
+    regions = 0 if item.masks is None else len(styles)
+    report_every = config.save_every if report_every is None else report_every
+    device = _default_device()
+    if plan is None:
+        plan = large.plan_run(content.shape[:2], [s.shape[:2] for s in styles], config,
+                              network=weights.network, tile=tile, mesh=mesh, device=device,
+                              check_memory=check_memory, regions=regions)
+    elif tuple(plan.shapes) != tuple(item.shapes):
+        raise NstError(f"the plan is for the sizes {list(plan.shapes)}, but this content runs "
+                       f"at {list(item.shapes)}")
+    one_device = sharding.batch_mesh([device])
+
+    def untiled(it, hook) -> StylizeResult:
+        engine = Engine(config, weights, one_device, shared_style=one_style(it), regions=regions,
+                        init_image=init_image, on_chunk=hook, report_every=report_every)
+        (result,) = engine.run_group(it.shapes, (1,), [it])
+        return result
+
+    if not plan.large:
+        if check_memory:
+            memory.check_items([item], config, weights.network, one_device)
+        return untiled(item, on_chunk)
+    return large.run(plan, item, config, weights, run_untiled=untiled, init_image=init_image,
+                     on_chunk=on_chunk, report_every=report_every)
 
 
 def iter_stylize_batch(
