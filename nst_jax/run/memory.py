@@ -112,7 +112,7 @@ def prepared_weight_bytes(
     """Bytes of :func:`nst_jax.kernels.prepare_kernels` for every layer (it prepares them all).
 
     Off CPU nothing is prepared. On CPU: the flipped kernel, a cast copy unless float32, and
-    the 16/9-sized Winograd transform of layers with many channels.
+    the 36/9-sized float32 F(4×4) Winograd transform of layers with many channels.
     """
     if not cpu:
         return 0
@@ -122,7 +122,7 @@ def prepared_weight_bytes(
         copies = 1 + (dtype_bytes != 4)
         total += kh * kw * cin * cout * dtype_bytes * copies
         if winograd_layer(cin, cout):
-            total += 16 * cin * cout * dtype_bytes
+            total += 36 * cin * cout * 4  # float32 in every dtype
     return total
 
 
