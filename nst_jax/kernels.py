@@ -9,10 +9,20 @@ Which implementation runs is a static argument of the forward pass, one of :data
   (both modes, so ``jax.jvp`` works). Used off CPU: GPU/TPU convolution libraries pick their own
   algorithms, and nothing here was measured on them (BENCHMARKS.md).
 * ``"cpu"``: :func:`prepare_kernels` computes, once, each kernel's cast copy (only when the
-  compute dtype is not float32), the kernel of its input gradient and, where it pays, Winograd's
-  transformed kernel; :func:`prepared_conv` and :func:`max_pool` then use them through custom
-  VJPs (reverse mode only). XLA does not hoist loop-invariant work out of a ``while_loop`` on
-  CPU, so preparing outside the loop is what makes the step fast (BENCHMARKS.md, issue 5).
+  compute dtype is not float32), the kernel of its input gradient and, for layers with at least
+  128 input and output channels, the transformed kernel of Winograd's F(4×4, 3×3);
+  :func:`prepared_conv` and :func:`max_pool` then use them through custom VJPs (reverse mode
+  only). XLA does not hoist loop-invariant work out of a ``while_loop`` on CPU, so preparing
+  outside the loop is what makes the step fast (BENCHMARKS.md, issue 5).
+
+Winograd (issue 21): F(m×m, 3×3) is built exactly by Toom-Cook from its interpolation points
+(:func:`_toom_cook`); :data:`F4` (0, ±2, ±1/2, ∞: 36 multiplications per 4×4 output tile, 4×
+fewer than direct) runs both the forward convolution and its input gradient, which reuses the
+same kernel transform because the points are closed under ``p ↦ 1/p`` (:class:`Winograd`).
+It runs where it measured faster than XLA's direct convolution (:func:`_winograd_pays`), large
+maps in bands of tile rows (:func:`_band_rows`), and its products stay float32 when the
+activations are bfloat16 (F(4×4)'s transforms amplify bfloat16 rounding about 8×).
+:data:`F2` (F(2×2, 3×3)) is kept for comparison (``scripts/benchmark_winograd.py``).
 
 :class:`Kernels` carries the choice (static) and what it precomputed (data) through the
 features and the objective as one argument; :func:`prepare` makes it.
@@ -82,10 +92,12 @@ def prepare_kernels(params: Params, dtype: Any = jnp.float32) -> dict:
     Each layer gets ``"backward"`` ``(3, 3, Cout, Cin)`` with
     ``backward[i, j, o, c] = kernel[2 - i, 2 - j, c, o]`` (the input gradient's kernel),
     ``"forward"`` (the kernel cast to ``dtype``) only when ``dtype`` is not float32, and
-    ``"winograd"`` ``(16, Cin, Cout)`` (:func:`winograd_kernel`) for layers with at least 128
-    input and output channels and 384 together. The backward pass reuses ``"winograd"``
-    (:func:`winograd_conv` with ``transpose=True``), so the tree is about 1× the float32
-    kernels plus 16/9× those of the Winograd layers (BENCHMARKS.md).
+    ``"winograd"`` ``(36, Cin, Cout)`` float32 (:func:`winograd_kernel` of :data:`F4`, in every
+    ``dtype``: its products run in float32) for layers with at least 128 input and output
+    channels (``conv2_2`` on). The backward pass reuses ``"winograd"`` (:func:`winograd_conv`
+    with ``transpose=True``), so the tree is about 1× the kernels in ``dtype`` (2× when not
+    float32) plus 4× the float32 kernels of the Winograd layers: for VGG-19, whose Winograd
+    layers hold 19.9 M of its 20.0 M conv weights, about 0.40 GB (BENCHMARKS.md).
     """
     dtype = jnp.dtype(dtype)
     out = {}
@@ -115,10 +127,9 @@ def prepared_conv(x: jax.Array, kernel: jax.Array, entry: Mapping[str, jax.Array
     * the gradient with respect to ``x`` is the SAME convolution of the output gradient with the
       kernel rotated by 180° and transposed, prepared once, instead of the rotation and
       transposition that differentiating ``conv_general_dilated`` emits on every call;
-    * layers with many channels on a small grid use Winograd's F(2×2, 3×3) algorithm (Lavin &
-      Gray, 2016) for both convolutions: 16 multiplications per 2×2 output tile instead of 36,
-      done as 16 batched matrix products, which XLA's CPU dot also runs natively in bfloat16
-      where its convolution upcasts to float32.
+    * layers with many channels on a grid up to 128² (256² in bfloat16) use Winograd's
+      F(4×4, 3×3) algorithm (Lavin & Gray, 2016) for both convolutions: 36 multiplications per
+      4×4 output tile instead of 144, done as 36 batched float32 matrix products.
 
     Reverse-mode only (a custom VJP); the ``"xla"`` choice supports ``jax.jvp``.
     """
