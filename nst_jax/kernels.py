@@ -20,9 +20,8 @@ Winograd (issue 21): F(m×m, 3×3) is built exactly by Toom-Cook from its interp
 fewer than direct) runs both the forward convolution and its input gradient, which reuses the
 same kernel transform because the points are closed under ``p ↦ 1/p`` (:class:`Winograd`).
 It runs where it measured faster than XLA's direct convolution (:func:`_winograd_pays`), large
-maps in bands of tile rows (:func:`_band_rows`), and its products stay float32 when the
-activations are bfloat16 (F(4×4)'s transforms amplify bfloat16 rounding about 8×).
-:data:`F2` (F(2×2, 3×3)) is kept for comparison (``scripts/benchmark_winograd.py``).
+maps in bands of tile rows (:func:`_band_rows`), when the activations are float32. In bfloat16, F(4×4)'s transforms amplify rounding about 8×, so
+:data:`F2` (F(2×2, 3×3), products in bfloat16) runs there as before (issue 5).
 
 :class:`Kernels` carries the choice (static) and what it precomputed (data) through the
 features and the objective as one argument; :func:`prepare` makes it.
@@ -77,10 +76,12 @@ def prepare(params: Params, kind: str, dtype: Any = jnp.float32) -> Kernels:
     return Kernels(kind, prepare_kernels(params, dtype) if kind == "cpu" else None)
 
 
-def winograd_layer(cin: int, cout: int) -> bool:
-    """Channel counts for which Winograd can pay at some size (``conv2_2`` on), see
-    :func:`_winograd_pays`."""
-    return min(cin, cout) >= 128
+def winograd_layer(cin: int, cout: int, dtype: Any = jnp.float32) -> bool:
+    """Channel counts for which Winograd can pay at some size, see :func:`_winograd_pays`:
+    F(4×4) in float32 from ``conv2_2`` on, F(2×2) in other dtypes from ``conv3_1`` on."""
+    if jnp.dtype(dtype) == jnp.float32:
+        return min(cin, cout) >= 128
+    return cin + cout >= 384 and min(cin, cout) >= 128
 
 
 # One compiled program per dtype (and parameter shapes): called outside jit, op by op, the same
@@ -92,12 +93,12 @@ def prepare_kernels(params: Params, dtype: Any = jnp.float32) -> dict:
     Each layer gets ``"backward"`` ``(3, 3, Cout, Cin)`` with
     ``backward[i, j, o, c] = kernel[2 - i, 2 - j, c, o]`` (the input gradient's kernel),
     ``"forward"`` (the kernel cast to ``dtype``) only when ``dtype`` is not float32, and
-    ``"winograd"`` ``(36, Cin, Cout)`` float32 (:func:`winograd_kernel` of :data:`F4`, in every
-    ``dtype``: its products run in float32) for layers with at least 128 input and output
-    channels (``conv2_2`` on). The backward pass reuses ``"winograd"`` (:func:`winograd_conv`
-    with ``transpose=True``), so the tree is about 1× the kernels in ``dtype`` (2× when not
-    float32) plus 4× the float32 kernels of the Winograd layers: for VGG-19, whose Winograd
-    layers hold 19.9 M of its 20.0 M conv weights, about 0.40 GB (BENCHMARKS.md).
+    ``"winograd"`` (:func:`winograd_kernel`) where :func:`winograd_layer`: in float32
+    ``(36, Cin, Cout)`` of :data:`F4` (``conv2_2`` on), in other dtypes ``(16, Cin, Cout)`` of
+    :data:`F2` (``conv3_1`` on), cast to ``dtype``. The backward pass reuses ``"winograd"``
+    (:func:`winograd_conv` with ``transpose=True``). So the tree is about 1× the kernels plus,
+    in float32, 4× those of the Winograd layers (VGG-19: 19.9 M of its 20.0 M conv weights,
+    0.40 GB in all); in bfloat16 2× the kernels plus 16/9× those from ``conv3_1`` (BENCHMARKS.md).
     """
     dtype = jnp.dtype(dtype)
     out = {}
@@ -106,8 +107,9 @@ def prepare_kernels(params: Params, dtype: Any = jnp.float32) -> dict:
         entry = {"backward": jnp.transpose(k[::-1, ::-1], (0, 1, 3, 2)).astype(dtype)}
         if dtype != k.dtype:
             entry["forward"] = k.astype(dtype)
-        if winograd_layer(*k.shape[2:]):
-            entry["winograd"] = winograd_kernel(k, F4)  # float32 products in every dtype
+        if winograd_layer(*k.shape[2:], dtype):
+            algo = F4 if dtype == jnp.float32 else F2
+            entry["winograd"] = winograd_kernel(k, algo).astype(dtype)
         out[name] = entry
     return out
 
@@ -127,22 +129,22 @@ def prepared_conv(x: jax.Array, kernel: jax.Array, entry: Mapping[str, jax.Array
     * the gradient with respect to ``x`` is the SAME convolution of the output gradient with the
       kernel rotated by 180° and transposed, prepared once, instead of the rotation and
       transposition that differentiating ``conv_general_dilated`` emits on every call;
-    * layers with many channels on a grid up to 128² (256² in bfloat16) use Winograd's
-      F(4×4, 3×3) algorithm (Lavin & Gray, 2016) for both convolutions: 36 multiplications per
-      4×4 output tile instead of 144, done as 36 batched float32 matrix products.
+    * layers with many channels on a grid up to 128² use Winograd (Lavin & Gray, 2016) for
+      both convolutions: in float32 F(4×4, 3×3), 36 multiplications per 4×4 output tile instead
+      of 144, done as 36 batched matrix products; in bfloat16 F(2×2, 3×3), 16 per 2×2 tile
+      instead of 36, whose products XLA's CPU dot runs natively in bfloat16.
 
     Reverse-mode only (a custom VJP); the ``"xla"`` choice supports ``jax.jvp``.
     """
     k = entry.get("forward", kernel).astype(x.dtype)
-    p = {n: v if n == "winograd" else v.astype(x.dtype) for n, v in entry.items() if n != "forward"}
-    return _prepared_conv(x, k, p)
+    return _prepared_conv(x, k, {n: v.astype(x.dtype) for n, v in entry.items() if n != "forward"})
 
 
 def _conv_or_winograd(x, kernel, winograd, *, transpose: bool) -> jax.Array:
     h, w, cin = x.shape
     if winograd is not None and _winograd_pays(h, w, *winograd.shape[1:], x.dtype):
-        m = WINOGRADS[winograd.shape[0]].m
-        band = _band_rows(-(-h // m), -(-w // m), cin)
+        # Bands only for F(4×4): F(2×2) in bfloat16 measured slower in bands (BENCHMARKS.md).
+        band = _band_rows(-(-h // 4), -(-w // 4), cin) if winograd.shape[0] == 36 else None
         return winograd_conv(x, winograd, transpose=transpose, band=band)
     return conv(x, kernel)
 
@@ -333,16 +335,16 @@ def _winograd_band(xp: jax.Array, u: jax.Array, algo: Winograd, transpose: bool)
 
 
 def _winograd_pays(h: int, w: int, cin: int, cout: int, dtype) -> bool:
-    """Whether F(4×4, 3×3) beats XLA's direct convolution on CPU here (measured per layer,
-    BENCHMARKS.md, issue 21).
+    """Whether Winograd beats XLA's direct convolution on CPU here (measured per layer,
+    BENCHMARKS.md, issues 5 and 21).
 
-    With at least 128 input and output channels (``conv2_2`` on), up to 128×128 positions in
-    float32 and 256×256 in bfloat16 (where the products run natively in bfloat16 and XLA's
-    convolution upcasts to float32). Fewer channels, or larger maps, spend more on moving the
-    transformed tiles (2.25× the activations) than the 4× fewer multiplications save.
+    float32, F(4×4): with at least 128 input and output channels (``conv2_2`` on), up to 128×128
+    positions. Other dtypes, F(2×2) with products in that dtype (F(4×4)'s transforms amplify
+    bfloat16 rounding about 8×, and with float32 products it measured no faster than F(2×2) in
+    bfloat16): from ``conv3_1`` on, up to 128×128. Fewer channels, or larger maps, spend more
+    on moving the transformed tiles than the fewer multiplications save.
     """
-    limit = 256 * 256 if jnp.dtype(dtype) == jnp.bfloat16 else 128 * 128
-    return winograd_layer(cin, cout) and h * w <= limit
+    return winograd_layer(cin, cout, dtype) and h * w <= 128 * 128
 
 
 def _band_rows(th: int, tw: int, c: int) -> int | None:

@@ -122,7 +122,8 @@ def test_backward_kernel_is_the_rotated_transposed_kernel(weights):
     bf16 = kernels.prepare_kernels(weights.params, jnp.bfloat16)["conv5_1"]
     assert bf16["backward"].dtype == bf16["forward"].dtype == jnp.bfloat16
     assert set(bf16) == {"forward", "backward", "winograd"}  # the backward reuses "winograd"
-    assert bf16["winograd"].dtype == jnp.float32  # F(4×4)'s products stay float32
+    assert bf16["winograd"].shape == (16, 512, 512)  # F(2×2) in bfloat16
+    assert bf16["winograd"].dtype == jnp.bfloat16
 
 
 def test_kernel_choice_is_static_and_follows_the_platform(weights):
@@ -136,7 +137,7 @@ def test_kernel_choice_is_static_and_follows_the_platform(weights):
         extract_features(weights, jnp.zeros((8, 8, 3)), ["relu1_1"], kernels="cpu")
     # The kind is static: it survives jit as aux data, while the tree is traced like the weights.
     inside = jax.jit(lambda p: kernels.prepare(p, "cpu", "bfloat16"))(weights.params)
-    assert inside.kind == "cpu" and inside.tree["conv5_1"]["backward"].dtype == jnp.bfloat16
+    assert inside.kind == "cpu" and inside.tree["conv5_1"]["winograd"].dtype == jnp.bfloat16
     from nst_jax.run import programs, sharding
 
     spec = get_preset("tiny").loss
