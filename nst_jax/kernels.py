@@ -9,10 +9,19 @@ Which implementation runs is a static argument of the forward pass, one of :data
   (both modes, so ``jax.jvp`` works). Used off CPU: GPU/TPU convolution libraries pick their own
   algorithms, and nothing here was measured on them (BENCHMARKS.md).
 * ``"cpu"``: :func:`prepare_kernels` computes, once, each kernel's cast copy (only when the
-  compute dtype is not float32), the kernel of its input gradient and, where it pays, Winograd's
-  transformed kernel; :func:`prepared_conv` and :func:`max_pool` then use them through custom
-  VJPs (reverse mode only). XLA does not hoist loop-invariant work out of a ``while_loop`` on
-  CPU, so preparing outside the loop is what makes the step fast (BENCHMARKS.md, issue 5).
+  compute dtype is not float32), the kernel of its input gradient and, for layers with at least
+  128 input and output channels, the transformed kernel of Winograd's F(4×4, 3×3);
+  :func:`prepared_conv` and :func:`max_pool` then use them through custom VJPs (reverse mode
+  only). XLA does not hoist loop-invariant work out of a ``while_loop`` on CPU, so preparing
+  outside the loop is what makes the step fast (BENCHMARKS.md, issue 5).
+
+Winograd (issue 21): F(m×m, 3×3) is built exactly by Toom-Cook from its interpolation points
+(:func:`_toom_cook`); :data:`F4` (0, ±2, ±1/2, ∞: 36 multiplications per 4×4 output tile, 4×
+fewer than direct) runs both the forward convolution and its input gradient, which reuses the
+same kernel transform because the points are closed under ``p ↦ 1/p`` (:class:`Winograd`).
+It runs where it measured faster than XLA's direct convolution (:func:`_winograd_pays`), large
+maps in bands of tile rows (:func:`_band_rows`), when the activations are float32. In bfloat16, F(4×4)'s transforms amplify rounding about 8×, so
+:data:`F2` (F(2×2, 3×3), products in bfloat16) runs there as before (issue 5).
 
 :class:`Kernels` carries the choice (static) and what it precomputed (data) through the
 features and the objective as one argument; :func:`prepare` makes it.
@@ -21,7 +30,9 @@ features and the objective as one argument; :func:`prepare` makes it.
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+import math
+from fractions import Fraction
+from typing import Any, Mapping, NamedTuple
 
 import flax.struct
 import jax
@@ -65,9 +76,11 @@ def prepare(params: Params, kind: str, dtype: Any = jnp.float32) -> Kernels:
     return Kernels(kind, prepare_kernels(params, dtype) if kind == "cpu" else None)
 
 
-def winograd_layer(cin: int, cout: int) -> bool:
-    """Channel counts for which Winograd can pay at some size (``conv3_1`` on), see
-    :func:`_winograd_pays`."""
+def winograd_layer(cin: int, cout: int, dtype: Any = jnp.float32) -> bool:
+    """Channel counts for which Winograd can pay at some size, see :func:`_winograd_pays`:
+    F(4×4) in float32 from ``conv2_2`` on, F(2×2) in other dtypes from ``conv3_1`` on."""
+    if jnp.dtype(dtype) == jnp.float32:
+        return min(cin, cout) >= 128
     return cin + cout >= 384 and min(cin, cout) >= 128
 
 
@@ -80,10 +93,12 @@ def prepare_kernels(params: Params, dtype: Any = jnp.float32) -> dict:
     Each layer gets ``"backward"`` ``(3, 3, Cout, Cin)`` with
     ``backward[i, j, o, c] = kernel[2 - i, 2 - j, c, o]`` (the input gradient's kernel),
     ``"forward"`` (the kernel cast to ``dtype``) only when ``dtype`` is not float32, and
-    ``"winograd"`` ``(16, Cin, Cout)`` (:func:`winograd_kernel`) for layers with at least 128
-    input and output channels and 384 together. The backward pass reuses ``"winograd"``
-    (:func:`winograd_conv` with ``transpose=True``), so the tree is about 1× the float32
-    kernels plus 16/9× those of the Winograd layers (BENCHMARKS.md).
+    ``"winograd"`` (:func:`winograd_kernel`) where :func:`winograd_layer`: in float32
+    ``(36, Cin, Cout)`` of :data:`F4` (``conv2_2`` on), in other dtypes ``(16, Cin, Cout)`` of
+    :data:`F2` (``conv3_1`` on), cast to ``dtype``. The backward pass reuses ``"winograd"``
+    (:func:`winograd_conv` with ``transpose=True``). So the tree is about 1× the kernels plus,
+    in float32, 4× those of the Winograd layers (VGG-19: 19.9 M of its 20.0 M conv weights,
+    0.40 GB in all); in bfloat16 2× the kernels plus 16/9× those from ``conv3_1`` (BENCHMARKS.md).
     """
     dtype = jnp.dtype(dtype)
     out = {}
@@ -92,8 +107,9 @@ def prepare_kernels(params: Params, dtype: Any = jnp.float32) -> dict:
         entry = {"backward": jnp.transpose(k[::-1, ::-1], (0, 1, 3, 2)).astype(dtype)}
         if dtype != k.dtype:
             entry["forward"] = k.astype(dtype)
-        if winograd_layer(*k.shape[2:]):
-            entry["winograd"] = winograd_kernel(k).astype(dtype)
+        if winograd_layer(*k.shape[2:], dtype):
+            algo = F4 if dtype == jnp.float32 else F2
+            entry["winograd"] = winograd_kernel(k, algo).astype(dtype)
         out[name] = entry
     return out
 
@@ -113,10 +129,10 @@ def prepared_conv(x: jax.Array, kernel: jax.Array, entry: Mapping[str, jax.Array
     * the gradient with respect to ``x`` is the SAME convolution of the output gradient with the
       kernel rotated by 180° and transposed, prepared once, instead of the rotation and
       transposition that differentiating ``conv_general_dilated`` emits on every call;
-    * layers with many channels on a small grid use Winograd's F(2×2, 3×3) algorithm (Lavin &
-      Gray, 2016) for both convolutions: 16 multiplications per 2×2 output tile instead of 36,
-      done as 16 batched matrix products, which XLA's CPU dot also runs natively in bfloat16
-      where its convolution upcasts to float32.
+    * layers with many channels on a grid up to 128² use Winograd (Lavin & Gray, 2016) for
+      both convolutions: in float32 F(4×4, 3×3), 36 multiplications per 4×4 output tile instead
+      of 144, done as 36 batched matrix products; in bfloat16 F(2×2, 3×3), 16 per 2×2 tile
+      instead of 36, whose products XLA's CPU dot runs natively in bfloat16.
 
     Reverse-mode only (a custom VJP); the ``"xla"`` choice supports ``jax.jvp``.
     """
@@ -127,7 +143,9 @@ def prepared_conv(x: jax.Array, kernel: jax.Array, entry: Mapping[str, jax.Array
 def _conv_or_winograd(x, kernel, winograd, *, transpose: bool) -> jax.Array:
     h, w, cin = x.shape
     if winograd is not None and _winograd_pays(h, w, *winograd.shape[1:], x.dtype):
-        return winograd_conv(x, winograd, transpose=transpose)
+        # Bands only for F(4×4): F(2×2) in bfloat16 measured slower in bands (BENCHMARKS.md).
+        band = _band_rows(-(-h // 4), -(-w // 4), cin) if winograd.shape[0] == 36 else None
+        return winograd_conv(x, winograd, transpose=transpose, band=band)
     return conv(x, kernel)
 
 
@@ -153,71 +171,187 @@ def _prepared_conv_bwd(residuals, g):
 
 _prepared_conv.defvjp(_prepared_conv_fwd, _prepared_conv_bwd)
 
-# Winograd F(2×2, 3×3): Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A for each 4×4 input tile d (stride 2).
-_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
-# G J = P G, J reversing the 3 taps and P swapping rows 0 and 3: the rotated kernel's transform
-# is the kernel's with its tile indices permuted by P (and the channels transposed).
-_WINOGRAD_P = (3, 1, 2, 0)
+# Winograd F(m×m, 3×3) (Lavin & Gray, 2016), built by Toom-Cook from interpolation points.
 
 
-def winograd_kernel(kernel: jax.Array) -> jax.Array:
-    """``G g Gᵀ`` of an HWIO ``(3, 3, Cin, Cout)`` kernel, as ``(16, Cin, Cout)`` float32."""
-    u = jnp.einsum("ai,ijcd,bj->abcd", _WINOGRAD_G, kernel.astype(jnp.float32), _WINOGRAD_G)
-    return u.reshape(16, *kernel.shape[2:])
+def _toom_cook(m: int, points: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(Aᵀ, G, Bᵀ)`` of the 1-D algorithm F(m, 3) on ``n = m + 2`` points (``None`` is ∞).
+
+    The correlation ``y_i = Σ_k d_{i+k} g_k`` (``i < m``) is the transpose of the polynomial
+    product of ``g`` (degree 2) and a degree ``m - 1`` polynomial, which evaluation at the points
+    and interpolation compute exactly: ``y = Aᵀ [(G g) ⊙ (Bᵀ d)]`` with ``A``, ``G`` the
+    evaluation (Vandermonde) matrices of degrees ``m - 1`` and 2 and ``Bᵀ = V⁻ᵀ`` the transposed
+    interpolation on all ``n`` points (∞ evaluates the leading coefficient). Exact in rational
+    arithmetic; each row of ``Bᵀ`` is scaled to integers and ``G``'s row by the inverse, so the
+    non-dyadic factors sit in the kernel transform, computed once.
+    """
+    n = m + 2
+
+    def vandermonde(deg):
+        return [[Fraction(int(k == deg - 1)) for k in range(deg)] if p is None
+                else [Fraction(p) ** k for k in range(deg)] for p in points]
+
+    v = vandermonde(n)
+    # Gauss-Jordan on [V | I] in fractions: the exact inverse.
+    aug = [row + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(v)]
+    for c in range(n):
+        p = next(i for i in range(c, n) if aug[i][c] != 0)
+        aug[c], aug[p] = aug[p], aug[c]
+        aug[c] = [a / aug[c][c] for a in aug[c]]
+        for i in range(n):
+            if i != c and aug[i][c] != 0:
+                aug[i] = [a - aug[i][c] * b for a, b in zip(aug[i], aug[c])]
+    bt = [[aug[j][n + i] for j in range(n)] for i in range(n)]  # (V⁻¹)ᵀ
+    g = vandermonde(3)
+    for i in range(n):
+        scale = math.lcm(*(x.denominator for x in bt[i] if x != 0))
+        bt[i] = [x * scale for x in bt[i]]
+        g[i] = [x / scale for x in g[i]]
+    at = np.array(vandermonde(m), dtype=np.float64).T
+    return at, np.array(g, dtype=np.float64), np.array(bt, dtype=np.float64)
 
 
-def _bt(d):
-    # Bᵀ d for Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
-    return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+class Winograd(NamedTuple):
+    """One Winograd algorithm F(m×m, 3×3): ``Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`` per ``n×n`` input
+    tile ``d`` (``n = m + 2``, stride ``m``), and the same for the kernel rotated by 180°.
+
+    ``at`` ``(m, n)``, ``g`` ``(n, 3)``, ``bt`` ``(n, n)``. The point set is closed under
+    ``p ↦ 1/p`` (with ``0 ↔ ∞``), so reversing the taps permutes and scales ``G``'s rows,
+    ``G J = S P G``, and the rotated kernel's transform is ``S P U Pᵀ S``: the transposed
+    convolution reuses ``U`` with ``bt_t = (S Bᵀ)`` and ``at_t = Aᵀ`` both reindexed by ``P``.
+    """
+
+    m: int
+    at: np.ndarray
+    g: np.ndarray
+    bt: np.ndarray
+    at_t: np.ndarray
+    bt_t: np.ndarray
 
 
-def _at(m):
-    # Aᵀ m for Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]].
-    return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+def _winograd(m: int, points: tuple) -> Winograd:
+    at, g, bt = _toom_cook(m, points)
+    n = m + 2
+    # G J = diag(s) G[perm]: match each reversed row with the proportional row of G.
+    perm, s = [], []
+    for row in g[:, ::-1]:
+        j = next(j for j in range(n) if np.allclose(np.cross(row, g[j]), 0) and g[j] @ g[j] > 0)
+        perm.append(j)
+        s.append((row @ g[j]) / (g[j] @ g[j]))
+    perm, s = np.array(perm), np.array(s)
+    np.testing.assert_allclose(g[:, ::-1], s[:, None] * g[perm], atol=1e-12)
+    # Pair V'[k] with U[k]: k = perm[a], so row k of bt_t is s_a bt[a], column k of at_t at[:, a].
+    inv = np.argsort(perm)
+    return Winograd(m, at, g, bt, at[:, inv], (s[:, None] * bt)[inv])
 
 
-def winograd_conv(x: jax.Array, u: jax.Array, *, transpose: bool = False) -> jax.Array:
+#: F(2×2, 3×3) on 0, ±1, ∞ and F(4×4, 3×3) on 0, ±2, ±1/2, ∞ (BENCHMARKS.md: of the point sets
+#: closed under inversion, the smallest float32 error).
+F2 = _winograd(2, (0, 1, -1, None))
+F4 = _winograd(4, (0, 2, -2, Fraction(1, 2), Fraction(-1, 2), None))
+WINOGRADS = {16: F2, 36: F4}
+
+
+def winograd_kernel(kernel: jax.Array, algo: Winograd = F4) -> jax.Array:
+    """``G g Gᵀ`` of an HWIO ``(3, 3, Cin, Cout)`` kernel, as ``(n², Cin, Cout)`` float32."""
+    g = jnp.asarray(algo.g, jnp.float32)
+    u = jnp.einsum("ai,ijcd,bj->abcd", g, kernel.astype(jnp.float32), g)
+    return u.reshape(-1, *kernel.shape[2:])
+
+
+def _combine(mat: np.ndarray, terms: list) -> list:
+    """``[Σ_j mat[i, j] terms[j] for each i]`` with the zero entries skipped, the ±1 unscaled."""
+    out = []
+    for row in mat:
+        acc = None
+        for c, t in zip(row, terms):
+            if c == 0:
+                continue
+            term = t if abs(c) == 1 else t * float(abs(c))
+            if acc is None:
+                acc = term if c > 0 else -term
+            else:
+                acc = acc + term if c > 0 else acc - term
+        out.append(acc)
+    return out
+
+
+def winograd_conv(x: jax.Array, u: jax.Array, *, transpose: bool = False,
+                  band: int | None = None) -> jax.Array:
     """SAME 3×3 convolution of ``x`` ``(H, W, C)`` with :func:`winograd_kernel` ``u``.
 
-    ``transpose=False``: ``u`` is ``(16, C, Cout)``, the transform of kernel ``k``, and this is
-    the convolution with ``k``. ``transpose=True``: ``u`` is ``(16, Cout, C)`` and this is the
-    convolution with ``k`` rotated by 180° and transposed (the input gradient of the former):
-    its transform is ``u[P a, P b]ᵀ``, so the tiles are taken in the order ``P`` (static
-    indices) and the channel transposition goes into the product. Equal to
+    The algorithm follows from ``u``'s ``n²`` tiles (16: F(2×2), 36: F(4×4), :data:`WINOGRADS`).
+    ``transpose=False``: ``u`` is ``(n², C, Cout)``, the transform of kernel ``k``, and this is
+    the convolution with ``k``: ``Y = Aᵀ [U ⊙ (Bᵀ d B)] A`` per ``n×n`` tile ``d`` at stride
+    ``m``, the ``⊙`` over tiles being ``n²`` matrix products ``(tiles, C) @ (C, Cout)``.
+    ``transpose=True``: ``u`` is ``(n², Cout, C)`` and this is the convolution with ``k`` rotated
+    by 180° and transposed (the input gradient of the former), through :class:`Winograd`'s
+    ``bt_t``/``at_t`` and the channel transposition inside the products. Equal to
     ``conv_general_dilated`` up to float rounding. The input transform runs in float32 and is
-    stored in ``x.dtype``; the 16 products accumulate in float32 and the result is cast back to
-    ``x.dtype``. Odd sizes are padded to whole tiles and cropped.
+    stored in ``x.dtype``; the products accumulate in float32 and the result is cast back to
+    ``x.dtype``. Sizes that are not multiples of ``m`` are padded to whole tiles and cropped.
+
+    ``band``: tile rows per pass (a ``lax.map`` over bands of the map, so that one band's
+    transformed tiles stay in cache); ``None`` does the whole map at once.
     """
+    algo = WINOGRADS[u.shape[0]]
+    m = algo.m
     h, w, c = x.shape
-    order = _WINOGRAD_P if transpose else (0, 1, 2, 3)
-    h2, w2 = (h + 1) // 2, (w + 1) // 2
-    xp = jnp.pad(x, ((1, 1 + h % 2), (1, 1 + w % 2), (0, 0))).reshape(h2 + 1, 2, w2 + 1, 2, c)
+    th, tw = -(-h // m), -(-w // m)
+    band = th if band is None else min(band, th)
+    nb = -(-th // band)
+    # Zero padding: 1 above and left (SAME), and below/right up to whole tiles plus the halo.
+    xp = jnp.pad(x, ((1, m * nb * band + m - 1 - h), (1, m * tw + m - 1 - w), (0, 0)))
+    xp = xp.reshape(nb * band + 1, m, tw + 1, m, c)
+    if nb == 1:
+        y = _winograd_band(xp, u, algo, transpose)
+    else:  # band b reads tile rows [b·band, (b + 1)·band + 1) of xp: one row of halo
+        def one(b):
+            rows = jax.lax.dynamic_slice_in_dim(xp, b * band, band + 1)
+            return _winograd_band(rows, u, algo, transpose)
+
+        y = jax.lax.map(one, jnp.arange(nb))
+    return y.reshape(m * nb * band, m * tw, -1)[:h, :w].astype(x.dtype)
+
+
+def _winograd_band(xp: jax.Array, u: jax.Array, algo: Winograd, transpose: bool) -> jax.Array:
+    """:func:`winograd_conv` of ``R`` rows of tiles: ``xp`` ``(R + 1, m, tw + 1, m, C)`` (the
+    padded input, one tile row and column of halo) to ``(R, m, tw, m, Cout)`` float32."""
+    m, n = algo.m, algo.m + 2
+    bt, at = (algo.bt_t, algo.at_t) if transpose else (algo.bt, algo.at)
+    th, tw, c = xp.shape[0] - 1, xp.shape[2] - 1, xp.shape[4]
     # Row transform first, materialised, then the column transform: two simple passes are
-    # about twice as fast on CPU as one fusion of all 16 strided combinations.
-    rows = _bt([xp[i // 2 : i // 2 + h2, i % 2].astype(jnp.float32) for i in range(4)])
-    rows = jnp.stack([rows[a] for a in order])
-    cols = _bt([rows[:, :, j // 2 : j // 2 + w2, j % 2] for j in range(4)])
-    v = jnp.stack([cols[b] for b in order], axis=1).reshape(16, h2 * w2, c).astype(x.dtype)
+    # faster on CPU than one fusion of all n² strided combinations.
+    rows = _combine(bt, [xp[i // m : i // m + th, i % m].astype(jnp.float32) for i in range(n)])
+    rows = jnp.stack(rows)  # (n, th, tw + 1, m, C)
+    cols = _combine(bt, [rows[:, :, j // m : j // m + tw, j % m] for j in range(n)])
+    v = jnp.stack(cols, axis=1).reshape(n * n, th * tw, c).astype(u.dtype)
     spec = "btc,bdc->btd" if transpose else "btc,bcd->btd"
-    m = jnp.einsum(spec, v, u.astype(x.dtype), preferred_element_type=jnp.float32)
-    m = m.reshape(4, 4, h2, w2, -1)
-    r = _at([m[a] for a in order])
-    y = [_at([r[p][b] for b in order]) for p in range(2)]
-    y = jnp.stack([jnp.stack(y[p], axis=2) for p in range(2)], axis=1)  # (h2, 2, w2, 2, Cout)
-    return y.reshape(2 * h2, 2 * w2, -1)[:h, :w].astype(x.dtype)
+    prod = jnp.einsum(spec, v, u, preferred_element_type=jnp.float32)
+    prod = prod.reshape(n, n, th, tw, -1)
+    r = _combine(at, [prod[a] for a in range(n)])  # m × (n, th, tw, Cout)
+    return jnp.stack([jnp.stack(_combine(at, [r[p][b] for b in range(n)]), axis=2)
+                      for p in range(m)], axis=1)  # (th, m, tw, m, Cout)
 
 
 def _winograd_pays(h: int, w: int, cin: int, cout: int, dtype) -> bool:
-    """Whether Winograd beats XLA's direct convolution on CPU here (measured, BENCHMARKS.md).
+    """Whether Winograd beats XLA's direct convolution on CPU here (measured per layer,
+    BENCHMARKS.md, issues 5 and 21).
 
-    The transforms move about 4× the activations through memory, which the 2.25× fewer FLOPs
-    repay only with many channels (from ``conv3_1`` on) and while the tiles stay in cache: up
-    to 64×64 positions in float32, 128×128 in bfloat16, whose products also run twice as fast.
+    float32, F(4×4): with at least 128 input and output channels (``conv2_2`` on), up to 128×128
+    positions. Other dtypes, F(2×2) with products in that dtype (F(4×4)'s transforms amplify
+    bfloat16 rounding about 8×, and with float32 products it measured no faster than F(2×2) in
+    bfloat16): from ``conv3_1`` on, up to 128×128. Fewer channels, or larger maps, spend more
+    on moving the transformed tiles than the fewer multiplications save.
     """
-    if not winograd_layer(cin, cout):
-        return False
-    limit = 128 * 128 if jnp.dtype(dtype) == jnp.bfloat16 else 64 * 64
-    return h * w <= limit
+    return winograd_layer(cin, cout, dtype) and h * w <= 128 * 128
+
+
+def _band_rows(th: int, tw: int, c: int) -> int | None:
+    """Tile rows per pass of :func:`winograd_conv` for a ``th × tw``-tile map of ``c`` channels:
+    bands of 8 tile rows once the float32 transformed input (``36 th tw c`` values) passes
+    16 MiB, which no longer stays in this CPU's caches (measured, BENCHMARKS.md); else ``None``."""
+    return 8 if 36 * th * tw * c * 4 > 16 * 2**20 and th > 8 else None
 
 
 @jax.custom_vjp

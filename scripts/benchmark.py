@@ -531,6 +531,8 @@ def run_worker(task: dict, timeout: float | None = None) -> dict | None:
     env = dict(os.environ)
     n = str(task["threads"])
     env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, TF_CPP_MIN_LOG_LEVEL="2")
+    if task.get("pythonpath"):  # a baseline checkout's nst_jax instead of this one's
+        env["PYTHONPATH"] = task["pythonpath"]
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(task)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
@@ -564,6 +566,9 @@ IMPLS = {
     "torch f32 NCHW": ("torch_steps", {"dtype": "float32", "layout": "nchw"}),
     "torch f32 channels_last": ("torch_steps", {"dtype": "float32", "layout": "channels_last"}),
     "torch bf16 channels_last": ("torch_steps", {"dtype": "bfloat16", "layout": "channels_last"}),
+    # nst-jax from another checkout (``--baseline``), in the same alternation (issue 21)
+    "baseline f32": ("jax_steps", {"dtype": "float32", "baseline": True}),
+    "baseline bf16": ("jax_steps", {"dtype": "bfloat16", "baseline": True}),
 }
 
 
@@ -612,6 +617,10 @@ def bench_steps(args, common, torch_ok) -> dict:
             for opt in args.optimizers:
                 for name in order:
                     kind, extra = IMPLS[name]
+                    if extra.get("baseline"):
+                        if not args.baseline:
+                            continue
+                        extra = {**extra, "pythonpath": args.baseline}
                     steps = args.steps or default_steps(size)
                     task = {**common, "kind": kind, "size": size, "optimizer": opt, **extra,
                             "steps": steps, "warmup": 1, "history": 100}
@@ -796,6 +805,8 @@ def main(argv=None) -> int:
     p.add_argument("--ttl-budget", type=float, default=None,
                    help="seconds per nst-jax method (default: PyTorch's time for its iterations)")
     p.add_argument("--json", help="also write every number to this file")
+    p.add_argument("--baseline", help="a checkout whose nst_jax the 'baseline f32/bf16' impls "
+                   "time (its PYTHONPATH), alternated with the rest")
     args = p.parse_args(argv)
     if args.worker:
         worker_main(json.loads(args.worker))

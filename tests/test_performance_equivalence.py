@@ -114,13 +114,16 @@ def test_backward_kernel_is_the_rotated_transposed_kernel(weights):
         for j in range(3):
             np.testing.assert_array_equal(kb[i, j], k[2 - i, 2 - j].T)
     assert "forward" not in prepared["conv2_1"]  # float32: the parameters' kernel is used as is
-    assert "winograd" not in prepared["conv2_2"]  # 128 -> 128: not worth it
+    assert "winograd" not in prepared["conv2_1"]  # 64 -> 128: not worth it
+    assert prepared["conv2_2"]["winograd"].shape == (36, 128, 128)  # F(4×4)
     np.testing.assert_allclose(
         prepared["conv4_1"]["winograd"], kernels.winograd_kernel(weights.params["conv4_1"]["kernel"])
     )
     bf16 = kernels.prepare_kernels(weights.params, jnp.bfloat16)["conv5_1"]
     assert bf16["backward"].dtype == bf16["forward"].dtype == jnp.bfloat16
     assert set(bf16) == {"forward", "backward", "winograd"}  # the backward reuses "winograd"
+    assert bf16["winograd"].shape == (16, 512, 512)  # F(2×2) in bfloat16
+    assert bf16["winograd"].dtype == jnp.bfloat16
 
 
 def test_kernel_choice_is_static_and_follows_the_platform(weights):
@@ -197,6 +200,10 @@ def test_prepared_conv_matches_plain_conv_and_its_gradients(winograd):
 def test_forward_with_prepared_kernels_and_remat_matches_plain(weights, images, pooling):
     x = preprocess(images[0], weights.preprocessing)
     want = plain_vgg(weights.params, x, vgg.LAYERS, pooling)
+    # F(4×4) Winograd (conv2_2 on, 12 layers) rounds about ten times more than a direct float32
+    # convolution (≤ 6e-6 of the largest output per layer, tests/test_winograd.py); through the
+    # trunk that adds up to ~1e-5 by conv5_4, so the deepest layers get 3e-5.
+    tol = {name: 3e-5 if int(name.lstrip("convrelupool")[0]) >= 4 else 1e-5 for name in vgg.LAYERS}
     prepared = kernels.prepare_kernels(weights.params)
     for remat, kind, q in ((False, "cpu", prepared), (True, "cpu", prepared), (False, "cpu", None),
                            (False, "xla", None)):  # None: prepared inside the forward pass
@@ -204,7 +211,7 @@ def test_forward_with_prepared_kernels_and_remat_matches_plain(weights, images, 
                                                   pooling=pooling, remat=remat))(weights.params, q, x)
         for name in vgg.LAYERS:
             assert got[name].shape == want[name].shape, name
-            assert rel_err(got[name], want[name]) < 1e-5, name
+            assert rel_err(got[name], want[name]) < tol[name], name
 
 
 @pytest.mark.parametrize("preset,remat", [("gatys", False), ("gatys", True), ("tf-tutorial", False)])

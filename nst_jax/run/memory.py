@@ -112,7 +112,8 @@ def prepared_weight_bytes(
     """Bytes of :func:`nst_jax.kernels.prepare_kernels` for every layer (it prepares them all).
 
     Off CPU nothing is prepared. On CPU: the flipped kernel, a cast copy unless float32, and
-    the 16/9-sized Winograd transform of layers with many channels.
+    the Winograd transform of layers with many channels (F(4×4), 36/9-sized, in float32;
+    F(2×2), 16/9-sized, otherwise).
     """
     if not cpu:
         return 0
@@ -121,8 +122,8 @@ def prepared_weight_bytes(
         kh, kw, cin, cout = conv_kernel_shape(conv, network)
         copies = 1 + (dtype_bytes != 4)
         total += kh * kw * cin * cout * dtype_bytes * copies
-        if winograd_layer(cin, cout):
-            total += 16 * cin * cout * dtype_bytes
+        if winograd_layer(cin, cout, "float32" if dtype_bytes == 4 else "bfloat16"):
+            total += (36 if dtype_bytes == 4 else 16) * cin * cout * dtype_bytes
     return total
 
 
