@@ -200,3 +200,23 @@ def test_ctrl_c_is_acknowledged_at_once_and_lands_after_the_running_chunk(tmp_pa
     ack = [t for t, ln in lines if "Ctrl-C: stopping after the running chunk" in ln]
     assert ack and ack[0] - sent < 2.0, lines  # said at once, not when the chunk ends
     assert proc.returncode == 130 and out.exists()
+
+
+def test_the_bar_leaves_the_steps_before_its_first_report_out_of_its_rate(capsys):
+    # At 8192² the first report comes after targets, compilation and one step (~20 min): a
+    # bar started then, counting that step, showed half the real time per step.
+    from types import SimpleNamespace
+
+    from nst_jax.cli import progress
+
+    bar = progress.StepBar(10)
+
+    def report(step):
+        return SimpleNamespace(group=0, n_groups=1, rows=1, total_steps=10, n_scales=1, scale=0,
+                               step=step, losses={"total": [1.0]})
+
+    bar(report(1))
+    bar(report(3))
+    assert (bar.bar.initial, bar.bar.n) == (1, 3)
+    assert bar.bar.format_dict["initial"] == 1
+    bar.close()

@@ -116,8 +116,11 @@ class StepBar:
             self.group, self.best = report.group, math.inf
             desc = "stylize" if report.n_groups == 1 and report.rows == 1 else (
                 f"group {report.group + 1}/{report.n_groups} ({report.rows} images)")
+            # Created at the first report: the steps done before it (the one-step warm-up
+            # chunk, after compilation) are its ``initial`` count, left out of the rate.
             self.bar = tqdm(total=self.total or report.total_steps, desc=desc, unit="step",
-                            file=sys.stderr, dynamic_ncols=True, leave=self.total is not None)
+                            file=sys.stderr, dynamic_ncols=True, leave=self.total is not None,
+                            initial=report.step)
         totals = np.asarray(report.losses["total"], np.float64)
         finite = totals[np.isfinite(totals)]
         if finite.size:
