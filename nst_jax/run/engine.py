@@ -55,6 +55,18 @@ def _floats(tree) -> Any:
     return jax.tree.map(float, jax.device_get(tree))
 
 
+def chunk_length(step_seconds: float | None, left: int, step: int, bound: int,
+                 report_every: int) -> int:
+    """Steps in the next chunk: one until a step has been timed, then about
+    :data:`CHUNK_SECONDS` worth, at most ``bound`` and the ``left`` steps, ending on the next
+    multiple of ``report_every`` (0: any step) after ``step``."""
+    n = 1 if step_seconds is None else round(CHUNK_SECONDS / max(step_seconds, 1e-9))
+    n = max(1, min(n, bound, left))
+    if report_every:
+        n = min(n, report_every - step % report_every)
+    return n
+
+
 def smoothed_step_seconds(previous: float | None, seconds: float, after_warm_up: bool) -> float:
     """Seconds per step after a chunk that took ``seconds`` per step: the mean of ``previous``
     and ``seconds``, or ``seconds`` alone for the first chunk and for the chunk after the
@@ -154,10 +166,7 @@ class Engine:
         return [self._result(r, seconds) for r in rows]
 
     def _chunk_length(self, left: int, step: int) -> int:
-        n = 1 if self.step_seconds is None else round(CHUNK_SECONDS / max(self.step_seconds, 1e-9))
-        n = max(1, min(n, self.config.chunk_size, left))
-        if self.report_every:
-            n = min(n, self.report_every - step % self.report_every)
+        n = chunk_length(self.step_seconds, left, step, self.config.chunk_size, self.report_every)
         if self.collective:  # every process must run the same program sequence
             n = int(sharding.allgather(np.array([n], np.int32)).min())
         return n

@@ -47,15 +47,14 @@ from nst_jax.config import StyleConfig
 from nst_jax.errors import NstError
 from nst_jax.optimize import HISTORY_KEYS, result_image
 from nst_jax.run import memory, spatial, tiling
+from nst_jax.run.engine import chunk_length, smoothed_step_seconds
+from nst_jax.run.programs import finish_one
 from nst_jax.run.inputs import (Item, check_big_enough, initial_image, resized_content,
                                 resized_style, restore_colors, style_side)
 from nst_jax.run.results import ChunkHook, ChunkReport, StylizeResult, finished_result
 from nst_jax.vgg import min_side
 from nst_jax.weights.container import VGGWeights
 
-#: Wall time a chunk of row-split steps aims at once the first one has been timed (as the
-#: engine's).
-CHUNK_SECONDS = 1.5
 TILE_CHOICES = ("auto", "off")
 
 
@@ -329,6 +328,7 @@ class _Run:
         self.done = 0  # steps recorded over all scales
         self.stopped = False
         self.step_seconds: float | None = None
+        self.warming = True  # the first step, timed alone, runs slower than the rest
 
     def _eta(self, scale: int, done_in_scale: int) -> float | None:
         if self.step_seconds is None:
@@ -377,8 +377,10 @@ class _Run:
             offset, steps_before = self.done, self.done
 
             def hook(s: tiling.TiledStep, scale=scale, offset=offset) -> bool:
-                self.step_seconds = (s.seconds if self.step_seconds is None
-                                     else 0.5 * (self.step_seconds + s.seconds))
+                first = self.step_seconds is None
+                self.step_seconds = smoothed_step_seconds(self.step_seconds, s.seconds,
+                                                          self.warming and not first)
+                self.warming = self.warming and first
                 if self.on_chunk is None:
                     return False
                 aux = s.terms
@@ -439,24 +441,30 @@ class _Run:
                                                            state.opt_state))
             del old
             step = spatial.spatial_chunk(spec, optim, mesh, hw, chunk=config.chunk_size)
+            evaluate = jax.jit(lambda x, t, w, hw=hw: spatial.spatial_loss(
+                t, w, spec, mesh, hw)(jnp.clip(x, 0.0, 1.0)))  # one compile per scale
             if self.step_seconds is not None and scale:
                 self.step_seconds *= np.prod(hw) / np.prod(shapes[scale - 1])
             steps_before, steps, done = self.done, config.steps_at(scale), 0
             while done < steps:
-                n = self._chunk_length(steps - done, self.done)
+                first = self.step_seconds is None
+                n = chunk_length(self.step_seconds, steps - done, self.done,
+                                 config.chunk_size, self.report_every)
                 state, hist = step(state, jnp.int32(n), targets, weights, kernels)
                 t0 = time.perf_counter()
                 hist = jax.device_get(hist)
                 seconds = (time.perf_counter() - t0) / n
-                self.step_seconds = 0.5 * ((self.step_seconds or seconds) + seconds)
+                self.step_seconds = smoothed_step_seconds(self.step_seconds, seconds,
+                                                          self.warming and not first)
+                self.warming = self.warming and first
                 ran = int(np.sum(~np.isnan(hist["total"])))
                 self.chunks.append({k: np.asarray(hist[k][:ran], np.float32)
                                     for k in HISTORY_KEYS})
                 done += n
                 self.done += ran
                 if self.on_chunk is not None and ran:
-                    if self._tell(self._split_report(state, targets, weights, hw, scale, hist,
-                                                     ran, done)):
+                    if self._tell(self._split_report(state, targets, weights, evaluate, scale,
+                                                     hist, ran, done)):
                         break
                 if bool(state.diverged):
                     break
@@ -468,24 +476,15 @@ class _Run:
                 return self._result(_floats(final), image, steps_before)
         raise AssertionError("unreachable")
 
-    def _chunk_length(self, left: int, step: int) -> int:
-        n = 1 if self.step_seconds is None else round(
-            CHUNK_SECONDS / max(self.step_seconds, 1e-9))
-        n = max(1, min(n, self.config.chunk_size, left))
-        if self.report_every:
-            n = min(n, self.report_every - step % self.report_every)
-        return n
-
-    def _split_report(self, state, targets, weights, hw, scale, hist, ran, done):
-        config, mesh = self.config, self.plan.mesh
+    def _split_report(self, state, targets, weights, evaluate, scale, hist, ran, done):
+        config = self.config
 
         def image():
             x = np.asarray(jax.device_get(result_image(state, config.optim)), np.float32)
             return restore_colors(x, self.item, config)
 
         def terms():
-            loss = spatial.spatial_loss(targets, weights, config.loss, mesh, hw)
-            total, aux = jax.jit(loss)(jnp.clip(state.image, 0.0, 1.0))
+            total, aux = evaluate(state.image, targets, weights)
             return _terms(float(total), _floats(aux))
 
         return ChunkReport(
@@ -516,15 +515,7 @@ def _split_finish(spec, optim, mesh, hw) -> Callable:
     """:func:`nst_jax.run.programs.finish` of one row-split image."""
 
     def finish(state, targets, weights):
-        loss = spatial.spatial_loss(targets, weights, spec, mesh, hw)
-        last = jnp.clip(state.image, 0.0, 1.0)
-        last_loss, _ = loss(last)
-        wins = (optim.reported == "best") & ~state.diverged & (last_loss < state.best_loss)
-        image = jnp.where(wins, last, result_image(state, optim))
-        total, aux = loss(image)
-        _, bad = loss(jnp.clip(state.diverged_image, 0.0, 1.0))
-        return {"image": image, "loss": total, "terms": aux, "bad": bad, "last_loss": last_loss,
-                "last_wins": wins, "steps": state.step, "diverged": state.diverged}
+        return finish_one(state, spatial.spatial_loss(targets, weights, spec, mesh, hw), optim)
 
     return jax.jit(finish)
 

@@ -31,7 +31,7 @@ from nst_jax import imageops, kernels as kernels_lib
 from nst_jax.run import sharding
 from nst_jax.objective import (LossSpec, features_for, loss_key, style_grams,
                                style_transfer_loss)
-from nst_jax.optimize import OptimSpec, init_state, result_image, run_chunk
+from nst_jax.optimize import OptimSpec, RunState, init_state, result_image, run_chunk
 from nst_jax.weights.container import VGGWeights
 
 #: XLA's memory-optimised instruction order, for CPU only. The default CPU order computes the
@@ -204,6 +204,20 @@ def evaluate(images, targets, values, weights, *, spec: LossSpec, shared: bool, 
     return _on_rows(one, mesh, axes)(images, targets, values, weights)
 
 
+def finish_one(s: RunState, loss: Callable, optim: OptimSpec) -> dict:
+    """One image's :func:`finish` with ``loss(image) -> (total, aux)``: the reported image (the
+    final iterate when, under ``"best"``, it is lower than every earlier one) and its terms, the
+    final iterate's loss and the loss at the diverged iterate."""
+    last = jnp.clip(s.image, 0.0, 1.0)
+    last_loss, _ = loss(last)
+    wins = (optim.reported == "best") & ~s.diverged & (last_loss < s.best_loss)
+    image = jnp.where(wins, last, result_image(s, optim))
+    total, aux = loss(image)
+    _, bad = loss(jnp.clip(s.diverged_image, 0.0, 1.0))
+    return {"image": image, "loss": total, "terms": aux, "bad": bad, "last_loss": last_loss,
+            "last_wins": wins, "steps": s.step, "diverged": s.diverged}
+
+
 @_compiled(("spec", "optim", "shared", "swept"))
 def finish(states, targets, values, weights, *, spec, optim, shared, swept, mesh):
     """Per image: the reported image and its loss terms, the final iterate's loss, and the
@@ -214,15 +228,7 @@ def finish(states, targets, values, weights, *, spec, optim, shared, swept, mesh
     """
 
     def one(s, t, v, w):
-        loss = _loss(t, v, w, spec)
-        last = jnp.clip(s.image, 0.0, 1.0)
-        last_loss, _ = loss(last)
-        wins = (optim.reported == "best") & ~s.diverged & (last_loss < s.best_loss)
-        image = jnp.where(wins, last, result_image(s, optim))
-        total, aux = loss(image)
-        _, bad = loss(jnp.clip(s.diverged_image, 0, 1))
-        return {"image": image, "loss": total, "terms": aux, "bad": bad, "last_loss": last_loss,
-                "last_wins": wins, "steps": s.step, "diverged": s.diverged}
+        return finish_one(s, _loss(t, v, w, spec), optim)
 
     axes = (0, *_axes(targets, shared, swept), None)
     return _on_rows(one, mesh, axes)(states, targets, values, weights)
