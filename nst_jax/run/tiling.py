@@ -659,9 +659,6 @@ class _HostAdam:
     program."""
 
     def __init__(self, x: np.ndarray, optim: OptimSpec):
-        if optim.optimizer != "adam":
-            raise NstError("tiled stylization runs Adam only (L-BFGS's line search would need "
-                           "a full two-pass evaluation per trial); use optimizer='adam'")
         self.optim = optim
         self.rows = _band_rows(x.shape[:2])
         template = make_optimizer(optim).init(jnp.zeros((self.rows, *x.shape[1:]), jnp.float32))
@@ -725,7 +722,7 @@ def stylize_tiled(
         from); after a stop under ``"best"`` that pass is skipped (``last_loss`` NaN).
     """
     _check(weights, spec)
-    if optim.optimizer != "adam":
+    if optim.optimizer != "adam":  # before the targets, which take minutes for a large image
         raise NstError("tiled stylization runs Adam only (L-BFGS's line search would need "
                        "a full two-pass evaluation per trial); use optimizer='adam'")
     content = imageops.as_rgb01(content, "content image")
